@@ -1,0 +1,31 @@
+# Two commands a new user runs: `make release` and `make test`. Everything else is plumbing.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: setup release test test-slow lint clean-data
+
+setup: $(STAMP)
+
+# Reinstall only when the pinned dependencies change; otherwise `make setup` is a no-op.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+release: $(STAMP)
+	edgerag configure
+	dvc repro
+	@echo "Built data/lowered/llm.pte; run 'dvc metrics show' or see README for next steps."
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(if $(EDGERAG_SLOW),,-m "not slow")
+
+test-slow: $(STAMP)
+	EDGERAG_SLOW=1 $(PY) -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pipeline stages tests

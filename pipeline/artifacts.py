@@ -1,0 +1,196 @@
+"""Atomic artifact directories with manifests.
+
+A stage writes into a temporary sibling directory; only when it finishes is `manifest.json`
+written and the directory renamed into place. A crash, a kill or bad input therefore never
+leaves a directory that looks finished. Readers call `require()`, which re-hashes every file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import resource
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import BadInput
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+_TRACKED_PACKAGES = (
+    "edgerag", "torch", "executorch", "torchao", "transformers", "gguf", "tokenizers",
+    "usearch", "dvc", "hydra-core", "omegaconf", "lm_eval",
+)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process and its waited-for children, in MiB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round(max(own, children) / 1024.0, 1)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a single file via a temporary sibling and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class Output:
+    """The temporary directory a stage writes into, plus notes for its manifest."""
+
+    path: Path
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def note(self, key: str, value: Any) -> None:
+        self.notes[key] = value
+
+
+@dataclass
+class Artifact:
+    """A verified, finished artifact directory."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def manifest_sha256(self) -> str:
+        return sha256_file(self.path / MANIFEST)
+
+
+def _file_table(root: Path) -> dict[str, dict[str, Any]]:
+    table = {}
+    for file in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST):
+        rel = file.relative_to(root).as_posix()
+        table[rel] = {"sha256": sha256_file(file), "bytes": file.stat().st_size}
+    return table
+
+
+def _replace_dir(new: Path, final: Path) -> None:
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(new, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, final)
+
+
+@contextmanager
+def writer(
+    out_dir: str | Path,
+    *,
+    stage: str,
+    config: Any,
+    inputs: list[Artifact] | None = None,
+) -> Iterator[Output]:
+    """Yield a temporary directory; on success write its manifest and rename it to `out_dir`."""
+    final = Path(out_dir)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    started = time.monotonic()
+    try:
+        out = Output(tmp)
+        yield out
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "stage": stage,
+            "files": _file_table(tmp),
+            "config": config,
+            "inputs": {str(a.path): a.manifest_sha256 for a in inputs or []},
+            "versions": package_versions(),
+            "wall_time_s": round(time.monotonic() - started, 2),
+            "peak_rss_mb": peak_rss_mb(),
+            "notes": out.notes,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        _replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    root = Path(path)
+    manifest_path = root / MANIFEST if root.is_dir() else root
+    if not manifest_path.is_file():
+        raise BadInput(f"{root} has no {MANIFEST}: it is missing or was never finished.")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadInput(f"{manifest_path} is not valid JSON.") from None
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise BadInput(
+            f"{manifest_path} has format version {version!r}; this edgerag reads up to "
+            f"{FORMAT_VERSION}: upgrade edgerag."
+        )
+    return manifest
+
+
+def verify(path: str | Path) -> Artifact:
+    """Re-hash every file the manifest lists; any difference is an error naming the file."""
+    root = Path(path)
+    manifest = read_manifest(root)
+    for rel, entry in manifest.get("files", {}).items():
+        file = root / rel
+        if not file.is_file():
+            raise BadInput(f"{file} is listed in {root / MANIFEST} but missing.")
+        if file.stat().st_size != entry["bytes"] or sha256_file(file) != entry["sha256"]:
+            raise BadInput(f"{file} does not match its sha256 in {root / MANIFEST}.")
+    extra = set(_file_table(root)) - set(manifest.get("files", {}))
+    if extra:
+        raise BadInput(f"{root / sorted(extra)[0]} is not listed in {root / MANIFEST}.")
+    return Artifact(root, manifest)
+
+
+def require(path: str | Path) -> Artifact:
+    """A stage's input: it must exist and be intact."""
+    root = Path(path)
+    if not root.is_dir():
+        raise BadInput(f"{root} does not exist; run the stage that builds it (`dvc repro`).")
+    return verify(root)

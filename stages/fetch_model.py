@@ -1,0 +1,16 @@
+"""Fetch the LLM's weights and tokenizer into one normalized transformers folder (data/model)."""
+
+from pipeline import artifacts, config, errors
+from pipeline.llm import checkpoint
+
+STAGE, OUT = "fetch_model", "data/model"
+
+
+def main() -> None:
+    cfg = config.load()
+    with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE)) as out:
+        out.notes.update(checkpoint.fetch(cfg.model, out.path))
+
+
+if __name__ == "__main__":
+    errors.run(main)

@@ -1,0 +1,19 @@
+"""Lower the quantized LLM to `data/lowered/llm.pte` for the backend in params `backend`."""
+
+from pipeline import artifacts, config, errors
+from pipeline.llm import lower
+
+STAGE, OUT = "lower", "data/lowered"
+
+
+def main() -> None:
+    cfg = config.load()
+    inputs = [artifacts.require(p) for p in ("data/quantized", "data/model")]
+    quantized, model = inputs
+    with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
+                          inputs=inputs) as out:
+        out.notes.update(lower.run(cfg, quantized.path, model.path, out.path))
+
+
+if __name__ == "__main__":
+    errors.run(main)

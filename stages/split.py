@@ -1,0 +1,19 @@
+"""Split the held-out text into calibration and evaluation documents that never overlap."""
+
+from pipeline import artifacts, config, errors, splits
+
+STAGE, OUT = "split", "data/split"
+
+
+def main() -> None:
+    cfg = config.load()
+    calibration, evaluation = splits.split(cfg.calibration)
+    with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE)) as out:
+        splits.write_jsonl(out / splits.CALIBRATION, calibration)
+        splits.write_jsonl(out / splits.EVALUATION, evaluation)
+        out.note("calibration_documents", len(calibration))
+        out.note("evaluation_documents", len(evaluation))
+
+
+if __name__ == "__main__":
+    errors.run(main)
