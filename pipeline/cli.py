@@ -51,3 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         errors.run(lambda: configure(args.overrides, args.output))
     elif args.command == "verify":
         errors.run(lambda: verify(args.path))
+
+
+if __name__ == "__main__":
+    main()

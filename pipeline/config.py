@@ -29,6 +29,15 @@ BACKENDS = ("xnnpack", "qnn")
 CALIBRATION_SOURCES = ("pydoc_topics",)
 # Group sizes XNNPACK's blockwise int4 kernels take; 0 means one scale per output channel.
 GROUP_SIZES = (0, 32, 64, 128, 256)
+# PT2E quantizers and the `quant.pt2e.dtype` values each builds (pipeline/llm/quantizers.py).
+PT2E_DTYPES = {
+    "xnnpack": ("use_8a8w",),
+    "qnn": ("use_16a4w", "use_16a4w_block", "use_8a8w", "use_16a8w"),
+}
+# ExecuTorch's QnnExecuTorchHtpPerformanceMode, snake_cased.
+HTP_PERFORMANCE_MODES = ("default", "sustained_high_performance", "burst", "high_performance",
+                         "power_saver", "low_power_saver", "high_power_saver", "low_balanced",
+                         "balanced")
 
 
 @dataclass
@@ -65,6 +74,7 @@ class EmbedderConfig:
     name: str = MISSING
     source: Source = field(default_factory=Source)
     max_seq_len: int = 256
+    quantize: str = "none"
 
 
 @dataclass
@@ -73,6 +83,16 @@ class CorpusConfig:
     path: str | None = None
     chunk_tokens: int = 200
     overlap_tokens: int = 40
+
+
+@dataclass
+class IndexConfig:
+    """usearch HNSW settings: vector storage precision and graph connectivity / search breadth."""
+
+    dtype: str = "f16"
+    connectivity: int = 16
+    expansion_add: int = 128
+    expansion_search: int = 64
 
 
 @dataclass
@@ -145,6 +165,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
@@ -222,11 +243,53 @@ def _check_semantics(cfg: Config) -> None:
         raise BadInput("calibration.num_samples must be ≥ 1 and calibration.seq_len ≥ 2.")
     _one_of("backend.name", cfg.backend.name, BACKENDS)
     _check_quant(cfg.quant, cfg.model.linear_widths)
+    _check_qnn(cfg)
     _check_llm_config(cfg.model.executorch)
+
+
+def _check_pt2e(quant: QuantConfig, widths: list[int]) -> None:
+    if quant.pt2e is None:
+        raise BadInput(f"quant={quant.name} uses PT2E but has no quant.pt2e section.")
+    _one_of("quant.pt2e.quantizer", quant.pt2e.quantizer, tuple(PT2E_DTYPES))
+    _one_of("quant.pt2e.dtype", quant.pt2e.dtype, PT2E_DTYPES[quant.pt2e.quantizer])
+    block = quant.pt2e.block_size
+    if quant.pt2e.dtype.endswith("_block") and (block < 1 or any(w % block for w in widths)):
+        raise BadInput(
+            f"quant.pt2e.block_size={block} does not divide every linear width {tuple(widths)} "
+            "of this model; pick a common divisor."
+        )
+
+
+def _check_qnn(cfg: Config) -> None:
+    """QNN graphs differ from XNNPACK's from export on, so quantizer, backend and shapes agree."""
+    on_qnn = cfg.backend.name == "qnn"
+    qnn_quantizer = cfg.quant.method == "pt2e" and cfg.quant.pt2e.quantizer == "qnn"
+    if qnn_quantizer and not on_qnn:
+        raise BadInput(f"quant={cfg.quant.name} quantizes for QNN; it needs backend=qnn.")
+    if not on_qnn:
+        return
+    if cfg.quant.method != "none" and not qnn_quantizer:
+        raise BadInput(
+            f"backend=qnn runs fp16 or QnnQuantizer programs; quant={cfg.quant.name} is neither "
+            "(choose quant=fp32 or a quant=qnn_* scheme)."
+        )
+    _one_of("backend.qnn.htp_performance_mode", cfg.backend.qnn.htp_performance_mode,
+            HTP_PERFORMANCE_MODES)
+    model = (cfg.model.executorch or {}).get("model", {})
+    wanted = {"use_kv_cache": True, "use_sdpa_with_kv_cache": False,
+              "enable_dynamic_shape": False}
+    for key, value in wanted.items():
+        if model.get(key) != value:
+            raise BadInput(
+                f"backend=qnn needs model.executorch.model.{key}={str(value).lower()} "
+                "(a static one-token decode graph without ExecuTorch's custom CPU ops)."
+            )
 
 
 def _check_quant(quant: QuantConfig, widths: list[int]) -> None:
     _one_of("quant.method", quant.method, QUANT_METHODS)
+    if quant.method == "pt2e":
+        _check_pt2e(quant, widths)
     if quant.method != "torchao":
         return
     _one_of("quant.activations", quant.activations, ACTIVATIONS)

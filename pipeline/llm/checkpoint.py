@@ -117,8 +117,7 @@ def fetch(model_cfg: ModelConfig, out: Path) -> dict[str, Any]:
                              tokenizer.eos_token_id)
     else:
         model = load_pretrained(weights)
-    model.generation_config.do_sample = False
-    model.save_pretrained(out, safe_serialization=True)
+    _save_fp32(model, out)
     tokenizer.save_pretrained(out)
     config = model.config
     return {
@@ -130,6 +129,22 @@ def fetch(model_cfg: ModelConfig, out: Path) -> dict[str, Any]:
         "bos_id": tokenizer.bos_token_id,
         "eos_id": tokenizer.eos_token_id,
     }
+
+
+def _save_fp32(model: Any, out: Path) -> None:
+    """Plain fp32 safetensors + config (transformers will not re-save a GGUF-loaded model)."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.save_pretrained(out)
+    model.generation_config.do_sample = False
+    model.generation_config.save_pretrained(out)
 
 
 def meta_params(hf_config: Any) -> dict[str, Any]:

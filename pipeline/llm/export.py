@@ -66,8 +66,16 @@ def build_eager(params: dict[str, Any], llm: Any, state_dict: dict[str, torch.Te
     return model.eval()
 
 
-def runner_transforms(llm: Any) -> list[Callable[[torch.nn.Module], torch.nn.Module]]:
-    """The source transforms that give the runner's fused KV-cache + SDPA ops (no quantization)."""
+def runner_transforms(llm: Any, backend: str = "xnnpack"
+                      ) -> list[Callable[[torch.nn.Module], torch.nn.Module]]:
+    """The source transforms that shape the KV cache and attention for the backend (no quantization).
+
+    XNNPACK: ExecuTorch's fused custom SDPA + KV-cache ops, which the CPU runner expects.
+    QNN: the HTP cannot run those custom ops, so plain attention with an index_put KV cache, an
+    additive causal mask and linears as 1x1 convs (export_llama_lib's transforms for qnn).
+    """
+    if backend == "qnn":
+        return _qnn_transforms(llm)
     from executorch.examples.models.llama.source_transformation.custom_kv_cache import (
         replace_kv_cache_with_custom_kv_cache,
     )
@@ -78,6 +86,20 @@ def runner_transforms(llm: Any) -> list[Callable[[torch.nn.Module], torch.nn.Mod
     if llm.model.use_kv_cache and llm.model.use_sdpa_with_kv_cache:
         return [replace_sdpa_with_custom_op, replace_kv_cache_with_custom_kv_cache]
     return []
+
+
+def _qnn_transforms(llm: Any) -> list[Callable[[torch.nn.Module], torch.nn.Module]]:
+    from executorch.backends.qualcomm.utils.utils import convert_linear_to_conv2d
+    from executorch.examples.models.llama.source_transformation.sdpa import (
+        replace_causal_mask,
+        replace_kv_cache_with_simple_kv_cache,
+        replace_sdpa_with_flex_sdpa,
+    )
+
+    if not llm.model.use_kv_cache:
+        return []
+    return [replace_kv_cache_with_simple_kv_cache, replace_sdpa_with_flex_sdpa,
+            replace_causal_mask, convert_linear_to_conv2d]
 
 
 def runner_metadata(params: dict[str, Any], llm: Any, bos_id: int, eos_ids: list[int]) -> dict:

@@ -22,22 +22,37 @@ def _xnnpack_partitioners(backend: BackendConfig) -> list[Any]:
     return partitioners
 
 
-PARTITIONERS: dict[str, Callable[[BackendConfig], list[Any]]] = {
-    "xnnpack": _xnnpack_partitioners,
-}
+def _xnnpack(manager: Any, backend: BackendConfig) -> None:
+    manager.to_edge_transform_and_lower(_xnnpack_partitioners(backend))
+
+
+def _qnn(manager: Any, backend: BackendConfig) -> None:
+    """QNN lowers through its own entry point (its passes, then QnnPartitioner); see llm/qnn.py."""
+    from pipeline.llm import qnn
+
+    manager.edge_manager = qnn.to_edge(manager.pre_autograd_graph_module,
+                                       manager.example_inputs, manager.metadata, backend.qnn)
+
+
+LOWERINGS: dict[str, Callable[[Any, BackendConfig], None]] = {"xnnpack": _xnnpack, "qnn": _qnn}
 
 
 def check_backend_ready(backend: BackendConfig) -> None:
-    """Fail before any work when the backend's toolchain is missing."""
+    """Fail before any work when the backend's toolchain is missing (QNN: the Qualcomm SDK)."""
+    if backend.name == "qnn":
+        from pipeline.llm import qnn
+
+        qnn.check_sdk()
+        qnn.chipset(backend.qnn.soc_model)
 
 
 def to_pte(program: Any, llm: Any, metadata: dict, backend: BackendConfig, name: str) -> bytes:
-    """ExecuTorch's LLMEdgeManager: to_edge_transform_and_lower + to_executorch, as export_llm."""
+    """ExecuTorch's LLMEdgeManager: edge lowering for the backend + to_executorch, as export_llm."""
     graph = program.module()
     manager = export.edge_manager(graph, llm, metadata, name)
     manager.pre_autograd_graph_module = graph
     log(f"lowering to {backend.name}")
-    manager.to_edge_transform_and_lower(PARTITIONERS[backend.name](backend))
+    LOWERINGS[backend.name](manager, backend)
     log("emitting the ExecuTorch program")
     manager.to_executorch()
     return manager.export_program.buffer

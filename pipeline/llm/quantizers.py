@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.config import QuantConfig
+from pipeline.config import PT2E_DTYPES, QuantConfig
 from pipeline.errors import BadInput
 
 
@@ -20,7 +20,42 @@ def _xnnpack(quant: QuantConfig) -> Any:
     return XNNPACKQuantizer().set_global(config)
 
 
-BUILDERS: dict[str, Callable[[QuantConfig], Any]] = {"xnnpack": _xnnpack}
+def _qnn(quant: QuantConfig) -> Any:
+    """QnnQuantizer set up as ExecuTorch's `get_qnn_quantizer` does for Llama.
+
+    Per-channel weights; 16-bit activations observed with MinMaxObserver; with 4-bit weights the
+    attention matmuls stay 16a8w (`custom_annotate_llama_matmul_16a8w`).
+    """
+    from executorch.backends.qualcomm.quantizer.custom_annotation import (
+        custom_annotate_llama_matmul_16a8w,
+    )
+    from executorch.backends.qualcomm.quantizer.quantizer import QuantDtype
+    from torchao.quantization.pt2e import MinMaxObserver
+
+    from pipeline.llm import qnn
+
+    spec = quant.pt2e
+    allowed = PT2E_DTYPES["qnn"]
+    if spec.dtype not in allowed:
+        raise BadInput(
+            f"quant.pt2e.dtype={spec.dtype!r} is not allowed for quant.pt2e.quantizer=qnn; "
+            f"choose one of: {', '.join(allowed)}."
+        )
+    block_size = spec.block_size if spec.dtype == "use_16a4w_block" else 0
+    with qnn.sdk_never_downloaded():
+        quantizer = qnn.BlockwiseQnnQuantizer(block_size)
+    quantizer.set_default_quant_config(
+        getattr(QuantDtype, spec.dtype),
+        is_conv_per_channel=spec.per_channel,
+        is_linear_per_channel=spec.per_channel,
+        act_observer=None if spec.dtype == "use_8a8w" else MinMaxObserver,
+    )
+    if spec.dtype in ("use_16a4w", "use_16a4w_block"):
+        quantizer.add_custom_quant_annotations((custom_annotate_llama_matmul_16a8w,))
+    return quantizer
+
+
+BUILDERS: dict[str, Callable[[QuantConfig], Any]] = {"xnnpack": _xnnpack, "qnn": _qnn}
 
 
 def build(quant: QuantConfig) -> Any:

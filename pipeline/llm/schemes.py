@@ -127,6 +127,13 @@ class TorchaoWeights:
         )
 
 
+def _takes_one_token(program: Any) -> bool:
+    """A static-shape program (QNN's) is the runner's one-token decode step; feed it that way."""
+    tokens = next(node for node in program.graph.nodes if node.op == "placeholder"
+                  and node.name == program.graph_signature.user_inputs[0])
+    return not isinstance(tokens.meta["val"].shape[-1], torch.SymInt)
+
+
 class Pt2eStatic:
     """PT2E: annotate the exported graph, observe real calibration text, convert."""
 
@@ -146,9 +153,15 @@ class Pt2eStatic:
         from torchao.quantization.pt2e import ObserverBase
 
         prepared = self._prepare(quant, program)
+        one_token_per_call = _takes_one_token(program)
         with torch.no_grad():
             for tokens in bar(samples, desc="calibrating", unit="sample"):
-                prepared(tokens.unsqueeze(0), {"input_pos": torch.tensor([0], dtype=torch.long)})
+                if one_token_per_call:
+                    for position, token in enumerate(tokens):
+                        prepared(token.view(1, 1), {"input_pos": torch.tensor([position])})
+                else:
+                    prepared(tokens.unsqueeze(0),
+                             {"input_pos": torch.tensor([0], dtype=torch.long)})
         return {
             name: module.state_dict()
             for name, module in prepared.named_modules()

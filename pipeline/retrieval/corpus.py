@@ -1,0 +1,190 @@
+"""The user's documents as chunks the embedder can take whole.
+
+Chunks are cut with the embedder's own tokenizer so that none is truncated when embedded, and
+on word boundaries so that re-tokenizing a chunk's text gives back exactly its window of tokens.
+Each chunk keeps character offsets into its document, so an answer can cite the exact passage.
+Files that cannot be read as text are skipped and counted, never fatal: a user's folder is messy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from pipeline.config import CorpusConfig
+from pipeline.errors import BadInput
+from pipeline.progress import log
+
+CHUNKS = "chunks.jsonl"
+TEXT_SUFFIXES = (".txt", ".md", ".rst")
+HTML_SUFFIXES = (".html", ".htm")
+
+
+@dataclass(frozen=True)
+class Document:
+    source: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Chunk:
+    key: int
+    source: str
+    start: int
+    end: int
+    text: str
+
+
+class _HtmlText(HTMLParser):
+    """Visible text of an HTML page: script and style bodies dropped."""
+
+    _HIDDEN = ("script", "style")
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._hidden = 0
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        self._hidden += tag in self._HIDDEN
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._HIDDEN and self._hidden:
+            self._hidden -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self._hidden:
+            self.parts.append(data)
+
+
+def html_to_text(html: str) -> str:
+    parser = _HtmlText()
+    parser.feed(html)
+    parser.close()
+    lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
+    return "\n".join(line for line in lines if line)
+
+
+def pydoc_documents() -> list[Document]:
+    """Python's language reference, one document per topic, in name order."""
+    from pydoc_data.topics import topics
+
+    return [Document(f"pydoc:{name}", topics[name]) for name in sorted(topics)
+            if topics[name].strip()]
+
+
+def _read_text(path: Path) -> tuple[str | None, str]:
+    """The file's text, or None and why it was skipped."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return None, "unreadable"
+    if b"\x00" in raw:
+        return None, "binary"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "not_utf8"
+    if path.suffix.lower() in HTML_SUFFIXES:
+        text = html_to_text(text)
+    return (text, "") if text.strip() else (None, "empty")
+
+
+def dir_documents(root: str | Path) -> tuple[list[Document], dict[str, int]]:
+    """Every text, Markdown, reST and HTML file under `root`, and the count of skipped files."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise BadInput(f"corpus.path={str(root)!r} is not a folder.")
+    documents, skipped = [], Counter()
+    suffixes = TEXT_SUFFIXES + HTML_SUFFIXES
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes):
+        if not path.is_file():
+            continue
+        source = path.relative_to(root).as_posix()
+        text, reason = _read_text(path)
+        if text is None:
+            log(f"skipping {source}: {reason.replace('_', '-')}")
+            skipped[reason] += 1
+        else:
+            documents.append(Document(source, text))
+    return documents, dict(sorted(skipped.items()))
+
+
+def documents(cfg: CorpusConfig) -> tuple[list[Document], dict[str, int]]:
+    if cfg.kind == "pydoc_topics":
+        found, skipped = pydoc_documents(), {}
+    elif cfg.kind == "dir":
+        if not cfg.path:
+            raise BadInput("corpus.path must be set when corpus.kind=dir.")
+        found, skipped = dir_documents(cfg.path)
+    else:
+        raise BadInput(f"corpus.kind={cfg.kind!r} is not allowed; choose one of: "
+                       "pydoc_topics, dir.")
+    if not found:
+        raise BadInput(f"corpus {cfg.path or cfg.kind} has no readable documents.")
+    return found, skipped
+
+
+def _check_window(cfg: CorpusConfig, tokenizer: Tokenizer, max_seq_len: int) -> None:
+    """A chunk must fit the embedder's window beside its special tokens ([CLS], [SEP])."""
+    limit = max_seq_len - tokenizer.num_special_tokens_to_add(False)
+    if not 1 <= cfg.chunk_tokens <= limit:
+        raise BadInput(f"corpus.chunk_tokens={cfg.chunk_tokens} must be between 1 and {limit} "
+                       f"(embedder.max_seq_len={max_seq_len} minus special tokens).")
+    if not 0 <= cfg.overlap_tokens < cfg.chunk_tokens:
+        raise BadInput(f"corpus.overlap_tokens={cfg.overlap_tokens} must be ≥ 0 and less than "
+                       f"corpus.chunk_tokens={cfg.chunk_tokens}.")
+
+
+def _windows(word_starts: list[bool], size: int, overlap: int) -> list[tuple[int, int]]:
+    """Token windows of at most `size`, cut where a word starts when one is in reach."""
+    n, start, spans = len(word_starts), 0, []
+    while start < n:
+        end = min(start + size, n)
+        if end < n:
+            end = next((e for e in range(end, start, -1) if word_starts[e]), end)
+        spans.append((start, end))
+        if end == n:
+            break
+        wanted = max(end - overlap, start + 1)
+        start = next((s for s in range(wanted, end) if word_starts[s]), end)
+    return spans
+
+
+def chunk_document(doc: Document, tokenizer: Tokenizer, size: int, overlap: int) -> list[Chunk]:
+    encoding = tokenizer.encode(doc.text, add_special_tokens=False)
+    words = encoding.word_ids
+    word_starts = [i == 0 or words[i] != words[i - 1] for i in range(len(words))]
+    chunks = []
+    for first, last in _windows(word_starts, size, overlap):
+        start, end = encoding.offsets[first][0], encoding.offsets[last - 1][1]
+        chunks.append(Chunk(-1, doc.source, start, end, doc.text[start:end]))
+    return chunks
+
+
+def chunk_corpus(docs: list[Document], cfg: CorpusConfig, tokenizer_file: Path,
+                 max_seq_len: int) -> list[Chunk]:
+    """All chunks, keyed 0…N-1 in document order."""
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    _check_window(cfg, tokenizer, max_seq_len)
+    size, overlap = cfg.chunk_tokens, cfg.overlap_tokens
+    chunks = [c for doc in docs for c in chunk_document(doc, tokenizer, size, overlap)]
+    return [Chunk(key, c.source, c.start, c.end, c.text) for key, c in enumerate(chunks)]
+
+
+def write_chunks(path: Path, chunks: list[Chunk]) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        for chunk in chunks:
+            handle.write(json.dumps(asdict(chunk), ensure_ascii=False, sort_keys=True) + "\n")
+
+
+def read_chunks(path: Path) -> list[Chunk]:
+    with open(path, encoding="utf-8") as handle:
+        return [Chunk(**json.loads(line)) for line in handle if line.strip()]

@@ -1,0 +1,190 @@
+"""The sentence embedder as an ExecuTorch `.pte`, so the phone embeds queries as the index did.
+
+Mean pooling and L2 normalisation are part of the exported graph, not of the caller: the
+runtime on the phone then has nothing to reimplement. Inputs have one fixed shape, [1, L] with
+L = `embedder.max_seq_len`, and the tokenizer shipped beside the `.pte` pads and truncates to L.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from pipeline.config import EmbedderConfig
+from pipeline.errors import BadInput
+from pipeline.progress import log
+
+PTE, TOKENIZER, META = "embedder.pte", "tokenizer.json", "embedder.json"
+Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class MeanPooledEncoder(torch.nn.Module):
+    """BERT → attention-mask-weighted mean of the last hidden states → unit vector."""
+
+    def __init__(self, bert: torch.nn.Module) -> None:
+        super().__init__()
+        self.bert = bert
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+
+
+class Int8Embedding(torch.nn.Module):
+    """A word table stored as int8 rows with one scale each, read by ExecuTorch's embedding_byte.
+
+    The table is most of MiniLM's bytes; XNNPACK does not take embeddings, so the quantized
+    kernel library does (the runtime must import `executorch.kernels.quantized`).
+    """
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        scales = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        self.register_buffer("weight", torch.round(weight / scales[:, None]).clamp(-128, 127)
+                             .to(torch.int8))
+        self.register_buffer("scales", scales)
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized_decomposed.embedding_byte.dtype(
+            self.weight, self.scales, None, -128, 127, indices, dtype=torch.float32)
+
+
+def _no_quantization(model: MeanPooledEncoder) -> MeanPooledEncoder:
+    return model
+
+
+def _int8_dynamic(model: MeanPooledEncoder) -> MeanPooledEncoder:
+    """8da8w: int8 dynamic activations × int8 per-channel weights on linears (XNNPACK qd8)."""
+    import executorch.exir.passes._quant_patterns_and_replacements  # noqa: F401 - registers ops
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerAxis
+
+    quantize_(model, Int8DynamicActivationIntxWeightConfig(
+        weight_dtype=torch.int8, weight_granularity=PerAxis(0)))
+    words = model.bert.embeddings.word_embeddings
+    model.bert.embeddings.word_embeddings = Int8Embedding(words.weight.detach())
+    return model
+
+
+QUANTIZERS: dict[str, Callable[[MeanPooledEncoder], MeanPooledEncoder]] = {
+    "none": _no_quantization,
+    "8da8w": _int8_dynamic,
+}
+
+
+def check(cfg: EmbedderConfig) -> None:
+    if cfg.quantize not in QUANTIZERS:
+        raise BadInput(f"embedder.quantize={cfg.quantize!r} is not allowed; choose one of: "
+                       f"{', '.join(QUANTIZERS)}.")
+    if not 8 <= cfg.max_seq_len <= 512:
+        raise BadInput(f"embedder.max_seq_len={cfg.max_seq_len} must be between 8 and 512.")
+
+
+def load_tokenizer(path: Path, max_seq_len: int) -> Tokenizer:
+    """The embedder's tokenizer, padding and truncating every text to `max_seq_len` tokens."""
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.enable_truncation(max_seq_len)
+    tokenizer.enable_padding(length=max_seq_len)
+    return tokenizer
+
+
+def load_encoder(model_dir: Path) -> MeanPooledEncoder:
+    """The fp32 reference: the sentence-transformers folder's BertModel, eager."""
+    from transformers import BertModel
+
+    bert = BertModel.from_pretrained(str(model_dir), attn_implementation="sdpa")
+    return MeanPooledEncoder(bert).eval()
+
+
+def _example(tokenizer: Tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    encoding = tokenizer.encode("An example sentence to trace the graph with.")
+    return torch.tensor([encoding.ids]), torch.tensor([encoding.attention_mask])
+
+
+def to_pte(model: torch.nn.Module, example: tuple[torch.Tensor, torch.Tensor]) -> bytes:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    with torch.no_grad():
+        program = torch.export.export(model, example, strict=False)
+    log("lowering the embedder to XNNPACK")
+    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    return edge.to_executorch().buffer
+
+
+def compile_embedder(cfg: EmbedderConfig, model_dir: Path, out: Path) -> dict[str, Any]:
+    """The model folder → `embedder.pte`, `tokenizer.json` (padded to L) and `embedder.json`."""
+    check(cfg)
+    tokenizer = load_tokenizer(model_dir / TOKENIZER, cfg.max_seq_len)
+    model = QUANTIZERS[cfg.quantize](load_encoder(model_dir))
+    example = _example(tokenizer)
+    with torch.no_grad():
+        dim = int(model(*example).shape[-1])
+    (out / PTE).write_bytes(to_pte(model, example))
+    tokenizer.save(str(out / TOKENIZER))
+    meta = {"max_seq_len": cfg.max_seq_len, "dim": dim, "pooling": "mean", "normalized": True,
+            "quantize": cfg.quantize}
+    (out / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return {"pte_bytes": (out / PTE).stat().st_size, **meta}
+
+
+def copy_source(model_dir: Path, out: Path) -> dict[str, Any]:
+    """The fetched model folder, copied whole into the artifact (the fp32 reference reads it)."""
+    shutil.copytree(model_dir, out, dirs_exist_ok=True)
+    return {"files": sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())}
+
+
+@dataclass
+class Embedder:
+    """Texts → unit vectors, one [1, L] forward per text, through either implementation."""
+
+    tokenizer: Tokenizer
+    forward: Forward
+    dim: int
+
+    def embed(self, texts: Iterable[str]) -> np.ndarray:
+        rows = []
+        for text in texts:
+            encoding = self.tokenizer.encode(text)
+            ids = torch.tensor([encoding.ids], dtype=torch.long)
+            mask = torch.tensor([encoding.attention_mask], dtype=torch.long)
+            rows.append(self.forward(ids, mask)[0].detach().numpy())
+        return np.stack(rows).astype(np.float32) if rows else np.zeros((0, self.dim), np.float32)
+
+
+def _meta(embedder_dir: Path) -> dict[str, Any]:
+    return json.loads((embedder_dir / META).read_text())
+
+
+def load_pte(embedder_dir: Path) -> Embedder:
+    """The shipped artifact, run by the ExecuTorch runtime exactly as the phone will."""
+    import executorch.kernels.quantized  # noqa: F401 - embedding_byte for 8-bit word tables
+    from executorch.runtime import Runtime
+
+    meta = _meta(embedder_dir)
+    method = Runtime.get().load_program(str(embedder_dir / PTE)).load_method("forward")
+    tokenizer = Tokenizer.from_file(str(embedder_dir / TOKENIZER))
+    return Embedder(tokenizer, lambda ids, mask: method.execute([ids, mask])[0], meta["dim"])
+
+
+def load_reference(model_dir: Path, embedder_dir: Path) -> Embedder:
+    """The same module in fp32 eager PyTorch, for parity with the `.pte`."""
+    meta = _meta(embedder_dir)
+    model = load_encoder(model_dir)
+
+    def forward(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(ids, mask)
+
+    return Embedder(load_tokenizer(model_dir / TOKENIZER, meta["max_seq_len"]), forward,
+                    meta["dim"])

@@ -1,0 +1,83 @@
+"""Config composition and validation: bad values fail before any work, in one sentence."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from pipeline import config
+from pipeline.errors import BadInput
+from tests.conftest import REPO
+
+
+def _validate(*overrides: str) -> config.Config:
+    return config.validate(config.compose(list(overrides)))
+
+
+def test_default_composes_to_the_committed_params(tmp_path):
+    out = tmp_path / "params.yaml"
+    subprocess.run([sys.executable, "-m", "pipeline.cli", "configure", "--output", str(out)],
+                   check=True, cwd=REPO, capture_output=True)
+    generated = OmegaConf.load(out)
+    committed = OmegaConf.load(REPO / "params.yaml")
+    assert generated == committed
+    assert generated.quant.name == "8da4w_g32" and generated.model.name.startswith("smollm2")
+
+
+def test_group_size_that_does_not_divide_576_is_refused():
+    with pytest.raises(BadInput, match=r"quant.group_size=128 .* allowed: 0, 32, 64"):
+        _validate("quant.group_size=128")
+
+
+def test_group_size_allowed_for_tiny_widths():
+    assert _validate("experiment=tiny", "quant.group_size=64").quant.group_size == 64
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("quant=nope", r"quant=nope is not a known choice; choose one of: .*8da4w_g32"),
+        ("quant.colour=red", r"quant.colour is not a known setting"),
+        ("quant.bits=3", r"quant.bits=3 is not allowed; choose one of: 4, 8"),
+        ("quant.method=magic", r"quant.method='magic' is not allowed"),
+        ("calibration.seq_len=abc", r"calibration.seq_len='abc' is not valid"),
+        ("calibration.eval_fraction=1.5", r"eval_fraction=1.5 must be between 0 and 1"),
+        ("backend.name=tpu", r"backend.name='tpu' is not allowed"),
+        ("model=hf_smollm2_135m", r"model.source.revision must be set"),
+    ],
+)
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(BadInput, match=message):
+        _validate(override)
+
+
+def test_unknown_key_in_params_file_is_named(tmp_path):
+    params = OmegaConf.load(REPO / "params.yaml")
+    params.quant["grup_size"] = 32
+    path = tmp_path / "params.yaml"
+    OmegaConf.save(params, path)
+    with pytest.raises(BadInput, match=r"quant.grup_size is not a known setting; allowed keys "
+                                       r"there: name, method, .*group_size"):
+        config.load(path)
+
+
+def test_executorch_section_is_checked_by_llmconfig():
+    with pytest.raises(BadInput, match=r"model.executorch.*not valid for ExecuTorch's LlmConfig"):
+        raw = OmegaConf.create(OmegaConf.to_container(config.compose([])))
+        raw.model.executorch.export["max_seq_lenght"] = 5
+        config.validate(raw)
+
+
+def test_cli_exits_2_with_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "configure", "quant.group_size=128",
+         "--output", str(tmp_path / "p.yaml")],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith("edgerag: quant.group_size=128")
+    assert not (tmp_path / "p.yaml").exists()

