@@ -158,6 +158,10 @@ class BackendConfig:
 class EvalConfig:
     ppl_window: int = 512
     ppl_max_tokens: int = 2048
+    tasks_limit: int = 100
+    tasks_seed: int = 0
+    speed_new_tokens: int = 64
+    speed_repeats: int = 3
 
 
 @dataclass
@@ -306,6 +310,9 @@ def _check_quant(quant: QuantConfig, widths: list[int]) -> None:
         tensor = getattr(quant, family)
         if tensor is not None:
             _one_of(f"quant.{family}.bits", tensor.bits, (4, 8))
+    if quant.embedding is not None and not quant.embedding.symmetric:
+        raise BadInput("quant.embedding.symmetric=false is not allowed: ExecuTorch's quantized "
+                       "embedding kernels are symmetric.")
 
 
 def validate(raw: DictConfig | dict) -> Config:

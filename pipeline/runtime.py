@@ -1,4 +1,4 @@
-"""Run a `.pte` in the ExecuTorch runtime, exactly as the phone will (same kernels, same program)."""
+"""Run a `.pte` in the ExecuTorch runtime exactly as the phone will: same kernels, same program."""
 
 from __future__ import annotations
 

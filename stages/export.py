@@ -11,7 +11,7 @@ def main() -> None:
     model = artifacts.require("data/model")
     with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
                           inputs=[model]) as out:
-        out.notes.update(export.run(model.path, cfg.model, out.path))
+        out.notes.update(export.run(model.path, cfg.model, out.path, cfg.backend.name))
 
 
 if __name__ == "__main__":

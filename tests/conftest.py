@@ -46,3 +46,81 @@ def tiny_program(tiny_llm):
     metadata = export.runner_metadata(params, llm, 1, [2])
     model = export.apply(export.build_eager(params, llm, weights), export.runner_transforms(llm))
     return export.export_program(model, llm, metadata, "tiny"), metadata
+
+
+def sh(args, cwd, check=True):
+    """Run a command with this venv's python first on PATH (DVC stages call `python`)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def repro(cwd) -> set[str]:
+    """`dvc repro`; the set of stages that actually ran."""
+    import re
+    import sys
+
+    out = sh([sys.executable, "-m", "dvc", "repro"], cwd).stdout
+    return set(re.findall(r"Running stage '([^']+)'", out))
+
+
+def copy_repo(root: Path, *overrides: str) -> Path:
+    """A clean copy of the tree (tracked files plus uncommitted edits, no data) as a new repo."""
+    import shutil
+    import sys
+
+    listed = sh(["git", "ls-files", "--cached", "--others", "--exclude-standard"], REPO)
+    for name in listed.stdout.split():
+        source = REPO / name
+        if source.is_file() and not name.startswith("data/") and name != "dvc.lock":
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / name)
+    sh(["git", "init", "-q"], root)
+    sh([sys.executable, "-m", "pipeline.cli", "configure", *overrides], root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory):
+    """A 512-token byte-level BPE trained on the language reference: real text, tiny vocab."""
+    from pydoc_data.topics import topics
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    raw.train_from_iterator([topics[k] for k in sorted(topics)], trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>",
+                                        bos_token="<s>", eos_token="</s>")
+    folder = tmp_path_factory.mktemp("tokenizer")
+    tokenizer.save_pretrained(folder)
+    return tokenizer, folder
+
+
+@pytest.fixture(scope="session")
+def tiny_ptes(tiny_llm, tiny_program, tmp_path_factory):
+    """The tiny program lowered to XNNPACK twice: fp32 and 8da4w (group 32)."""
+    import copy
+
+    from pipeline.config import BackendConfig, QuantConfig, TensorQuant
+    from pipeline.llm import lower, schemes
+
+    _, params, llm, _ = tiny_llm
+    program, metadata = tiny_program
+    quant = QuantConfig(name="8da4w", method="torchao", activations="int8_dynamic", bits=4,
+                        group_size=32, embedding=TensorQuant(bits=8, group_size=0))
+    quantized = schemes.scheme(quant).quantize(quant, program, params, llm, metadata, None)
+    folder = tmp_path_factory.mktemp("ptes")
+    backend = BackendConfig(name="xnnpack")
+    for name, exported in (("fp32", copy.deepcopy(program)), ("8da4w", quantized)):
+        (folder / f"{name}.pte").write_bytes(lower.to_pte(exported, llm, metadata, backend, name))
+    return {"fp32": folder / "fp32.pte", "8da4w": folder / "8da4w.pte"}

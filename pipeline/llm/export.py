@@ -68,7 +68,7 @@ def build_eager(params: dict[str, Any], llm: Any, state_dict: dict[str, torch.Te
 
 def runner_transforms(llm: Any, backend: str = "xnnpack"
                       ) -> list[Callable[[torch.nn.Module], torch.nn.Module]]:
-    """The source transforms that shape the KV cache and attention for the backend (no quantization).
+    """Source transforms that shape KV cache and attention for the backend (no quantization).
 
     XNNPACK: ExecuTorch's fused custom SDPA + KV-cache ops, which the CPU runner expects.
     QNN: the HTP cannot run those custom ops, so plain attention with an index_put KV cache, an
@@ -168,10 +168,10 @@ def apply(model: torch.nn.Module, transforms: list[Callable]) -> torch.nn.Module
     return model
 
 
-def run(model_dir: Path, model_cfg: Any, out: Path) -> dict[str, Any]:
+def run(model_dir: Path, model_cfg: Any, out: Path, backend: str = "xnnpack") -> dict[str, Any]:
     """fetch_model's folder → fp32 program with the runner's interface, saved in `out`."""
-    from transformers import AutoConfig, AutoTokenizer
     from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoTokenizer
 
     from pipeline.llm import checkpoint
     from pipeline.progress import log
@@ -182,7 +182,7 @@ def run(model_dir: Path, model_cfg: Any, out: Path) -> dict[str, Any]:
     llm = llm_config(model_cfg.executorch)
     log("building ExecuTorch's Llama from the checkpoint")
     weights = checkpoint.hf_to_meta(load_file(model_dir / "model.safetensors"))
-    model = apply(build_eager(params, llm, weights), runner_transforms(llm))
+    model = apply(build_eager(params, llm, weights), runner_transforms(llm, backend))
     eos_ids = sorted({tokenizer.eos_token_id, *_as_list(hf_config.eos_token_id)} - {None})
     metadata = runner_metadata(params, llm, tokenizer.bos_token_id, eos_ids)
     log("torch.export (strict, KV cache, dynamic prompt length)")

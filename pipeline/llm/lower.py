@@ -13,7 +13,7 @@ PTE = "llm.pte"
 
 
 def _xnnpack_partitioners(backend: BackendConfig) -> list[Any]:
-    """Dynamically-quantized linears first, then every other op XNNPACK takes (export_llm's order)."""
+    """Dynamically-quantized linears first, then every other op XNNPACK takes (export_llm order)."""
     from executorch.extension.llm.export.partitioner_lib import get_xnnpack_partitioner
 
     partitioners = [get_xnnpack_partitioner(dynamic_quant_only_partitioner=True)]

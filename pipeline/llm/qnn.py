@@ -1,9 +1,10 @@
 """Qualcomm QNN: quantizing without the SDK, and refusing to lower without it.
 
 ExecuTorch's `setup_qnn_sdk()` downloads a Qualcomm SDK on Linux x86 when `QNN_SDK_ROOT` is unset;
-`QnnQuantizer` reaches it through its op-info lookup, lowering through its compiler specs and
-QNN manager. A set-but-empty `QNN_SDK_ROOT` tells it the caller owns the SDK, so edgerag builds
-quantizers under that setting and checks for a real SDK before lowering: nothing here downloads.
+`QnnQuantizer()` reaches it through its op-info lookup, lowering through
+`to_edge_transform_and_lower_to_qnn` and the QNN manager. A set-but-empty `QNN_SDK_ROOT` tells it
+the caller owns the SDK, so edgerag builds quantizers under that setting and checks for a real
+SDK before lowering: nothing here downloads.
 """
 
 from __future__ import annotations
@@ -38,6 +39,36 @@ def sdk_never_downloaded() -> Iterator[None]:
     finally:
         if was_unset:
             os.environ.pop(SDK_ROOT, None)
+
+
+def weight_blocks(graph: torch.fx.GraphModule, block_size: int) -> dict[str, tuple[int, ...]]:
+    """Node name → block shape: one scale per `block_size` input channels of every linear.
+
+    After QNN's source transforms a linear is a 1x1 conv2d (weight [out, in, 1, 1]).
+    """
+    shapes = {
+        torch.ops.aten.conv2d.default: (1, block_size, 1, 1),
+        torch.ops.aten.linear.default: (1, block_size),
+    }
+    return {node.name: shapes[node.target] for node in graph.graph.nodes
+            if node.op == "call_function" and node.target in shapes}
+
+
+class BlockwiseQnnQuantizer(QnnQuantizer):
+    """QnnQuantizer that finds the linears to block-quantize (block_size > 0) in the graph.
+
+    `set_block_size_map` takes node names, which exist only once the graph does; ExecuTorch's
+    Llama scripts compute them from the graph before `prepare_pt2e`, here it happens inside it.
+    """
+
+    def __init__(self, block_size: int = 0) -> None:
+        super().__init__()
+        self.block_size = block_size
+
+    def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        if self.block_size:
+            self.set_block_size_map(weight_blocks(model, self.block_size))
+        return super().annotate(model)
 
 
 def check_sdk() -> None:
@@ -116,33 +147,3 @@ def to_edge(graph: torch.fx.GraphModule, example_inputs: tuple, metadata: dict,
         skip_node_op_set=CPU_OPS,
         skip_mutable_buffer=True,
     )
-
-
-def weight_blocks(graph: torch.fx.GraphModule, block_size: int) -> dict[str, tuple[int, ...]]:
-    """Node name → block shape: one scale per `block_size` input channels of every linear.
-
-    After QNN's source transforms a linear is a 1x1 conv2d (weight [out, in, 1, 1]).
-    """
-    shapes = {
-        torch.ops.aten.conv2d.default: (1, block_size, 1, 1),
-        torch.ops.aten.linear.default: (1, block_size),
-    }
-    return {node.name: shapes[node.target] for node in graph.graph.nodes
-            if node.op == "call_function" and node.target in shapes}
-
-
-class BlockwiseQnnQuantizer(QnnQuantizer):
-    """QnnQuantizer that finds the linears to block-quantize in the graph it annotates.
-
-    `set_block_size_map` takes node names, which exist only once the graph does; ExecuTorch's
-    Llama scripts compute them from the graph before `prepare_pt2e`, here it happens inside it.
-    """
-
-    def __init__(self, block_size: int = 0) -> None:
-        super().__init__()
-        self.block_size = block_size
-
-    def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
-        if self.block_size:
-            self.set_block_size_map(weight_blocks(model, self.block_size))
-        return super().annotate(model)

@@ -94,7 +94,7 @@ class TorchaoWeights:
         _check_widths(model, quant.group_size)
         dynamic = quant.activations == "int8_dynamic"
         with torch.no_grad():
-            self._quantize_embedding(model, quant.embedding)
+            model = self._quantize_embedding(model, quant.embedding, quant.algorithm)
             if quant.head is not None:
                 head = quant.head
                 quantize_(model, _weight_config(head.bits, head.group_size, head.symmetric,
@@ -111,20 +111,22 @@ class TorchaoWeights:
         return export.export_program(model, llm, metadata, quant.name)
 
     @staticmethod
-    def _quantize_embedding(model: torch.nn.Module, spec: TensorQuant | None) -> None:
-        from torchao.quantization import IntxWeightOnlyConfig, quantize_
+    def _quantize_embedding(model: torch.nn.Module, spec: TensorQuant | None,
+                            algorithm: str) -> torch.nn.Module:
+        """ExecuTorch's quantized embedding: a lookup kernel on the packed table.
+
+        torchao's weight-only config would leave a dequantize of the whole table on every token,
+        outside XNNPACK (measured: most of the decode time); ExecuTorch's handler emits
+        `quantized_decomposed.embedding_*`, symmetric per row or per group.
+        """
+        from executorch.examples.models.llama.source_transformation.quantize import (
+            get_quant_embedding_transform,
+        )
 
         if spec is None:
-            return
-        quantize_(
-            model,
-            IntxWeightOnlyConfig(
-                weight_dtype=getattr(torch, f"int{spec.bits}"),
-                granularity=_granularity(spec.group_size),
-                mapping_type=_mapping(spec.symmetric),
-            ),
-            filter_fn=lambda m, fqn: isinstance(m, torch.nn.Embedding),
-        )
+            return model
+        return get_quant_embedding_transform(
+            f"{spec.bits},{spec.group_size}", quantize_with_hqq=algorithm == "hqq")(model)
 
 
 def _takes_one_token(program: Any) -> bool:
@@ -132,6 +134,21 @@ def _takes_one_token(program: Any) -> bool:
     tokens = next(node for node in program.graph.nodes if node.op == "placeholder"
                   and node.name == program.graph_signature.user_inputs[0])
     return not isinstance(tokens.meta["val"].shape[-1], torch.SymInt)
+
+
+def _observe_unrecorded_weights(prepared: torch.fx.GraphModule, recorded: set[str]) -> None:
+    """Observe constant weights whose observers calibration does not record.
+
+    torchao's affine observers (QNN's per-block one) are not `ObserverBase` and keep min/max
+    outside `state_dict`; a weight's statistics come from the weight, so observing it again here
+    gives exactly what calibration saw.
+    """
+    from operator import attrgetter
+
+    for node in prepared.graph.nodes:
+        if (node.op == "call_module" and node.target not in recorded and node.args
+                and node.args[0].op == "get_attr"):
+            prepared.get_submodule(node.target)(attrgetter(node.args[0].target)(prepared))
 
 
 class Pt2eStatic:
@@ -178,6 +195,7 @@ class Pt2eStatic:
             if name not in observers:
                 raise BadInput(f"calibration statistics do not fit this graph (no {name}).")
             observers[name].load_state_dict(state)
+        _observe_unrecorded_weights(prepared, set(stats))
         converted = convert_pt2e(prepared)
         manager = export.edge_manager(converted, llm, metadata, quant.name)
         manager.pre_autograd_graph_module = converted

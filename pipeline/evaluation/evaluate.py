@@ -1,0 +1,77 @@
+"""Evaluate the shipped `.pte` beside the fp32 reference: perplexity, lm-eval, speed, size."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config
+from pipeline.evaluation import lm_eval_adapter, perplexity, scorers, speed
+from pipeline.progress import log
+from pipeline.splits import EVALUATION, read_jsonl
+
+PTE, TOKENIZER = "llm.pte", "tokenizer.json"
+
+
+def _lm_eval(scorer: Any, tokenizer: Any, tasks_dir: Path, limit: int) -> dict[str, float]:
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    names = sorted(p.stem for p in tasks_dir.glob("*.yaml"))
+    result = simple_evaluate(
+        model=lm_eval_adapter.ScorerLM(scorer, tokenizer),
+        tasks=names,
+        task_manager=TaskManager(include_path=str(tasks_dir)),
+        limit=limit,
+        log_samples=False,
+        bootstrap_iters=0,
+    )
+    return {name: round(result["results"][name]["acc,none"], 4) for name in names}
+
+
+def run(cfg: Config, lowered: Path, model_dir: Path, split_dir: Path,
+        tasks_dir: Path) -> dict[str, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    pte = scorers.RuntimeScorer(lowered / PTE)
+    reference = scorers.EagerScorer(
+        AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), pte.max_context_len)
+    texts = [record["text"] for record in read_jsonl(split_dir / EVALUATION)]
+    ids = perplexity.eval_tokens(texts, tokenizer, cfg.eval.ppl_max_tokens)
+    windows = perplexity.windows(ids, min(cfg.eval.ppl_window, pte.max_context_len))
+    log(f"perplexity: {len(ids)} held-out tokens in {len(windows)} windows")
+    ppl = perplexity.score(pte, reference, windows)
+    log("lm-eval: .pte")
+    accuracy = _lm_eval(pte, tokenizer, tasks_dir, cfg.eval.tasks_limit)
+    log("lm-eval: fp32 reference")
+    accuracy_ref = _lm_eval(reference, tokenizer, tasks_dir, cfg.eval.tasks_limit)
+    log("speed: the stock runner in a fresh process")
+    timing = speed.measure(lowered / PTE, lowered / TOKENIZER, cfg.eval.speed_new_tokens,
+                           cfg.eval.speed_repeats)
+    llm = {key: ppl[key] for key in ("ppl", "ppl_reference", "ppl_delta_pct", "tokens")}
+    llm.update({"pte_bytes": (lowered / PTE).stat().st_size, **timing})
+    tasks = {name: {"acc": accuracy[name], "acc_reference": accuracy_ref[name]}
+             for name in accuracy}
+    return {"metrics": {"llm": llm, "lm_eval": tasks}, "windows": ppl["windows"]}
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    """One screen: metric, reference, .pte, delta."""
+    llm, rows = metrics["llm"], []
+    rows.append(("perplexity", llm["ppl_reference"], llm["ppl"], f"{llm['ppl_delta_pct']:+.2f}%"))
+    for task, acc in metrics["lm_eval"].items():
+        rows.append((f"{task} acc", acc["acc_reference"], acc["acc"],
+                     f"{acc['acc'] - acc['acc_reference']:+.3f}"))
+    rows.append((".pte size (MB)", "", round(llm["pte_bytes"] / 1e6, 1), ""))
+    rows.append(("decode tok/s", "", llm["decode_tok_s"], ""))
+    rows.append(("prefill tok/s", "", llm["prefill_tok_s"], ""))
+    rows.append(("runner peak RSS (MB)", "", llm["peak_rss_mb"], ""))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'metric':<{width}}  {'reference':>10}  {'.pte':>10}  {'delta':>9}"]
+    lines += [f"{a:<{width}}  {b!s:>10}  {c!s:>10}  {d:>9}" for a, b, c, d in rows]
+    return "\n".join(lines)

@@ -1,0 +1,56 @@
+"""Next-token log-probabilities from the shipped `.pte` (runtime) or the fp32 reference (eager).
+
+Both answer the same question — log p(ids[i] | ids[:i]) for i ≥ start — so perplexity and the
+lm-eval adapter are written once and run on either. The `.pte` returns only the last position's
+logits, as the phone's runner uses it: its context is prefilled in chunks through the KV cache,
+then the scored tokens are fed one at a time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline import runtime
+
+
+class RuntimeScorer:
+    """The `.pte` in ExecuTorch's runtime."""
+
+    def __init__(self, pte: str | Path):
+        self.program = runtime.Program(pte)
+        self.max_seq_len = int(self.program.constant("get_max_seq_len"))
+        self.max_context_len = int(self.program.constant("get_max_context_len") or
+                                   self.max_seq_len)
+
+    def logprobs(self, ids: list[int], start: int) -> torch.Tensor:
+        """Rows of log-softmax predicting ids[start:], shape [len(ids) - start, vocab]."""
+        assert 1 <= start < len(ids) <= self.max_context_len
+        chunk = self.max_seq_len - 1
+        for begin in range(0, start - 1, chunk):
+            piece = ids[begin : min(begin + chunk, start - 1)]
+            runtime.llm_logits(self.program, piece, begin)
+        rows = [runtime.llm_logits(self.program, [ids[pos]], pos).float()
+                for pos in range(start - 1, len(ids) - 1)]
+        return torch.log_softmax(torch.stack(rows), dim=-1)
+
+
+class EagerScorer:
+    """A full-logits causal LM (the fp32 transformers reference)."""
+
+    def __init__(self, model: Any, max_context_len: int):
+        self.model = model.eval()
+        self.max_context_len = max_context_len
+
+    def logprobs(self, ids: list[int], start: int) -> torch.Tensor:
+        with torch.no_grad():
+            logits = self.model(torch.tensor([ids])).logits[0, start - 1 : -1].float()
+        return torch.log_softmax(logits, dim=-1)
+
+
+def target_logprobs(scorer: Any, ids: list[int], start: int) -> torch.Tensor:
+    """log p(ids[i] | ids[:i]) for i in [start, len(ids))."""
+    rows = scorer.logprobs(ids, start)
+    return rows.gather(1, torch.tensor(ids[start:])[:, None])[:, 0]

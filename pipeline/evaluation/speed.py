@@ -1,0 +1,80 @@
+"""Speed and memory of a `.pte` in ExecuTorch's stock LLM runner, measured in a fresh process.
+
+A fresh process keeps the figure honest: peak RSS is the runner's alone, not the evaluation
+stage's (which also holds torch and the fp32 reference).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+from pipeline.errors import BadInput
+
+PROMPTS = (
+    "Explain what a Python decorator does.",
+    "What is the difference between a list and a tuple?",
+    "Describe how the with statement manages resources.",
+)
+
+
+def measure(pte: Path, tokenizer: Path, max_new_tokens: int = 64, repeats: int = 1) -> dict:
+    """Median prefill/decode tok/s, load time and peak RSS over PROMPTS × repeats."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.evaluation.speed", str(pte), str(tokenizer),
+         str(max_new_tokens), str(repeats)],
+        capture_output=True, text=True,
+    )
+    if result.returncode != 0:
+        tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BadInput(f"the stock runner could not run {pte}: {tail}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _rate(tokens: int, elapsed_ms: int) -> float:
+    """Tokens per second from the runner's millisecond stamps (as its own stats compute it)."""
+    return tokens * 1000.0 / max(elapsed_ms, 1)
+
+
+def _run(pte: str, tokenizer: str, max_new_tokens: int, repeats: int) -> dict[str, Any]:
+    import resource
+    import time
+
+    from pipeline.runtime import register_llm_kernels
+
+    register_llm_kernels()
+    from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+
+    runner = TextLLMRunner(pte, tokenizer)
+    prefill, decode, wall, load_ms = [], [], [], []
+    for _ in range(repeats):
+        for prompt in PROMPTS:
+            stats: list[Any] = []
+            runner.reset()
+            begin = time.monotonic()
+            runner.generate(prompt, GenerationConfig(max_new_tokens=max_new_tokens,
+                                                     temperature=0.0, echo=False),
+                            lambda _piece: None, stats.append)
+            wall.append(time.monotonic() - begin)
+            report = json.loads(stats[-1].to_json_string())
+            load_ms.append(report["model_load_end_ms"] - report["model_load_start_ms"])
+            prefill.append(_rate(report["prompt_tokens"],
+                                 report["prompt_eval_end_ms"] - report["inference_start_ms"]))
+            decode.append(_rate(report["generated_tokens"] - 1,
+                                report["inference_end_ms"] - report["first_token_ms"]))
+    return {
+        "prefill_tok_s": round(median(prefill), 1),
+        "decode_tok_s": round(median(decode), 1),
+        "generate_wall_s": round(median(wall), 3),
+        "load_s": round(max(load_ms) / 1000.0, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+    }
+
+
+if __name__ == "__main__":
+    pte_path, tokenizer_path, new_tokens, runs = sys.argv[1:5]
+    print(json.dumps(_run(pte_path, tokenizer_path, int(new_tokens), int(runs))))

@@ -1,0 +1,21 @@
+"""Write the offline lm-eval tasks (YAML + JSONL) from the evaluation split and docstrings."""
+
+from pipeline import artifacts, config, errors
+from pipeline.evaluation import tasks
+from pipeline.splits import EVALUATION, read_jsonl
+
+STAGE, OUT = "make_tasks", "data/tasks"
+
+
+def main() -> None:
+    cfg = config.load()
+    split = artifacts.require("data/split")
+    texts = [record["text"] for record in read_jsonl(split / EVALUATION)]
+    with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
+                          inputs=[split]) as out:
+        counts = tasks.write(out.path, texts, cfg.eval.tasks_limit, cfg.eval.tasks_seed, OUT)
+        out.note("documents", counts)
+
+
+if __name__ == "__main__":
+    errors.run(main)

@@ -1,0 +1,213 @@
+"""The Qualcomm QNN path without the SDK: QNN-shaped export, every QnnQuantizer scheme calibrated
+and converted, lowering refused in one sentence, and no attempt to download an SDK."""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+
+import pytest
+import torch
+
+from pipeline import config, errors
+from pipeline.errors import BadInput
+from pipeline.llm import export, lower, schemes
+
+SCHEMES = ("qnn_8a8w", "qnn_16a8w", "qnn_16a4w", "qnn_16a4w_block")
+PROMPT = [1, 17, 230, 99, 410, 5, 77, 301, 12, 44]
+
+
+def _cfg(*overrides: str) -> config.Config:
+    return config.validate(config.compose(["experiment=tiny", "backend=qnn", *overrides]))
+
+
+@pytest.fixture(scope="session")
+def qnn_program(tiny_llm):
+    """The tiny model exported for QNN: static one-token decode, QNN's source transforms."""
+    _, params, _, weights = tiny_llm
+    llm = export.llm_config(_cfg("quant=fp32").model.executorch)
+    metadata = export.runner_metadata(params, llm, 1, [2])
+    model = export.apply(export.build_eager(params, llm, weights),
+                         export.runner_transforms(llm, "qnn"))
+    return export.export_program(model, llm, metadata, "tiny"), llm, params, metadata
+
+
+@pytest.fixture(scope="session")
+def samples():
+    generator = torch.Generator().manual_seed(0)
+    return [torch.randint(3, 512, (12,), generator=generator) for _ in range(2)]
+
+
+def _quantize(quant, qnn_program, samples):
+    program, llm, params, metadata = qnn_program
+    scheme = schemes.scheme(quant)
+    stats = scheme.calibrate(quant, copy.deepcopy(program), samples)
+    return stats, scheme.quantize(quant, copy.deepcopy(program), params, llm, metadata, stats)
+
+
+@pytest.fixture(scope="session")
+def converted(qnn_program, samples):
+    """scheme name → (calibration statistics, converted program), each from its conf/quant file;
+    blocks of 32 so that even the 64-wide linears get two scales per row."""
+    blocks = {"qnn_16a4w_block": ["quant.pt2e.block_size=32"]}
+    return {name: _quantize(_cfg(f"quant={name}", *blocks.get(name, [])).quant, qnn_program,
+                            samples)
+            for name in SCHEMES}
+
+
+def _decode(program, tokens=PROMPT):
+    """Logits at every position, fed one token per call as the runner feeds a static graph."""
+    module = copy.deepcopy(program).module()
+    with torch.no_grad():
+        return torch.stack([
+            module(torch.tensor([[token]]), {"input_pos": torch.tensor([pos])}).reshape(-1)
+            for pos, token in enumerate(tokens)
+        ])
+
+
+def _targets(program) -> set[str]:
+    return {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+
+
+def _q_ranges(program, op: str) -> set[tuple[int, int]]:
+    """(quant_min, quant_max) of every `op` node: which bit widths the converted graph uses."""
+    return {(int(n.args[-3]), int(n.args[-2])) for n in program.graph.nodes
+            if n.op == "call_function" and str(n.target) == op}
+
+
+def test_qnn_export_has_no_custom_cpu_ops_and_matches_the_xnnpack_export(qnn_program,
+                                                                          tiny_program):
+    program, *_ = qnn_program
+    assert not any(t.startswith("llama.") for t in _targets(program))
+    assert any(t.startswith("llama.") for t in _targets(tiny_program[0]))
+    assert "aten.conv2d.default" in _targets(program)
+    export.register_runtime_ops()
+    reference = copy.deepcopy(tiny_program[0]).module()
+    with torch.no_grad():
+        prefill = reference(torch.tensor([PROMPT]), {"input_pos": torch.tensor([0])})
+    assert torch.allclose(_decode(program)[-1], prefill.reshape(-1), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", SCHEMES)
+def test_each_scheme_calibrates_and_converts_at_its_bit_widths(converted, name):
+    stats, program = converted[name]
+    assert sum("min_val" in state for state in stats.values()) > 10
+    activations = _q_ranges(program, "quantized_decomposed.quantize_per_tensor.default")
+    assert (0, 255 if name == "qnn_8a8w" else 65535) in activations, activations
+    weights = _q_ranges(program, "quantized_decomposed.dequantize_per_channel.default")
+    if name == "qnn_16a4w_block":
+        blocks = [n.args[1] for n in program.graph.nodes
+                  if str(n.target) == "torchao.dequantize_affine.default"]
+        assert blocks and all(list(b) == [1, 32, 1, 1] for b in blocks), blocks
+    else:
+        assert weights == ({(-7, 7)} if name == "qnn_16a4w" else {(-127, 127)}), weights
+    assert torch.isfinite(_decode(program)).all()
+
+
+def test_error_shrinks_with_wider_activations_and_weights(qnn_program, converted):
+    reference = _decode(qnn_program[0])
+
+    def error(name):
+        return ((_decode(converted[name][1]) - reference).norm() / reference.norm()).item()
+
+    errors_by_scheme = {name: error(name) for name in ("qnn_8a8w", "qnn_16a8w", "qnn_16a4w")}
+    assert 0 < errors_by_scheme["qnn_16a8w"] < errors_by_scheme["qnn_8a8w"], errors_by_scheme
+    assert errors_by_scheme["qnn_16a8w"] < errors_by_scheme["qnn_16a4w"], errors_by_scheme
+
+
+def test_unknown_qnn_dtype_is_one_sentence_listing_the_allowed_values():
+    from pipeline.llm import quantizers
+
+    quant = _cfg("quant=qnn_8a8w").quant
+    quant.pt2e.dtype = "use_4a4w"
+    with pytest.raises(BadInput, match=r"use_4a4w.*choose one of: use_16a4w, use_16a4w_block, "
+                                       r"use_8a8w, use_16a8w\.$"):
+        quantizers.build(quant)
+    with pytest.raises(BadInput, match="needs backend=qnn"):
+        config.validate(config.compose(["experiment=tiny", "quant=qnn_16a4w"]))
+
+
+@pytest.fixture
+def no_sdk(monkeypatch):
+    monkeypatch.delenv("QNN_SDK_ROOT", raising=False)
+
+
+@pytest.mark.parametrize("root", [None, ""])
+def test_lowering_without_the_sdk_fails_first_in_one_sentence(no_sdk, monkeypatch, root,
+                                                               tmp_path, capsys):
+    if root is not None:
+        monkeypatch.setenv("QNN_SDK_ROOT", root)
+    cfg = _cfg("quant=qnn_16a4w")
+    missing = tmp_path / "never-created"
+    # Inputs that do not exist: any work before the SDK check would fail on them instead.
+    with pytest.raises(SystemExit) as exit_info:
+        errors.run(lambda: lower.run(cfg, missing, missing, missing))
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert message.count("\n") == 0 and "QNN_SDK_ROOT" in message
+    assert "Qualcomm AI Engine Direct SDK" in message
+
+
+def test_an_sdk_folder_without_its_libraries_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("QNN_SDK_ROOT", str(tmp_path))
+    with pytest.raises(BadInput, match=r"QNN_SDK_ROOT=.* has no lib/x86_64-linux-clang/libQnnHtp"):
+        lower.check_backend_ready(_cfg("quant=fp32").backend)
+    libraries = tmp_path / "lib" / "x86_64-linux-clang"
+    libraries.mkdir(parents=True)
+    (libraries / "libQnnHtp.so").touch()
+    monkeypatch.setenv("LD_LIBRARY_PATH", "")
+    with pytest.raises(BadInput, match="LD_LIBRARY_PATH lacks"):
+        lower.check_backend_ready(_cfg("quant=fp32").backend)
+    monkeypatch.setenv("LD_LIBRARY_PATH", str(libraries))
+    lower.check_backend_ready(_cfg("quant=fp32").backend)
+
+
+@pytest.fixture
+def network_and_installer_recorded(no_sdk, monkeypatch):
+    """Every connection, DNS lookup and SDK install attempt is recorded and refused."""
+    from executorch.backends.qualcomm.utils import qnn_sdk_setup
+
+    attempts: list[str] = []
+
+    def refuse(kind):
+        def refused(*args, **kwargs):
+            attempts.append(f"{kind}{args[:2]}")
+            raise OSError(f"network disabled in this test ({kind})")
+        return refused
+
+    monkeypatch.setattr(socket.socket, "connect", refuse("connect"))
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse("connect_ex"))
+    monkeypatch.setattr(socket, "create_connection", refuse("create_connection"))
+    monkeypatch.setattr(socket, "getaddrinfo", refuse("getaddrinfo"))
+    monkeypatch.setattr(qnn_sdk_setup, "_install_qnn_sdk",
+                        lambda: attempts.append("install_qnn_sdk") or False)
+    monkeypatch.setattr(qnn_sdk_setup, "_is_linux_x86", lambda: True)
+    monkeypatch.setattr(qnn_sdk_setup, "_sdk_ready", False)
+    return attempts, qnn_sdk_setup
+
+
+def test_the_recorder_sees_executorchs_download_path(network_and_installer_recorded):
+    attempts, qnn_sdk_setup = network_and_installer_recorded
+    with pytest.raises(RuntimeError, match="Failed to set up QNN SDK"):
+        qnn_sdk_setup.setup_qnn_sdk()
+    assert attempts == ["install_qnn_sdk"]
+
+
+def test_quantizing_for_qnn_never_tries_to_download_an_sdk(network_and_installer_recorded,
+                                                             qnn_program, samples):
+    attempts, _ = network_and_installer_recorded
+    quant = _cfg("quant=qnn_16a4w_block").quant
+    _, program = _quantize(quant, qnn_program, samples[:1])
+    assert attempts == []
+    assert "QNN_SDK_ROOT" not in os.environ
+    assert "torchao.dequantize_affine.default" in _targets(program)
+
+
+def test_lowering_directly_checks_the_sdk_before_executorch_can_download(
+        network_and_installer_recorded, qnn_program):
+    attempts, _ = network_and_installer_recorded
+    program, llm, _, metadata = qnn_program
+    with pytest.raises(BadInput, match="QNN_SDK_ROOT"):
+        lower.to_pte(program, llm, metadata, _cfg("quant=fp32").backend, "tiny")
+    assert attempts == []
