@@ -83,6 +83,7 @@ class CorpusConfig:
     path: str | None = None
     chunk_tokens: int = 200
     overlap_tokens: int = 40
+    max_documents: int = 0  # 0 = every document; a small number keeps test builds quick
 
 
 @dataclass

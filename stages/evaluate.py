@@ -1,4 +1,4 @@
-"""Evaluate the `.pte` through the ExecuTorch runtime beside the fp32 reference (data/eval)."""
+"""Gather the LLM and retrieval figures into data/eval/metrics.json and print the summary."""
 
 import json
 
@@ -9,16 +9,14 @@ STAGE, OUT = "evaluate", "data/eval"
 
 
 def main() -> None:
-    cfg = config.load()
-    inputs = [artifacts.require(p) for p in ("data/lowered", "data/model", "data/split",
-                                             "data/tasks")]
-    lowered, model, split, tasks = inputs
-    result = evaluate.run(cfg, lowered.path, model.path, split.path, tasks.path)
-    with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
-                          inputs=inputs) as out:
-        (out / "metrics.json").write_text(json.dumps(result["metrics"], indent=2) + "\n")
-        (out / "ppl_windows.json").write_text(json.dumps(result["windows"], indent=2) + "\n")
-    print(evaluate.summary(result["metrics"]))
+    config.load()
+    inputs = [artifacts.require(p) for p in ("data/eval_llm", "data/index", "data/embedder")]
+    llm, index, embedder = inputs
+    metrics = evaluate.gather(json.loads((llm / evaluate.METRICS).read_text()),
+                              index.manifest["notes"], embedder.manifest["files"])
+    with artifacts.writer(OUT, stage=STAGE, config={}, inputs=inputs) as out:
+        (out / evaluate.METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+    print(evaluate.summary(metrics))
 
 
 if __name__ == "__main__":

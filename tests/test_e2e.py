@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -18,8 +19,9 @@ def repo(tmp_path_factory):
 
 def test_repro_builds_a_pte_the_stock_runner_generates_from(repo):
     ran = repro(repo)
-    assert {"fetch_model", "split", "export", "calibrate", "quantize", "lower", "make_tasks",
-            "evaluate"} <= ran
+    assert ran == {"fetch_model", "split", "export", "calibrate", "quantize", "lower",
+                   "make_tasks", "evaluate_llm", "fetch_embedder", "compile_embedder",
+                   "prepare_corpus", "build_index", "evaluate"}
     sh([sys.executable, "-m", "pipeline.cli", "verify", "data/lowered"], repo)
 
     from pipeline.runtime import register_llm_kernels
@@ -40,7 +42,26 @@ def test_second_repro_runs_nothing(repo):
     assert repro(repo) == set()
 
 
-def test_group_size_change_reruns_only_quantize_lower_and_evaluate(repo):
+def test_metrics_follow_the_contract(repo):
+    metrics = json.loads((repo / "data/eval/metrics.json").read_text())
+    for key in ("ppl", "ppl_reference", "pte_bytes", "decode_tok_s", "prefill_tok_s",
+                "peak_rss_mb"):
+        assert metrics["llm"][key] > 0, key
+    assert metrics["llm"]["ppl_delta_pct"] != 0  # 8da4w really quantized the .pte
+    assert set(metrics["lm_eval"]) == {"edgerag_pydoc_cloze", "edgerag_stdlib_docstrings"}
+    assert metrics["retrieval"]["recall_at_10"] >= 0.9
+    assert metrics["retrieval"]["embed_cosine_min"] > 0.999
+    shown = sh([sys.executable, "-m", "dvc", "metrics", "show", "--json"], repo).stdout
+    assert "recall_at_10" in shown and "ppl_delta_pct" in shown
+
+
+def test_group_size_change_reruns_only_quantize_lower_and_evaluation(repo):
     sh([sys.executable, "-m", "pipeline.cli", "configure", "experiment=tiny",
         "quant.group_size=64"], repo)
-    assert repro(repo) == {"quantize", "lower", "evaluate"}
+    assert repro(repo) == {"quantize", "lower", "evaluate_llm", "evaluate"}
+
+
+def test_corpus_change_reruns_only_the_index(repo):
+    sh([sys.executable, "-m", "pipeline.cli", "configure", "experiment=tiny",
+        "quant.group_size=64", "corpus.chunk_tokens=40"], repo)
+    assert repro(repo) == {"prepare_corpus", "build_index", "evaluate"}

@@ -11,7 +11,7 @@ from pipeline.evaluation import lm_eval_adapter, perplexity, scorers, speed
 from pipeline.progress import log
 from pipeline.splits import EVALUATION, read_jsonl
 
-PTE, TOKENIZER = "llm.pte", "tokenizer.json"
+PTE, TOKENIZER, METRICS = "llm.pte", "tokenizer.json", "metrics.json"
 
 
 def _lm_eval(scorer: Any, tokenizer: Any, tasks_dir: Path, limit: int) -> dict[str, float]:
@@ -60,6 +60,15 @@ def run(cfg: Config, lowered: Path, model_dir: Path, split_dir: Path,
     return {"metrics": {"llm": llm, "lm_eval": tasks}, "windows": ppl["windows"]}
 
 
+def gather(llm: dict[str, Any], index_notes: dict[str, Any],
+           embedder_files: dict[str, Any]) -> dict[str, Any]:
+    """The metrics contract of DESIGN.md: llm.*, lm_eval.<task>.acc, retrieval.*."""
+    retrieval = {key: index_notes[key] for key in
+                 ("recall_at_10", "embed_cosine_min", "chunks", "chunks_per_s", "index_bytes")}
+    retrieval["embedder_pte_bytes"] = embedder_files["embedder.pte"]["bytes"]
+    return {**llm, "retrieval": retrieval}
+
+
 def summary(metrics: dict[str, Any]) -> str:
     """One screen: metric, reference, .pte, delta."""
     llm, rows = metrics["llm"], []
@@ -71,6 +80,10 @@ def summary(metrics: dict[str, Any]) -> str:
     rows.append(("decode tok/s", "", llm["decode_tok_s"], ""))
     rows.append(("prefill tok/s", "", llm["prefill_tok_s"], ""))
     rows.append(("runner peak RSS (MB)", "", llm["peak_rss_mb"], ""))
+    if "retrieval" in metrics:
+        retrieval = metrics["retrieval"]
+        rows.append(("retrieval recall@10", "1.0 (exact)", retrieval["recall_at_10"], ""))
+        rows.append(("embedder cosine min", "1.0 (fp32)", retrieval["embed_cosine_min"], ""))
     width = max(len(r[0]) for r in rows)
     lines = [f"{'metric':<{width}}  {'reference':>10}  {'.pte':>10}  {'delta':>9}"]
     lines += [f"{a:<{width}}  {b!s:>10}  {c!s:>10}  {d:>9}" for a, b, c, d in rows]

@@ -41,9 +41,12 @@ class Chunk:
 
 
 class _HtmlText(HTMLParser):
-    """Visible text of an HTML page: script and style bodies dropped."""
+    """Visible text of an HTML page: script and style bodies dropped, blocks on their own lines."""
 
     _HIDDEN = ("script", "style")
+    _BLOCKS = frozenset("address article aside blockquote br dd div dl dt figcaption footer form "
+                        "h1 h2 h3 h4 h5 h6 header hr li main nav ol p pre section table td th "
+                        "title tr ul".split())
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -52,10 +55,14 @@ class _HtmlText(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list) -> None:
         self._hidden += tag in self._HIDDEN
+        if tag in self._BLOCKS:
+            self.parts.append("\n")
 
     def handle_endtag(self, tag: str) -> None:
         if tag in self._HIDDEN and self._hidden:
             self._hidden -= 1
+        if tag in self._BLOCKS:
+            self.parts.append("\n")
 
     def handle_data(self, data: str) -> None:
         if not self._hidden:
@@ -127,7 +134,7 @@ def documents(cfg: CorpusConfig) -> tuple[list[Document], dict[str, int]]:
                        "pydoc_topics, dir.")
     if not found:
         raise BadInput(f"corpus {cfg.path or cfg.kind} has no readable documents.")
-    return found, skipped
+    return (found[: cfg.max_documents] if cfg.max_documents else found), skipped
 
 
 def _check_window(cfg: CorpusConfig, tokenizer: Tokenizer, max_seq_len: int) -> None:

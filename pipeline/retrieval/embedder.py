@@ -1,8 +1,9 @@
 """The sentence embedder as an ExecuTorch `.pte`, so the phone embeds queries as the index did.
 
 Mean pooling and L2 normalisation are part of the exported graph, not of the caller: the
-runtime on the phone then has nothing to reimplement. Inputs have one fixed shape, [1, L] with
-L = `embedder.max_seq_len`, and the tokenizer shipped beside the `.pte` pads and truncates to L.
+runtime on the phone then has nothing to reimplement. Inputs are [1, T] with a dynamic T from
+2 to L = `embedder.max_seq_len` (the tokenizer shipped beside the `.pte` truncates to L), so a
+short query costs milliseconds instead of a full padded window.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pipeline.errors import BadInput
 from pipeline.progress import log
 
 PTE, TOKENIZER, META = "embedder.pte", "tokenizer.json", "embedder.json"
+MIN_SEQ_LEN = 2  # [CLS] [SEP]: what an empty text encodes to
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -91,10 +93,10 @@ def check(cfg: EmbedderConfig) -> None:
 
 
 def load_tokenizer(path: Path, max_seq_len: int) -> Tokenizer:
-    """The embedder's tokenizer, padding and truncating every text to `max_seq_len` tokens."""
+    """The embedder's tokenizer: truncates to `max_seq_len`, pads a batch to its longest text."""
     tokenizer = Tokenizer.from_file(str(path))
     tokenizer.enable_truncation(max_seq_len)
-    tokenizer.enable_padding(length=max_seq_len)
+    tokenizer.enable_padding()
     return tokenizer
 
 
@@ -111,29 +113,32 @@ def _example(tokenizer: Tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor([encoding.ids]), torch.tensor([encoding.attention_mask])
 
 
-def to_pte(model: torch.nn.Module, example: tuple[torch.Tensor, torch.Tensor]) -> bytes:
+def to_pte(model: torch.nn.Module, example: tuple[torch.Tensor, torch.Tensor],
+           max_seq_len: int) -> bytes:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
+    tokens = torch.export.Dim("tokens", min=MIN_SEQ_LEN, max=max_seq_len)
     with torch.no_grad():
-        program = torch.export.export(model, example, strict=False)
+        program = torch.export.export(model, example, dynamic_shapes=({1: tokens}, {1: tokens}),
+                                      strict=False)
     log("lowering the embedder to XNNPACK")
     edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
     return edge.to_executorch().buffer
 
 
 def compile_embedder(cfg: EmbedderConfig, model_dir: Path, out: Path) -> dict[str, Any]:
-    """The model folder → `embedder.pte`, `tokenizer.json` (padded to L) and `embedder.json`."""
+    """The model folder → `embedder.pte`, `tokenizer.json` (truncating at L), `embedder.json`."""
     check(cfg)
     tokenizer = load_tokenizer(model_dir / TOKENIZER, cfg.max_seq_len)
     model = QUANTIZERS[cfg.quantize](load_encoder(model_dir))
     example = _example(tokenizer)
     with torch.no_grad():
         dim = int(model(*example).shape[-1])
-    (out / PTE).write_bytes(to_pte(model, example))
+    (out / PTE).write_bytes(to_pte(model, example, cfg.max_seq_len))
     tokenizer.save(str(out / TOKENIZER))
-    meta = {"max_seq_len": cfg.max_seq_len, "dim": dim, "pooling": "mean", "normalized": True,
-            "quantize": cfg.quantize}
+    meta = {"min_seq_len": MIN_SEQ_LEN, "max_seq_len": cfg.max_seq_len, "dim": dim,
+            "pooling": "mean", "normalized": True, "quantize": cfg.quantize}
     (out / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return {"pte_bytes": (out / PTE).stat().st_size, **meta}
 
@@ -146,20 +151,30 @@ def copy_source(model_dir: Path, out: Path) -> dict[str, Any]:
 
 @dataclass
 class Embedder:
-    """Texts → unit vectors, one [1, L] forward per text, through either implementation."""
+    """Texts → unit vectors through either implementation, `batch` texts per forward."""
 
     tokenizer: Tokenizer
     forward: Forward
     dim: int
+    batch: int = 1
+
+    def _forward_batch(self, texts: list[str]) -> np.ndarray:
+        encodings = self.tokenizer.encode_batch(texts)
+        ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)
+        mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.long)
+        return self.forward(ids, mask).detach().numpy()
 
     def embed(self, texts: Iterable[str]) -> np.ndarray:
-        rows = []
+        rows, pending = [], []
         for text in texts:
-            encoding = self.tokenizer.encode(text)
-            ids = torch.tensor([encoding.ids], dtype=torch.long)
-            mask = torch.tensor([encoding.attention_mask], dtype=torch.long)
-            rows.append(self.forward(ids, mask)[0].detach().numpy())
-        return np.stack(rows).astype(np.float32) if rows else np.zeros((0, self.dim), np.float32)
+            pending.append(text)
+            if len(pending) == self.batch:
+                rows.append(self._forward_batch(pending))
+                pending = []
+        if pending:
+            rows.append(self._forward_batch(pending))
+        return np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, self.dim),
+                                                                               np.float32)
 
 
 def _meta(embedder_dir: Path) -> dict[str, Any]:
@@ -177,8 +192,9 @@ def load_pte(embedder_dir: Path) -> Embedder:
     return Embedder(tokenizer, lambda ids, mask: method.execute([ids, mask])[0], meta["dim"])
 
 
-def load_reference(model_dir: Path, embedder_dir: Path) -> Embedder:
-    """The same module in fp32 eager PyTorch, for parity with the `.pte`."""
+def load_reference(model_dir: Path, embedder_dir: Path, batch: int = 16) -> Embedder:
+    """The same module in fp32 eager PyTorch, for parity with the `.pte`; batched, since the
+    attention mask makes a padded batch compute what single texts would."""
     meta = _meta(embedder_dir)
     model = load_encoder(model_dir)
 
@@ -187,4 +203,4 @@ def load_reference(model_dir: Path, embedder_dir: Path) -> Embedder:
             return model(ids, mask)
 
     return Embedder(load_tokenizer(model_dir / TOKENIZER, meta["max_seq_len"]), forward,
-                    meta["dim"])
+                    meta["dim"], batch)

@@ -1,0 +1,27 @@
+"""Evaluate the LLM `.pte` through the ExecuTorch runtime beside the fp32 reference (data/eval_llm).
+
+Its own stage, so a corpus change (which re-runs the index) never re-runs the LLM evaluation.
+"""
+
+import json
+
+from pipeline import artifacts, config, errors
+from pipeline.evaluation import evaluate
+
+STAGE, OUT = "evaluate_llm", "data/eval_llm"
+
+
+def main() -> None:
+    cfg = config.load()
+    inputs = [artifacts.require(p) for p in ("data/lowered", "data/model", "data/split",
+                                             "data/tasks")]
+    lowered, model, split, tasks = inputs
+    result = evaluate.run(cfg, lowered.path, model.path, split.path, tasks.path)
+    with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
+                          inputs=inputs) as out:
+        (out / evaluate.METRICS).write_text(json.dumps(result["metrics"], indent=2) + "\n")
+        (out / "ppl_windows.json").write_text(json.dumps(result["windows"], indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    errors.run(main)

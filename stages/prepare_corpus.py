@@ -1,0 +1,24 @@
+"""Cut the corpus (params `corpus`) into chunks that fit the embedder: data/corpus/chunks.jsonl."""
+
+from pipeline import artifacts, config, errors
+from pipeline.retrieval import corpus, embedder
+
+STAGE, OUT = "prepare_corpus", "data/corpus"
+
+
+def main() -> None:
+    cfg = config.load()
+    source = artifacts.require("data/embedder_src")
+    documents, skipped = corpus.documents(cfg.corpus)
+    chunks = corpus.chunk_corpus(documents, cfg.corpus, source / embedder.TOKENIZER,
+                                 cfg.embedder.max_seq_len)
+    with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
+                          inputs=[source]) as out:
+        corpus.write_chunks(out / corpus.CHUNKS, chunks)
+        out.note("documents", len(documents))
+        out.note("chunks", len(chunks))
+        out.note("skipped_files", skipped)
+
+
+if __name__ == "__main__":
+    errors.run(main)

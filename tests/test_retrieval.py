@@ -1,0 +1,160 @@
+"""Retrieval: chunking with exact offsets, messy folders, `.pte` parity with fp32, index recall."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer
+
+from pipeline import sources
+from pipeline.config import CorpusConfig, IndexConfig
+from pipeline.errors import BadInput
+from pipeline.retrieval import corpus, embedder, index
+
+SENTENCES = [
+    "The for statement iterates over the elements of a sequence.",
+    "A lambda expression creates an anonymous function.",
+    "Bananas are rich in potassium and easy to carry.",
+    "Exceptions are raised with the raise statement.",
+    "",
+    "a much longer text than the embedder's window " * 20,
+]
+
+
+@pytest.fixture(scope="session")
+def model_dir(tiny_cfg):
+    return sources.materialize(tiny_cfg.embedder.source)
+
+
+@pytest.fixture(scope="session")
+def compiled(tiny_cfg, model_dir, tmp_path_factory):
+    """The tiny embedder (max_seq_len 64) compiled to a `.pte` once per session."""
+    out = tmp_path_factory.mktemp("embedder")
+    notes = embedder.compile_embedder(tiny_cfg.embedder, model_dir, out)
+    return out, notes
+
+
+@pytest.fixture(scope="session")
+def pydoc_docs():
+    return corpus.pydoc_documents()
+
+
+def _chunks(tiny_cfg, model_dir, docs):
+    return corpus.chunk_corpus(docs, tiny_cfg.corpus, model_dir / embedder.TOKENIZER,
+                               tiny_cfg.embedder.max_seq_len)
+
+
+def test_chunks_map_back_to_the_exact_text_and_fit_the_window(tiny_cfg, model_dir, pydoc_docs):
+    docs = pydoc_docs[:8]
+    chunks = _chunks(tiny_cfg, model_dir, docs)
+    texts = {d.source: d.text for d in docs}
+    tokenizer = Tokenizer.from_file(str(model_dir / embedder.TOKENIZER))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    assert [c.key for c in chunks] == list(range(len(chunks)))
+    for chunk in chunks:
+        assert texts[chunk.source][chunk.start:chunk.end] == chunk.text
+        tokens = len(tokenizer.encode(chunk.text, add_special_tokens=False).ids)
+        assert 0 < tokens <= tiny_cfg.corpus.chunk_tokens
+    for before, after in zip(chunks, chunks[1:], strict=False):
+        if before.source == after.source:
+            assert before.start < after.start <= before.end, "neighbours overlap, no gaps"
+    last = {c.source: c.end for c in chunks}
+    assert all(last[s] == len(texts[s].rstrip()) for s in texts), "each document read to its end"
+
+
+def test_chunk_size_beyond_the_embedder_window_is_bad_input(tiny_cfg, model_dir, pydoc_docs):
+    too_big = dataclasses.replace(tiny_cfg.corpus, chunk_tokens=tiny_cfg.embedder.max_seq_len - 1)
+    with pytest.raises(BadInput, match="corpus.chunk_tokens=63 must be between 1 and 62"):
+        corpus.chunk_corpus(pydoc_docs[:1], too_big, model_dir / embedder.TOKENIZER, 64)
+
+
+def test_messy_folder_skips_and_counts_bad_files(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "good.md").write_text("# Title\n\nSome *markdown* text.\n")
+    (tmp_path / "page.html").write_text(
+        "<html><head><style>p {color: red}</style><script>var x = 1;</script></head>"
+        "<body><h1>Hello</h1><p>World &amp; friends</p></body></html>")
+    (tmp_path / "binary.txt").write_bytes(b"PK\x03\x04\x00\x00binary")
+    (tmp_path / "empty.rst").write_text("  \n\n")
+    (tmp_path / "latin1.txt").write_bytes("café crème".encode("latin-1"))
+    (tmp_path / "script.py").write_text("print('not a document')\n")
+    cfg = CorpusConfig(kind="dir", path=str(tmp_path))
+    docs, skipped = corpus.documents(cfg)
+    assert skipped == {"binary": 1, "empty": 1, "not_utf8": 1}
+    assert [d.source for d in docs] == ["notes/good.md", "page.html"]
+    assert docs[1].text == "Hello\nWorld & friends"
+
+
+def test_empty_or_missing_folder_is_bad_input(tmp_path):
+    with pytest.raises(BadInput, match="has no readable documents"):
+        corpus.documents(CorpusConfig(kind="dir", path=str(tmp_path)))
+    with pytest.raises(BadInput, match="is not a folder"):
+        corpus.documents(CorpusConfig(kind="dir", path=str(tmp_path / "nope")))
+
+
+def test_chunking_is_deterministic(tiny_cfg, model_dir, pydoc_docs, tmp_path):
+    paths = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    for path in paths:
+        corpus.write_chunks(path, _chunks(tiny_cfg, model_dir, corpus.pydoc_documents()[:20]))
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert corpus.read_chunks(paths[0]) == _chunks(tiny_cfg, model_dir, pydoc_docs[:20])
+
+
+def test_pte_embeddings_match_fp32(compiled, model_dir):
+    out, notes = compiled
+    pte = embedder.load_pte(out).embed(SENTENCES)
+    fp32 = embedder.load_reference(model_dir, out).embed(SENTENCES)
+    assert pte.shape == (len(SENTENCES), 384) == (len(SENTENCES), notes["dim"])
+    assert np.allclose(np.linalg.norm(pte, axis=1), 1.0, atol=1e-4)
+    assert index.min_cosine(pte, fp32) >= 0.999
+    similarity = pte @ pte.T
+    assert similarity[0, 1] > similarity[0, 2], "two Python sentences are nearer than a banana"
+
+
+def test_bad_embedder_and_index_settings_are_bad_input(tiny_cfg):
+    with pytest.raises(BadInput, match="embedder.quantize='int3'"):
+        embedder.check(dataclasses.replace(tiny_cfg.embedder, quantize="int3"))
+    with pytest.raises(BadInput, match="index.dtype='f64' is not allowed"):
+        index.check(IndexConfig(dtype="f64"))
+
+
+def test_index_recall_and_parity_on_a_tiny_corpus(tiny_cfg, compiled, model_dir, pydoc_docs,
+                                                  tmp_path):
+    out, _ = compiled
+    chunks = _chunks(tiny_cfg, model_dir, pydoc_docs[:3])[:60]
+    queries = index.held_out_queries([d.text for d in pydoc_docs[40:]], limit=24)
+    pte = embedder.load_pte(out)
+    notes = index.run(IndexConfig(), chunks, pte, embedder.load_reference(model_dir, out),
+                      queries, tmp_path)
+    assert notes["chunks"] == len(chunks) > 20 and notes["queries"] == 24
+    assert notes["recall_at_10"] >= 0.99
+    assert notes["embed_cosine_min"] >= 0.999
+    assert corpus.read_chunks(tmp_path / corpus.CHUNKS) == chunks
+    from usearch.index import Index
+
+    restored = Index.restore(str(tmp_path / index.INDEX))
+    own = restored.search(pte.embed([chunks[3].text]), 1).keys[0]
+    assert int(own) == 3, "a chunk's own text finds that chunk first"
+
+
+def test_recall_counts_misses():
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((200, 16)).astype(np.float32)
+    built = index.build(IndexConfig(dtype="f32"), vectors)
+    assert index.recall_at_k(built, vectors, vectors[:20]) >= 0.99
+    built.remove(list(range(50)))
+    assert index.recall_at_k(built, vectors, vectors[:20]) < 0.99
+
+
+@pytest.mark.slow
+def test_8bit_embedder_is_smaller_and_close(tiny_cfg, compiled, model_dir, tmp_path):
+    _, fp32_notes = compiled
+    cfg = dataclasses.replace(tiny_cfg.embedder, quantize="8da8w")
+    notes = embedder.compile_embedder(cfg, model_dir, tmp_path)
+    assert notes["pte_bytes"] < fp32_notes["pte_bytes"] / 3
+    pte = embedder.load_pte(tmp_path).embed(SENTENCES)
+    fp32 = embedder.load_reference(model_dir, tmp_path).embed(SENTENCES)
+    assert index.min_cosine(pte, fp32) >= 0.99
