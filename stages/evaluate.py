@@ -10,9 +10,11 @@ STAGE, OUT = "evaluate", "data/eval"
 
 def main() -> None:
     config.load()
-    inputs = [artifacts.require(p) for p in ("data/eval_llm", "data/index", "data/embedder")]
-    llm, index, embedder = inputs
+    inputs = [artifacts.require(p) for p in ("data/eval_llm", "data/eval_quantized",
+                                             "data/index", "data/embedder")]
+    llm, quantized, index, embedder = inputs
     metrics = evaluate.gather(json.loads((llm / evaluate.METRICS).read_text()),
+                              json.loads((quantized / evaluate.METRICS).read_text()),
                               index.manifest["notes"], embedder.manifest["files"])
     with artifacts.writer(OUT, stage=STAGE, config={}, inputs=inputs) as out:
         (out / evaluate.METRICS).write_text(json.dumps(metrics, indent=2) + "\n")

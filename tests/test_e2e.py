@@ -20,8 +20,8 @@ def repo(tmp_path_factory):
 def test_repro_builds_a_pte_the_stock_runner_generates_from(repo):
     ran = repro(repo)
     assert ran == {"fetch_model", "split", "export", "calibrate", "quantize", "lower",
-                   "make_tasks", "evaluate_llm", "fetch_embedder", "compile_embedder",
-                   "prepare_corpus", "build_index", "evaluate"}
+                   "make_tasks", "evaluate_llm", "evaluate_quantized", "fetch_embedder",
+                   "compile_embedder", "prepare_corpus", "build_index", "evaluate"}
     sh([sys.executable, "-m", "pipeline.cli", "verify", "data/lowered"], repo)
 
     from pipeline.runtime import register_llm_kernels
@@ -58,7 +58,8 @@ def test_metrics_follow_the_contract(repo):
 def test_group_size_change_reruns_only_quantize_lower_and_evaluation(repo):
     sh([sys.executable, "-m", "pipeline.cli", "configure", "experiment=tiny",
         "quant.group_size=64"], repo)
-    assert repro(repo) == {"quantize", "lower", "evaluate_llm", "evaluate"}
+    assert repro(repo) == {"quantize", "lower", "evaluate_llm", "evaluate_quantized",
+                           "evaluate"}
 
 
 def test_corpus_change_reruns_only_the_index(repo):

@@ -96,3 +96,14 @@ def test_tasks_are_deterministic(tmp_path):
         tasks.write(folder, _reference_texts(), limit=20, seed=0, data_prefix="x")
     for name in ("edgerag_pydoc_cloze.jsonl", "edgerag_stdlib_docstrings.jsonl"):
         assert (first / name).read_bytes() == (second / name).read_bytes()
+
+
+def test_program_scorer_matches_the_runtime(tiny_program, tiny_ptes):
+    """The CPU judge of fake-quantized (QNN) programs agrees with the runtime on fp32."""
+    import copy
+
+    program, _ = tiny_program
+    ids = [1, 40, 80, 120, 160, 200, 240]
+    ours = scorers.target_logprobs(scorers.ProgramScorer(copy.deepcopy(program), 128), ids, 2)
+    runtime = scorers.target_logprobs(scorers.RuntimeScorer(tiny_ptes["fp32"]), ids, 2)
+    assert (ours - runtime).abs().max() < 1e-3

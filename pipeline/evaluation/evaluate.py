@@ -60,19 +60,26 @@ def run(cfg: Config, lowered: Path, model_dir: Path, split_dir: Path,
     return {"metrics": {"llm": llm, "lm_eval": tasks}, "windows": ppl["windows"]}
 
 
-def gather(llm: dict[str, Any], index_notes: dict[str, Any],
+def gather(llm: dict[str, Any], quantized: dict[str, Any], index_notes: dict[str, Any],
            embedder_files: dict[str, Any]) -> dict[str, Any]:
-    """The metrics contract of DESIGN.md: llm.*, lm_eval.<task>.acc, retrieval.*."""
+    """The metrics contract of DESIGN.md: llm.*, lm_eval.<task>.acc, retrieval.*.
+
+    `quantized_program.*` is the quantized graph on the CPU, before lowering.
+    """
     retrieval = {key: index_notes[key] for key in
                  ("recall_at_10", "embed_cosine_min", "chunks", "chunks_per_s", "index_bytes")}
     retrieval["embedder_pte_bytes"] = embedder_files["embedder.pte"]["bytes"]
-    return {**llm, "retrieval": retrieval}
+    return {**llm, "quantized_program": quantized, "retrieval": retrieval}
 
 
 def summary(metrics: dict[str, Any]) -> str:
     """One screen: metric, reference, .pte, delta."""
     llm, rows = metrics["llm"], []
     rows.append(("perplexity", llm["ppl_reference"], llm["ppl"], f"{llm['ppl_delta_pct']:+.2f}%"))
+    if "quantized_program" in metrics:
+        program = metrics["quantized_program"]
+        rows.append(("perplexity, program on CPU", program["ppl_reference"], program["ppl"],
+                     f"{program['ppl_delta_pct']:+.2f}%"))
     for task, acc in metrics["lm_eval"].items():
         rows.append((f"{task} acc", acc["acc_reference"], acc["acc"],
                      f"{acc['acc'] - acc['acc_reference']:+.3f}"))
@@ -88,3 +95,24 @@ def summary(metrics: dict[str, Any]) -> str:
     lines = [f"{'metric':<{width}}  {'reference':>10}  {'.pte':>10}  {'delta':>9}"]
     lines += [f"{a:<{width}}  {b!s:>10}  {c!s:>10}  {d:>9}" for a, b, c, d in rows]
     return "\n".join(lines)
+
+
+def run_program(cfg: Config, quantized: Path, model_dir: Path, split_dir: Path) -> dict:
+    """Perplexity of the quantized program on the CPU beside fp32 (QNN's only judge here)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.llm import export
+
+    llm = export.llm_config(cfg.model.executorch)
+    context = llm.export.max_context_length
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    program = scorers.ProgramScorer(export.load_program(quantized / export.PROGRAM), context)
+    reference = scorers.EagerScorer(
+        AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), context)
+    texts = [record["text"] for record in read_jsonl(split_dir / EVALUATION)]
+    ids = perplexity.eval_tokens(texts, tokenizer, cfg.eval.ppl_max_tokens)
+    windows = perplexity.windows(ids, min(cfg.eval.ppl_window, context))
+    log(f"perplexity of the quantized program (CPU): {len(ids)} tokens, {len(windows)} windows")
+    result = perplexity.score(program, reference, windows)
+    return {key: result[key] for key in ("ppl", "ppl_reference", "ppl_delta_pct", "tokens")}

@@ -37,6 +37,33 @@ class RuntimeScorer:
         return torch.log_softmax(torch.stack(rows), dim=-1)
 
 
+class ProgramScorer:
+    """An exported (possibly fake-quantized) program on the CPU, driven like the `.pte`.
+
+    This is how a QNN-quantized program is judged without a Snapdragon or the Qualcomm SDK: the
+    converted graph carries the same quantize/dequantize steps the NPU will run.
+    """
+
+    def __init__(self, program: Any, max_context_len: int):
+        self.module = program.module()
+        self.max_context_len = max_context_len
+
+    def _last_logits(self, tokens: list[int], pos: int) -> torch.Tensor:
+        with torch.no_grad():
+            out = self.module(torch.tensor([tokens]), {"input_pos": torch.tensor([pos])})
+        return (out[0] if isinstance(out, tuple | list) else out).reshape(-1, out_dim(out))[-1]
+
+    def logprobs(self, ids: list[int], start: int) -> torch.Tensor:
+        """One token per call, which every exported LLM graph (static or dynamic) accepts."""
+        rows = [self._last_logits([ids[pos]], pos).float() for pos in range(len(ids) - 1)]
+        return torch.log_softmax(torch.stack(rows[start - 1 :]), dim=-1)
+
+
+def out_dim(out: Any) -> int:
+    logits = out[0] if isinstance(out, tuple | list) else out
+    return logits.shape[-1]
+
+
 class EagerScorer:
     """A full-logits causal LM (the fp32 transformers reference)."""
 

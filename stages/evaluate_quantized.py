@@ -1,0 +1,27 @@
+"""Perplexity of the quantized program on the CPU beside fp32 (data/eval_quantized).
+
+It needs no backend toolchain, so a QNN build is judged here before anyone owns a Snapdragon
+(`dvc repro evaluate_quantized`); for XNNPACK it predicts what the `.pte` will measure.
+"""
+
+import json
+
+from pipeline import artifacts, config, errors
+from pipeline.evaluation import evaluate
+
+STAGE, OUT = "evaluate_quantized", "data/eval_quantized"
+
+
+def main() -> None:
+    cfg = config.load()
+    inputs = [artifacts.require(p) for p in ("data/quantized", "data/model", "data/split")]
+    quantized, model, split = inputs
+    metrics = evaluate.run_program(cfg, quantized.path, model.path, split.path)
+    with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
+                          inputs=inputs) as out:
+        (out / evaluate.METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+    print(json.dumps(metrics))
+
+
+if __name__ == "__main__":
+    errors.run(main)
