@@ -16,10 +16,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# Builds whatever params.yaml says (the committed default unless you ran `edgerag configure`).
 release: $(STAMP)
-	edgerag configure
 	dvc repro
-	@echo "Built data/lowered/llm.pte; run 'dvc metrics show' or see README for next steps."
+	@echo "Built data/lowered/llm.pte, data/embedder/embedder.pte and data/index/; metrics: dvc metrics show"
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(if $(EDGERAG_SLOW),,-m "not slow")

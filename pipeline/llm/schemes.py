@@ -78,13 +78,11 @@ def _check_widths(model: torch.nn.Module, group_size: int) -> None:
             )
 
 
-class TorchaoWeights:
-    """torchao `quantize_`: linears at `bits`/`group_size`, embedding and head on their own."""
+class TorchaoWeights(NoQuantization):
+    """torchao `quantize_`: linears at `bits`/`group_size`, embedding and head on their own.
 
-    uses_calibration = False
-
-    def calibrate(self, quant: QuantConfig, program: Any, samples: list[torch.Tensor]) -> None:
-        return None
+    Weight-only grids need no calibration data: `calibrate` is NoQuantization's.
+    """
 
     def quantize(self, quant: QuantConfig, program: Any, params: dict, llm: Any,
                  metadata: dict, stats: Any) -> Any:
