@@ -16,9 +16,9 @@ def main() -> None:
     inputs = [artifacts.require(p) for p in ("data/lowered", "data/model", "data/split",
                                              "data/tasks")]
     lowered, model, split, tasks = inputs
-    result = evaluate.run(cfg, lowered.path, model.path, split.path, tasks.path)
     with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
                           inputs=inputs) as out:
+        result = evaluate.run(cfg, lowered.path, model.path, split.path, tasks.path)
         (out / evaluate.METRICS).write_text(json.dumps(result["metrics"], indent=2) + "\n")
         (out / "ppl_windows.json").write_text(json.dumps(result["windows"], indent=2) + "\n")
 

@@ -16,9 +16,9 @@ def main() -> None:
     cfg = config.load()
     inputs = [artifacts.require(p) for p in ("data/quantized", "data/model", "data/split")]
     quantized, model, split = inputs
-    metrics = evaluate.run_program(cfg, quantized.path, model.path, split.path)
     with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
                           inputs=inputs) as out:
+        metrics = evaluate.run_program(cfg, quantized.path, model.path, split.path)
         (out / evaluate.METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics))
 

@@ -9,11 +9,11 @@ STAGE, OUT = "prepare_corpus", "data/corpus"
 def main() -> None:
     cfg = config.load()
     source = artifacts.require("data/embedder_src")
-    documents, skipped = corpus.documents(cfg.corpus)
-    chunks = corpus.chunk_corpus(documents, cfg.corpus, source / embedder.TOKENIZER,
-                                 cfg.embedder.max_seq_len)
     with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
                           inputs=[source]) as out:
+        documents, skipped = corpus.documents(cfg.corpus)
+        chunks = corpus.chunk_corpus(documents, cfg.corpus, source / embedder.TOKENIZER,
+                                     cfg.embedder.max_seq_len)
         corpus.write_chunks(out / corpus.CHUNKS, chunks)
         out.note("documents", len(documents))
         out.note("chunks", len(chunks))

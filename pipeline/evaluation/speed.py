@@ -35,13 +35,20 @@ def measure(pte: Path, tokenizer: Path, max_new_tokens: int = 64, repeats: int =
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _own_peak_rss_mb() -> float:
+    """This process's high-water RSS (VmHWM): unlike ru_maxrss it is not inherited across exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024.0, 1)
+    raise RuntimeError("/proc/self/status has no VmHWM line")
+
+
 def _rate(tokens: int, elapsed_ms: int) -> float:
     """Tokens per second from the runner's millisecond stamps (as its own stats compute it)."""
     return tokens * 1000.0 / max(elapsed_ms, 1)
 
 
 def _run(pte: str, tokenizer: str, max_new_tokens: int, repeats: int) -> dict[str, Any]:
-    import resource
     import time
 
     from pipeline.runtime import register_llm_kernels
@@ -71,7 +78,7 @@ def _run(pte: str, tokenizer: str, max_new_tokens: int, repeats: int) -> dict[st
         "decode_tok_s": round(median(decode), 1),
         "generate_wall_s": round(median(wall), 3),
         "load_s": round(max(load_ms) / 1000.0, 3),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        "peak_rss_mb": _own_peak_rss_mb(),
     }
 
 
