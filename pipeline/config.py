@@ -159,6 +159,7 @@ class BackendConfig:
 class EvalConfig:
     ppl_window: int = 512
     ppl_max_tokens: int = 2048
+    program_max_tokens: int = 512  # the quantized program on the CPU is slow: a smaller sample
     tasks_limit: int = 100
     tasks_seed: int = 0
     speed_new_tokens: int = 64

@@ -111,7 +111,7 @@ def run_program(cfg: Config, quantized: Path, model_dir: Path, split_dir: Path) 
     reference = scorers.EagerScorer(
         AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), context)
     texts = [record["text"] for record in read_jsonl(split_dir / EVALUATION)]
-    ids = perplexity.eval_tokens(texts, tokenizer, cfg.eval.ppl_max_tokens)
+    ids = perplexity.eval_tokens(texts, tokenizer, cfg.eval.program_max_tokens)
     windows = perplexity.windows(ids, min(cfg.eval.ppl_window, context))
     log(f"perplexity of the quantized program (CPU): {len(ids)} tokens, {len(windows)} windows")
     result = perplexity.score(program, reference, windows)
