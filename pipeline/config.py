@@ -374,10 +374,6 @@ def _missing_group(message: str) -> str:
     return match.group(1).replace("/", "=", 1) if match else message.splitlines()[0]
 
 
-def to_yaml(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg, sort_keys=False)
-
-
 def as_dict(section: Any) -> Any:
     """A plain-JSON view of a config slice, for manifests."""
     if dataclasses.is_dataclass(section):

@@ -51,17 +51,13 @@ class ProgramScorer:
     def _last_logits(self, tokens: list[int], pos: int) -> torch.Tensor:
         with torch.no_grad():
             out = self.module(torch.tensor([tokens]), {"input_pos": torch.tensor([pos])})
-        return (out[0] if isinstance(out, tuple | list) else out).reshape(-1, out_dim(out))[-1]
+        logits = out[0] if isinstance(out, tuple | list) else out
+        return logits.reshape(-1, logits.shape[-1])[-1]
 
     def logprobs(self, ids: list[int], start: int) -> torch.Tensor:
         """One token per call, which every exported LLM graph (static or dynamic) accepts."""
         rows = [self._last_logits([ids[pos]], pos).float() for pos in range(len(ids) - 1)]
         return torch.log_softmax(torch.stack(rows[start - 1 :]), dim=-1)
-
-
-def out_dim(out: Any) -> int:
-    logits = out[0] if isinstance(out, tuple | list) else out
-    return logits.shape[-1]
 
 
 class EagerScorer:

@@ -6,7 +6,6 @@ transformers folder with `tokenizer.json` — so the export stage has exactly on
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -176,7 +175,3 @@ def hf_to_meta(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 raise BadInput(f"weight {key} has no place in a Llama model.")
     converted.setdefault("output.weight", converted["tok_embeddings.weight"])  # tied head
     return converted
-
-
-def read_params(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / "params.json").read_text())
