@@ -1,0 +1,193 @@
+"""`edgerag sweep`: the results table, the Pareto front, Optuna's objectives, and one real sweep."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from pipeline import config
+from pipeline.artifacts import sha256_file
+from pipeline.release import pareto, sweep
+from tests.conftest import copy_repo, sh
+
+DVC_OUT = """\
+'data/model.dvc' didn't change, skipping
+Stage 'export' didn't change, skipping
+Running stage 'quantize':
+> python -m stages.quantize
+Stage 'calibrate' is cached - skipping run, checking out outputs
+Running stage 'lower':
+> python -m stages.lower
+"""
+
+
+def test_flatten_names_nested_metrics_with_dots():
+    metrics = {"llm": {"ppl": 9.5, "pte_bytes": 123},
+               "lm_eval": {"cloze": {"acc": 0.5}}, "windows": [1, 2]}
+    assert sweep.flatten(metrics) == {"llm.ppl": 9.5, "llm.pte_bytes": 123,
+                                      "lm_eval.cloze.acc": 0.5, "windows": "[1, 2]"}
+
+
+def test_results_csv_has_one_row_per_job_and_blank_metrics_for_failures():
+    rows = [{"job": 0, "experiment": "s-0", "status": "ok", "overrides": "quant=a",
+             "llm.ppl_delta_pct": 1.5, "retrieval.recall_at_10": 1.0, "llm_pte_sha256": "ab"},
+            {"job": 1, "experiment": "", "status": "failed", "reason": "edgerag: no.",
+             "overrides": "quant=b"}]
+    text = sweep.results_csv(rows)
+    header = text.splitlines()[0].split(",")
+    assert header[:5] == ["job", "experiment", "status", "reason", "overrides"]
+    assert header[-2:] == ["llm_pte_sha256", "index_sha256"]
+    assert header.index("llm.ppl_delta_pct") < header.index("retrieval.recall_at_10")
+    parsed = list(csv.DictReader(io.StringIO(text)))
+    assert parsed[0]["llm.ppl_delta_pct"] == "1.5" and parsed[0]["llm_pte_sha256"] == "ab"
+    assert parsed[1]["llm.ppl_delta_pct"] == "" and parsed[1]["reason"] == "edgerag: no."
+
+
+def test_front_keeps_only_undominated_points():
+    points = [(1.0, 5.0), (2.0, 3.0), (3.0, 4.0), (4.0, 1.0), (2.0, 3.0), (5.0, 1.0)]
+    assert pareto.front(points) == [True, True, False, True, True, False]
+
+
+def test_points_convert_size_to_mb_and_skip_failed_jobs():
+    rows = [{"job": 0, "status": "ok", "quant": "a", "llm.pte_bytes": 2_000_000,
+             "llm.ppl_delta_pct": 4.0, "llm.decode_tok_s": 50.0},
+            {"job": 1, "status": "ok", "quant": "b", "llm.pte_bytes": 3_000_000,
+             "llm.ppl_delta_pct": 1.0, "llm.decode_tok_s": ""},
+            {"job": 2, "status": "ok", "quant": "c", "llm.pte_bytes": 3_500_000,
+             "llm.ppl_delta_pct": 2.0},
+            {"job": 3, "status": "failed", "quant": "d"}]
+    data = pareto.points(rows)
+    assert [(d["job"], d["pte_mb"], d["pareto"]) for d in data] == [
+        (0, 2.0, True), (1, 3.0, True), (2, 3.5, False)]
+    assert data[0]["decode_tok_s"] == 50.0 and data[1]["decode_tok_s"] is None
+
+
+def test_write_saves_the_plot_data_and_a_png(tmp_path):
+    rows = [{"job": 0, "status": "ok", "quant": "a", "experiment": "s-0",
+             "llm.pte_bytes": 1_500_000, "llm.ppl_delta_pct": 3.0, "llm.decode_tok_s": 40.0},
+            {"job": 1, "status": "ok", "quant": "b", "experiment": "s-1",
+             "llm.pte_bytes": 1_000_000, "llm.ppl_delta_pct": 5.0, "llm.decode_tok_s": 60.0}]
+    pareto.write(rows, tmp_path)
+    saved = json.loads((tmp_path / pareto.DATA).read_text())
+    assert [(d["experiment"], d["pte_mb"], d["pareto"]) for d in saved] == [
+        ("s-0", 1.5, True), ("s-1", 1.0, True)]
+    assert (tmp_path / pareto.PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+
+
+def test_failure_reason_is_the_stages_sentence_else_dvcs_error():
+    stage_failed = ("[   0.1s] lowering\nedgerag: QNN_SDK_ROOT is not set: install the SDK.\n"
+                    "ERROR: failed to reproduce 'lower': failed to run: python -m stages.lower, "
+                    "exited with 2\n")
+    assert sweep.failure_reason(stage_failed) == (
+        "edgerag: QNN_SDK_ROOT is not set: install the SDK.")
+    dvc_only = "ERROR: Experiment conflicts with existing experiment 's-0'.\n\n\tdvc exp run -f\n"
+    assert sweep.failure_reason(dvc_only) == "Experiment conflicts with existing experiment 's-0'."
+    assert sweep.failure_reason("") == "dvc exp run failed without a message."
+
+
+def test_stages_run_ignores_skipped_and_cached_stages():
+    assert sweep.stages_run(DVC_OUT) == ["quantize", "lower"]
+
+
+def test_objectives_match_the_optuna_sweepers_directions():
+    sweeper = OmegaConf.load(config.CONF_DIR / "hydra/sweeper/optuna_pareto.yaml")
+    assert list(sweeper.direction) == ["minimize"] * len(sweep.OBJECTIVES)
+    row = {"status": "ok", "llm.ppl_delta_pct": 2.5, "llm.pte_bytes": 1234}
+    assert sweep.objectives(row) == (2.5, 1234.0)
+    assert sweep.objectives({"status": "failed", "reason": "x"}) is None
+
+
+def test_a_job_with_an_invalid_combination_fails_before_dvc(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # run_job must not get as far as writing params.yaml here
+    composed = config.compose(["experiment=tiny", "quant=qnn_16a4w"])
+    row = sweep.run_job(composed, ["quant=qnn_16a4w"], "s-0", tmp_path)
+    assert row["status"] == "failed" and row["experiment"] == ""
+    assert row["reason"] == "quant=qnn_16a4w quantizes for QNN; it needs backend=qnn."
+    assert not (tmp_path / config.PARAMS_FILE).exists()
+
+
+@pytest.mark.skipif(sweep._has_optuna(), reason="the sweep-optuna extra is installed")
+def test_optuna_without_the_extra_names_it(tmp_path):
+    done = sh([sys.executable, "-m", "pipeline.cli", "sweep", "hydra/sweeper=optuna_pareto",
+               "-m", "quant=8da4w_g32,8da4w_g64"], tmp_path, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "edgerag: the Optuna sweeper is not installed: pip install -e '.[sweep-optuna]'."]
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """A real sweep on experiment=tiny: two schemes, and a QNN scheme that cannot run here."""
+    repo = copy_repo(tmp_path_factory.mktemp("sweep"), "experiment=tiny")
+    sh(["git", "config", "user.name", "edgerag tests"], repo)
+    sh(["git", "config", "user.email", "tests@edgerag.invalid"], repo)
+    sh(["git", "add", "-A"], repo)
+    sh(["git", "commit", "-qm", "baseline"], repo)
+    params = (repo / "params.yaml").read_text()
+    sh([sys.executable, "-m", "pipeline.cli", "sweep", "-m", "experiment=tiny",
+        "quant=8da4w_g32,qnn_16a4w,8da4w_g64", "--name", "t"], repo)
+    rows = list(csv.DictReader((repo / "sweeps/t/results.csv").open()))
+    return repo, params, {int(row["job"]): row for row in rows}
+
+
+@pytest.mark.e2e
+def test_sweep_records_every_job_and_a_failure_does_not_stop_it(swept):
+    _, _, rows = swept
+    assert {job: row["status"] for job, row in rows.items()} == {0: "ok", 1: "failed", 2: "ok"}
+    assert rows[1]["reason"] == "quant=qnn_16a4w quantizes for QNN; it needs backend=qnn."
+    assert [rows[0]["experiment"], rows[2]["experiment"]] == ["t-0", "t-2"]
+    for job in (0, 2):
+        assert float(rows[job]["llm.pte_bytes"]) > 0
+        assert float(rows[job]["llm.ppl_delta_pct"]) != 0
+        assert float(rows[job]["retrieval.recall_at_10"]) >= 0.9
+        assert 0 <= float(rows[job]["lm_eval.edgerag_pydoc_cloze.acc"]) <= 1
+
+
+@pytest.mark.e2e
+def test_unchanged_stages_are_not_rebuilt(swept):
+    _, _, rows = swept
+    runs = [stage for row in rows.values() for stage in row["stages_run"].split()]
+    assert runs.count("export") == 1 and runs.count("fetch_model") == 1
+    assert set(rows[2]["stages_run"].split()) == {"quantize", "lower", "evaluate_llm",
+                                                  "evaluate_quantized", "evaluate"}
+
+
+@pytest.mark.e2e
+def test_rows_carry_the_artifact_hashes_and_dvc_lists_the_experiments(swept):
+    repo, _, rows = swept
+    assert rows[2]["llm_pte_sha256"] == sha256_file(repo / "data/lowered/llm.pte")
+    assert rows[0]["llm_pte_sha256"] != rows[2]["llm_pte_sha256"]  # group 32 vs 64
+    assert rows[0]["index_sha256"] == rows[2]["index_sha256"] == sha256_file(
+        repo / "data/index/index.usearch")
+    shown = sh([sys.executable, "-m", "dvc", "exp", "show", "--json"], repo).stdout
+    names = set(_values(json.loads(shown), "name"))
+    assert {"t-0", "t-2"} <= names and "t-1" not in names
+
+
+@pytest.mark.e2e
+def test_pareto_plot_and_restored_params(swept):
+    repo, params, rows = swept
+    data = json.loads((repo / "sweeps/t/pareto.json").read_text())
+    assert [d["experiment"] for d in data] == ["t-0", "t-2"]
+    assert data[0]["pte_mb"] == round(float(rows[0]["llm.pte_bytes"]) / 1e6, 4)
+    assert any(d["pareto"] for d in data)
+    assert (repo / "sweeps/t/pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert (repo / "params.yaml").read_text() == params
+
+
+def _values(tree, key):
+    """Every value of `key` anywhere in a JSON tree (dvc exp show's nesting varies by version)."""
+    if isinstance(tree, dict):
+        for name, value in tree.items():
+            if name == key:
+                yield value
+            yield from _values(value, key)
+    elif isinstance(tree, list):
+        for item in tree:
+            yield from _values(item, key)
