@@ -2,7 +2,8 @@
 
 A stage writes into a temporary sibling directory; only when it finishes is `manifest.json`
 written and the directory renamed into place. A crash, a kill or bad input therefore never
-leaves a directory that looks finished. Readers call `require()`, which re-hashes every file.
+leaves a directory that looks finished (a killed writer's hidden temporary directory is removed
+by the next writer of the same artifact). Readers call `require()`, which re-hashes every file.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import platform
 import resource
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -110,6 +112,42 @@ def _file_table(root: Path) -> dict[str, dict[str, Any]]:
     return table
 
 
+def reproducibility(byte_identical: bool | None) -> dict[str, Any]:
+    """What decides whether a rebuild gives the same bytes, as this process ran.
+
+    `byte_identical`: True when two clean builds are known to write the same files
+    (tests/test_reproducibility.py checks it), False when they are known to differ (timings in
+    evaluations, object ids in torch.export archives: README "Reproducibility"), None when not
+    checked.
+    """
+    record: dict[str, Any] = {"byte_identical": byte_identical,
+                              "python_hash_seed": os.environ.get("PYTHONHASHSEED", "random")}
+    torch = sys.modules.get("torch")  # only a stage that ran torch has torch settings to record
+    if torch is not None:
+        record.update(torch_threads=torch.get_num_threads(), torch_seed=torch.initial_seed(),
+                      torch_deterministic_algorithms=torch.are_deterministic_algorithms_enabled())
+    return record
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        pass
+    return True
+
+
+def _remove_abandoned(final: Path) -> None:
+    """Delete temporary siblings left by writers of `final` that were killed (their pid is gone)."""
+    for stale in final.parent.glob(f".{final.name}.*-*"):
+        kind, _, rest = stale.name.removeprefix(f".{final.name}.").partition("-")
+        pid = rest.split("-")[0]
+        if kind in ("tmp", "old") and pid.isdigit() and not _is_running(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def _replace_dir(new: Path, final: Path) -> None:
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
@@ -127,11 +165,16 @@ def writer(
     stage: str,
     config: Any,
     inputs: list[Artifact] | None = None,
+    byte_identical: bool | None = None,
 ) -> Iterator[Output]:
-    """Yield a temporary directory; on success write its manifest and rename it to `out_dir`."""
+    """Yield a temporary directory; on success write its manifest and rename it to `out_dir`.
+
+    `byte_identical` says whether two clean builds write the same files (see `reproducibility`).
+    """
     final = Path(out_dir)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    _remove_abandoned(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     started = time.monotonic()
     try:
         out = Output(tmp)
@@ -145,6 +188,7 @@ def writer(
             "versions": package_versions(),
             "wall_time_s": round(time.monotonic() - started, 2),
             "peak_rss_mb": peak_rss_mb(),
+            "reproducibility": reproducibility(byte_identical),
             "notes": out.notes,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -164,7 +208,9 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise BadInput(f"{manifest_path} is not valid JSON.") from None
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int):
+        raise BadInput(f"{manifest_path} has no format_version: edgerag did not write it.")
+    if version > FORMAT_VERSION:
         raise BadInput(
             f"{manifest_path} has format version {version!r}; this edgerag reads up to "
             f"{FORMAT_VERSION}: upgrade edgerag."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Callable
@@ -9,6 +10,10 @@ from collections.abc import Callable
 
 class BadInput(Exception):
     """The user's config, files or arguments are wrong; the message says what to change."""
+
+
+# A full disk or quota is the machine's state, not a bug: the user frees space and reruns.
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _one_sentence(error: BaseException) -> str:
@@ -31,6 +36,11 @@ def run(main: Callable[[], object]) -> None:
     except Exception as error:  # noqa: BLE001 - the boundary where every bug becomes exit 1
         if os.environ.get("EDGERAG_DEBUG") == "1":
             raise
+        if isinstance(error, OSError) and error.errno in _DISK_FULL:
+            where = f" writing {error.filename}" if error.filename else ""
+            print(f"edgerag: no space left on the device{where}; free some space and run again.",
+                  file=sys.stderr)
+            sys.exit(2)
         print(
             f"edgerag: internal error ({type(error).__name__}): {_one_sentence(error)} "
             "(set EDGERAG_DEBUG=1 for the traceback).",

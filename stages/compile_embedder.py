@@ -15,7 +15,7 @@ def main() -> None:
     embedder.check(cfg.embedder)
     source = artifacts.require("data/embedder_src")
     with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
-                          inputs=[source]) as out:
+                          inputs=[source], byte_identical=True) as out:
         out.notes.update(embedder.compile_embedder(cfg.embedder, source.path, out.path))
 
 

@@ -16,7 +16,7 @@ def main() -> None:
     metrics = evaluate.gather(json.loads((llm / evaluate.METRICS).read_text()),
                               json.loads((quantized / evaluate.METRICS).read_text()),
                               index.manifest["notes"], embedder.manifest["files"])
-    with artifacts.writer(OUT, stage=STAGE, config={}, inputs=inputs) as out:
+    with artifacts.writer(OUT, stage=STAGE, config={}, inputs=inputs, byte_identical=False) as out:
         (out / evaluate.METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     print(evaluate.summary(metrics))
 

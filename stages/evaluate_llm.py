@@ -17,7 +17,7 @@ def main() -> None:
                                              "data/tasks")]
     lowered, model, split, tasks = inputs
     with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
-                          inputs=inputs) as out:
+                          inputs=inputs, byte_identical=False) as out:
         result = evaluate.run(cfg, lowered.path, model.path, split.path, tasks.path)
         (out / evaluate.METRICS).write_text(json.dumps(result["metrics"], indent=2) + "\n")
         (out / "ppl_windows.json").write_text(json.dumps(result["windows"], indent=2) + "\n")

@@ -10,7 +10,7 @@ def main() -> None:
     cfg = config.load()
     model = artifacts.require("data/model")
     with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
-                          inputs=[model]) as out:
+                          inputs=[model], byte_identical=False) as out:
         out.notes.update(export.run(model.path, cfg.model, out.path, cfg.backend.name))
 
 

@@ -9,7 +9,8 @@ STAGE, OUT = "fetch_embedder", "data/embedder_src"
 def main() -> None:
     cfg = config.load()
     model_dir = sources.materialize(cfg.embedder.source)
-    with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE)) as out:
+    with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
+                          byte_identical=True) as out:
         out.notes.update(embedder.copy_source(model_dir, out.path))
 
 

@@ -8,7 +8,8 @@ STAGE, OUT = "fetch_model", "data/model"
 
 def main() -> None:
     cfg = config.load()
-    with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE)) as out:
+    with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
+                          byte_identical=True) as out:
         out.notes.update(checkpoint.fetch(cfg.model, out.path))
 
 

@@ -8,10 +8,11 @@ STAGE, OUT = "lower", "data/lowered"
 
 def main() -> None:
     cfg = config.load()
+    lower.check_backend_ready(cfg.backend)  # a missing SDK is named before inputs are re-hashed
     inputs = [artifacts.require(p) for p in ("data/quantized", "data/model")]
     quantized, model = inputs
     with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
-                          inputs=inputs) as out:
+                          inputs=inputs, byte_identical=True) as out:
         out.notes.update(lower.run(cfg, quantized.path, model.path, out.path))
 
 

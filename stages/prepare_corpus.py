@@ -10,7 +10,7 @@ def main() -> None:
     cfg = config.load()
     source = artifacts.require("data/embedder_src")
     with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
-                          inputs=[source]) as out:
+                          inputs=[source], byte_identical=True) as out:
         documents, skipped = corpus.documents(cfg.corpus)
         chunks = corpus.chunk_corpus(documents, cfg.corpus, source / embedder.TOKENIZER,
                                      cfg.embedder.max_seq_len)

@@ -11,7 +11,7 @@ def main() -> None:
     inputs = [artifacts.require(p) for p in ("data/export", "data/calibration")]
     exported, calibration = inputs
     with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
-                          inputs=inputs) as out:
+                          inputs=inputs, byte_identical=False) as out:
         out.notes.update(quantize.run(cfg, exported.path, calibration.path, out.path))
 
 

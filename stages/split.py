@@ -8,7 +8,8 @@ STAGE, OUT = "split", "data/split"
 def main() -> None:
     cfg = config.load()
     calibration, evaluation = splits.split(cfg.calibration)
-    with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE)) as out:
+    with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
+                          byte_identical=True) as out:
         splits.write_jsonl(out / splits.CALIBRATION, calibration)
         splits.write_jsonl(out / splits.EVALUATION, evaluation)
         out.note("calibration_documents", len(calibration))

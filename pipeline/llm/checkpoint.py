@@ -45,6 +45,11 @@ def _check_gguf(path: Path) -> None:
         arch = reader.fields["general.architecture"]
         name = bytes(arch.parts[arch.data[0]]).decode()
     except Exception as error:  # gguf raises ValueError, KeyError, IndexError... on bad bytes
+        with open(path, "rb") as handle:
+            looks_like_gguf = handle.read(4) == b"GGUF"
+        if looks_like_gguf:  # a cut-off download: the tensor table runs past the end of the file
+            raise BadInput(f"{path} is truncated or damaged: its GGUF tensor table does not fit "
+                           f"the file ({type(error).__name__}).") from None
         raise BadInput(f"{path} is not a readable GGUF file ({type(error).__name__}).") from None
     if name != "llama":
         raise BadInput(f"{path} holds a {name!r} model; edgerag compiles Llama-family models.")

@@ -3,7 +3,8 @@
 Chunks are cut with the embedder's own tokenizer so that none is truncated when embedded, and
 on word boundaries so that re-tokenizing a chunk's text gives back exactly its window of tokens.
 Each chunk keeps character offsets into its document, so an answer can cite the exact passage.
-Files that cannot be read as text are skipped and counted, never fatal: a user's folder is messy.
+Files that cannot be read as text (binary, not UTF-8, empty, or larger than `MAX_FILE_MB`: a log
+or a data dump, not a document) are skipped and counted, never fatal: a user's folder is messy.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pipeline.progress import log
 CHUNKS = "chunks.jsonl"
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
 HTML_SUFFIXES = (".html", ".htm")
+MAX_FILE_MB = 10
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,8 @@ def pydoc_documents() -> list[Document]:
 def _read_text(path: Path) -> tuple[str | None, str]:
     """The file's text, or None and why it was skipped."""
     try:
+        if path.stat().st_size > MAX_FILE_MB << 20:
+            return None, "too_large"
         raw = path.read_bytes()
     except OSError:
         return None, "unreadable"
@@ -133,7 +137,9 @@ def documents(cfg: CorpusConfig) -> tuple[list[Document], dict[str, int]]:
         raise BadInput(f"corpus.kind={cfg.kind!r} is not allowed; choose one of: "
                        "pydoc_topics, dir.")
     if not found:
-        raise BadInput(f"corpus {cfg.path or cfg.kind} has no readable documents.")
+        counts = ", ".join(f"{n} {reason.replace('_', '-')}" for reason, n in skipped.items())
+        raise BadInput(f"corpus {cfg.path or cfg.kind} has no readable documents"
+                       + (f" (skipped: {counts})." if counts else "."))
     return (found[: cfg.max_documents] if cfg.max_documents else found), skipped
 
 
