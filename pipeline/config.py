@@ -25,6 +25,7 @@ SOURCE_KINDS = ("pypi", "hf_hub", "local", "random")
 QUANT_METHODS = ("none", "torchao", "pt2e")
 ACTIVATIONS = ("none", "int8_dynamic")
 ALGORITHMS = ("affine", "hqq")
+SOURCE_GRIDS = ("none", "q4_1")
 BACKENDS = ("xnnpack", "qnn")
 CALIBRATION_SOURCES = ("pydoc_topics",)
 # Group sizes XNNPACK's blockwise int4 kernels take; 0 means one scale per output channel.
@@ -115,6 +116,23 @@ class TensorQuant:
 
 
 @dataclass
+class LayerException:
+    """Linears whose name matches `match` (a regex, searched) get these bits instead."""
+
+    match: str = MISSING
+    bits: int = 8
+    group_size: int = 0
+
+
+@dataclass
+class MixedConfig:
+    """quant=mixed_auto: keep the most sensitive tensors at 8 bits within `budget_mb`."""
+
+    budget_mb: float = 100.0
+    samples: int = 4  # calibration windows per measurement (212 of them on SmolLM2-135M)
+
+
+@dataclass
 class Pt2eConfig:
     quantizer: str = "xnnpack"
     dtype: str = "use_8a8w"
@@ -133,6 +151,9 @@ class QuantConfig:
     algorithm: str = "affine"
     embedding: TensorQuant | None = None
     head: TensorQuant | None = None
+    source_grid: str = "none"  # q4_1: keep the GGUF's own 4-bit grid (pipeline/llm/grid.py)
+    exceptions: list[LayerException] = field(default_factory=list)
+    mixed: MixedConfig | None = None
     pt2e: Pt2eConfig | None = None
 
 
@@ -315,6 +336,23 @@ def _check_quant(quant: QuantConfig, widths: list[int]) -> None:
     if quant.embedding is not None and not quant.embedding.symmetric:
         raise BadInput("quant.embedding.symmetric=false is not allowed: ExecuTorch's quantized "
                        "embedding kernels are symmetric.")
+    _one_of("quant.source_grid", quant.source_grid, SOURCE_GRIDS)
+    if quant.mixed is not None and quant.mixed.budget_mb <= 0:
+        raise BadInput(f"quant.mixed.budget_mb={quant.mixed.budget_mb} must be positive.")
+    if quant.source_grid == "q4_1" and (quant.bits, quant.group_size) != (4, 32):
+        raise BadInput("quant.source_grid=q4_1 keeps 4-bit groups of 32; it needs quant.bits=4 "
+                       "and quant.group_size=32.")
+    for index, exception in enumerate(quant.exceptions):
+        key = f"quant.exceptions[{index}]"
+        try:
+            re.compile(exception.match)
+        except re.error as error:
+            raise BadInput(f"{key}.match={exception.match!r} is not a regular expression "
+                           f"({error}).") from None
+        _one_of(f"{key}.bits", exception.bits, (4, 8))
+        if exception.group_size not in allowed:
+            raise BadInput(f"{key}.group_size={exception.group_size} does not divide every "
+                           f"linear width; allowed: {', '.join(map(str, allowed))}.")
 
 
 def validate(raw: DictConfig | dict) -> Config:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,13 @@ from pipeline.progress import log
 from pipeline.splits import CALIBRATION, read_jsonl
 
 STATS = "stats.pt"
+PLAN = "plan.json"  # mixed precision: which tensors stay at 8 bits, and why
 
 
 def run_calibration(cfg: Config, export_dir: Path, split_dir: Path, model_dir: Path,
                     out: Path) -> dict[str, Any]:
     scheme = schemes.scheme(cfg.quant)
-    if not scheme.uses_calibration:
+    if not scheme.uses_calibration(cfg.quant):
         log(f"quant={cfg.quant.name} (method {cfg.quant.method}) uses no calibration data; "
             "nothing to observe")
         return {"uses_calibration": False, "samples": 0}
@@ -37,7 +39,12 @@ def run_calibration(cfg: Config, export_dir: Path, split_dir: Path, model_dir: P
             f"{cfg.calibration.seq_len} tokens; lower calibration.num_samples."
         )
     program = export.load_program(export_dir / export.PROGRAM)
-    stats = scheme.calibrate(cfg.quant, program, samples)
+    stats = scheme.calibrate(cfg.quant, program, samples, model_dir=model_dir)
+    if cfg.quant.mixed is not None:
+        (out / PLAN).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+        return {"uses_calibration": True, "samples": len(samples), "plan": PLAN,
+                "estimated_bytes": stats["estimated_bytes"],
+                "eight_bit": sorted(n for n, c in stats["layers"].items() if c["bits"] == 8)}
     torch.save(stats, out / STATS)
     return {"uses_calibration": True, "samples": len(samples),
             "tokens": sum(len(s) for s in samples), "observers": len(stats)}
@@ -49,8 +56,10 @@ def run(cfg: Config, export_dir: Path, calibration_dir: Path, out: Path) -> dict
     program = export.load_program(export_dir / export.PROGRAM)
     stats_file = calibration_dir / STATS
     stats = torch.load(stats_file, weights_only=True) if stats_file.exists() else None
+    if (calibration_dir / PLAN).exists():
+        stats = json.loads((calibration_dir / PLAN).read_text())
     scheme = schemes.scheme(cfg.quant)
-    if scheme.uses_calibration and stats is None:
+    if scheme.uses_calibration(cfg.quant) and stats is None:
         raise BadInput(f"quant={cfg.quant.name} needs calibration statistics; rerun calibrate.")
     log(f"quantizing with {cfg.quant.name} ({cfg.quant.method})")
     quantized = scheme.quantize(cfg.quant, program, params, llm, metadata, stats)

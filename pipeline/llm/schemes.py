@@ -10,11 +10,13 @@ export again; PT2E quantizers annotate an exported graph, so PT2E schemes work o
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from typing import Any
 
 import torch
 
-from pipeline.config import QuantConfig, TensorQuant
+from pipeline.config import LayerException, QuantConfig, TensorQuant
 from pipeline.errors import BadInput
 from pipeline.llm import export
 from pipeline.progress import bar, log
@@ -23,9 +25,11 @@ from pipeline.progress import bar, log
 class NoQuantization:
     """fp32: the exported program is lowered as it is."""
 
-    uses_calibration = False
+    def uses_calibration(self, quant: QuantConfig) -> bool:
+        return False
 
-    def calibrate(self, quant: QuantConfig, program: Any, samples: list[torch.Tensor]) -> None:
+    def calibrate(self, quant: QuantConfig, program: Any, samples: list[torch.Tensor],
+                  **context: Any) -> Any:
         return None
 
     def quantize(self, quant: QuantConfig, program: Any, params: dict, llm: Any,
@@ -81,29 +85,32 @@ def _check_widths(model: torch.nn.Module, group_size: int) -> None:
 class TorchaoWeights(NoQuantization):
     """torchao `quantize_`: linears at `bits`/`group_size`, embedding and head on their own.
 
-    Weight-only grids need no calibration data: `calibrate` is NoQuantization's.
+    Weight grids need no calibration data, except for mixed precision (`quant.mixed`), whose
+    per-tensor sensitivities are measured on the calibration split (pipeline/llm/sensitivity.py).
     """
+
+    def uses_calibration(self, quant: QuantConfig) -> bool:
+        return quant.mixed is not None
+
+    def calibrate(self, quant: QuantConfig, program: Any, samples: list[torch.Tensor],
+                  **context: Any) -> dict | None:
+        from transformers import AutoModelForCausalLM
+
+        from pipeline.llm import sensitivity
+
+        if quant.mixed is None:
+            return None
+        model = AutoModelForCausalLM.from_pretrained(context["model_dir"],
+                                                     dtype=torch.float32).eval()
+        measured = sensitivity.measure(model, samples[: quant.mixed.samples], quant)
+        return sensitivity.plan(measured, quant.mixed)
 
     def quantize(self, quant: QuantConfig, program: Any, params: dict, llm: Any,
                  metadata: dict, stats: Any) -> Any:
-        from torchao.quantization import quantize_
-
         model = export.eager_from_program(program, params, llm)
         _check_widths(model, quant.group_size)
-        dynamic = quant.activations == "int8_dynamic"
         with torch.no_grad():
-            model = self._quantize_embedding(model, quant.embedding, quant.algorithm)
-            if quant.head is not None:
-                head = quant.head
-                quantize_(model, _weight_config(head.bits, head.group_size, head.symmetric,
-                                                dynamic, quant.algorithm),
-                          filter_fn=lambda m, fqn: fqn == "output")
-            quantize_(
-                model,
-                _weight_config(quant.bits, quant.group_size, quant.symmetric, dynamic,
-                               quant.algorithm),
-                filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and fqn != "output",
-            )
+            model = quantize_eager(model, quant, stats)
         log("exporting the quantized model")
         model = export.apply(model, export.runner_transforms(llm))
         return export.export_program(model, llm, metadata, quant.name)
@@ -125,6 +132,77 @@ class TorchaoWeights(NoQuantization):
             return model
         return get_quant_embedding_transform(
             f"{spec.bits},{spec.group_size}", quantize_with_hqq=algorithm == "hqq")(model)
+
+
+def _exception_for(quant: QuantConfig, fqn: str) -> Any:
+    return next((e for e in quant.exceptions if re.search(e.match, fqn)), None)
+
+
+def quantize_eager(model: torch.nn.Module, quant: QuantConfig, plan: Any = None
+                   ) -> torch.nn.Module:
+    """torchao `quantize_` on the eager model: embedding, head, per-layer exceptions, the rest.
+
+    `plan` (from calibration, for mixed precision) adds exceptions to the config's own.
+    """
+    from torchao.quantization import quantize_
+
+    from pipeline.llm import grid
+
+    if plan:
+        quant = apply_plan(quant, plan)
+    dynamic = quant.activations == "int8_dynamic"
+    model = TorchaoWeights._quantize_embedding(model, quant.embedding, quant.algorithm)
+    if quant.head is not None:
+        head = quant.head
+        quantize_(model, _weight_config(head.bits, head.group_size, head.symmetric, dynamic,
+                                        quant.algorithm),
+                  filter_fn=lambda m, fqn: fqn == "output")
+
+    def body(module: torch.nn.Module, fqn: str) -> bool:
+        return isinstance(module, torch.nn.Linear) and fqn != "output"
+
+    for exception in quant.exceptions:
+        quantize_(model, _weight_config(exception.bits, exception.group_size, True, dynamic,
+                                        quant.algorithm),
+                  filter_fn=lambda m, fqn, e=exception: body(m, fqn)
+                  and _exception_for(quant, fqn) is e)
+    if quant.source_grid == "q4_1":
+        kept = grid.split(model, lambda fqn: fqn != "output"
+                          and _exception_for(quant, fqn) is None)
+        log(f"q4_1 grid kept exactly in {len(kept)} linears")
+        quantize_(model, _weight_config(4, grid.GROUP, True, dynamic, "affine"),
+                  filter_fn=lambda m, fqn: fqn.endswith(".main"))
+        grid.pin(model)
+        quantize_(model, _weight_config(8, 0, True, dynamic, "affine"),
+                  filter_fn=lambda m, fqn: fqn.endswith(".corr"))
+        return model
+    quantize_(model, _weight_config(quant.bits, quant.group_size, quant.symmetric, dynamic,
+                                    quant.algorithm),
+              filter_fn=lambda m, fqn: body(m, fqn) and _exception_for(quant, fqn) is None)
+    return model
+
+
+def apply_plan(quant: QuantConfig, plan: dict) -> QuantConfig:
+    """A mixed-precision plan as config: 8-bit linears become exact-name exceptions."""
+    from pipeline.llm.sensitivity import EMBEDDING, HEAD
+
+    layers = plan["layers"]
+    exceptions = [LayerException(match=f"^{re.escape(name)}$", bits=8, group_size=0)
+                  for name, choice in sorted(layers.items())
+                  if choice["bits"] == 8 and name not in (EMBEDDING, HEAD)]
+
+    def family(name: str, current: TensorQuant | None) -> TensorQuant | None:
+        if name not in layers:
+            return current
+        if layers[name]["bits"] == 8:
+            return TensorQuant(bits=8, group_size=0, symmetric=True)
+        group = quant.embedding.group_size if name == EMBEDDING and quant.embedding else 0
+        return TensorQuant(bits=4, group_size=group or quant.group_size,
+                           symmetric=name == EMBEDDING or quant.symmetric)
+
+    return dataclasses.replace(quant, exceptions=[*quant.exceptions, *exceptions],
+                               embedding=family(EMBEDDING, quant.embedding),
+                               head=family(HEAD, quant.head))
 
 
 def _takes_one_token(program: Any) -> bool:
@@ -170,7 +248,8 @@ def _identity(value: torch.Tensor) -> torch.Tensor:
 class Pt2eStatic:
     """PT2E: annotate the exported graph, observe real calibration text, convert."""
 
-    uses_calibration = True
+    def uses_calibration(self, quant: QuantConfig) -> bool:
+        return True
 
     def _quantizer(self, quant: QuantConfig) -> Any:
         from pipeline.llm import quantizers
@@ -182,7 +261,8 @@ class Pt2eStatic:
 
         return prepare_pt2e(program.module(), self._quantizer(quant))
 
-    def calibrate(self, quant: QuantConfig, program: Any, samples: list[torch.Tensor]) -> dict:
+    def calibrate(self, quant: QuantConfig, program: Any, samples: list[torch.Tensor],
+                  **context: Any) -> dict:
         from torchao.quantization.pt2e import ObserverBase
 
         prepared = self._prepare(quant, program)

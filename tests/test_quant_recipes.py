@@ -1,0 +1,117 @@
+"""Recipes from issue #7 on the tiny model: the Q4_1 grid kept exactly, and the mixed planner."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.config import MixedConfig, QuantConfig, TensorQuant
+from pipeline.errors import BadInput
+from pipeline.llm import grid, schemes, sensitivity
+
+
+def _q4_1(weight: torch.Tensor) -> torch.Tensor:
+    """Round a weight onto a Q4_1 grid (float scale and minimum per group of 32)."""
+    groups = weight.view(weight.shape[0], -1, 32)
+    low = groups.amin(-1, keepdim=True)
+    step = (groups.amax(-1, keepdim=True) - low) / 15
+    return (((groups - low) / step).round() * step + low).view_as(weight)
+
+
+def test_decompose_is_exact_on_a_q4_1_grid_and_refuses_other_weights():
+    torch.manual_seed(0)
+    weight = _q4_1(torch.randn(8, 64))
+    codes, scales, offsets = grid.decompose(weight, "w")
+    rebuilt = (codes.float().view(8, -1, 32) * scales.unsqueeze(-1) + offsets.unsqueeze(-1))
+    assert torch.allclose(rebuilt.view_as(weight), weight, atol=1e-6)
+    assert codes.min() >= -8 and codes.max() <= 7
+    with pytest.raises(BadInput, match="not on a 4-bit group-32 grid"):
+        grid.decompose(torch.randn(8, 64), "w")
+
+
+def _grid_model(tiny_llm):
+    from pipeline.llm import export
+
+    _, params, llm, weights = tiny_llm
+    weights = {k: _q4_1(v) if k.startswith("layers.") and v.dim() == 2 else v
+               for k, v in weights.items()}
+    return lambda: export.build_eager(params, llm, weights)
+
+
+def _logits(model, tokens):
+    with torch.no_grad():
+        out = model(tokens, {"input_pos": torch.tensor([0])})
+    return out[0] if isinstance(out, tuple) else out
+
+
+def test_the_grid_recipe_is_closer_to_the_source_than_requantizing(tiny_llm):
+    build = _grid_model(tiny_llm)
+    tokens = torch.tensor([[5, 7, 9, 11, 13, 17]])
+    reference = _logits(build(), tokens)
+
+    def error(quant):
+        with torch.no_grad():
+            model = schemes.quantize_eager(build(), quant)
+        return ((_logits(model, tokens) - reference).norm() / reference.norm()).item()
+
+    common = dict(name="t", method="torchao", activations="none", bits=4, group_size=32)
+    kept = error(QuantConfig(**common, source_grid="q4_1"))
+    requantized = error(QuantConfig(**common, symmetric=False))
+    assert kept < requantized / 4, (kept, requantized)
+
+
+def test_exceptions_keep_matching_linears_at_their_own_bits(tiny_llm):
+    from pipeline.config import LayerException
+
+    quant = QuantConfig(name="t", method="torchao", activations="int8_dynamic", bits=4,
+                        group_size=32, exceptions=[LayerException(match=r"\.w2$", bits=8)])
+    with torch.no_grad():
+        model = schemes.quantize_eager(_grid_model(tiny_llm)(), quant)
+    assert model.layers[0].feed_forward.w2.weight.target_dtype == torch.int8
+    assert model.layers[0].feed_forward.w1.weight.target_dtype == torch.int4
+
+
+@pytest.fixture(scope="module")
+def measured(tiny_llm):
+    hf, *_ = tiny_llm
+    model = type(hf)(hf.config).eval()
+    model.load_state_dict(hf.state_dict())
+    target = model.model.layers[1].mlp.down_proj.weight
+    with torch.no_grad():  # louder than the rest, with an outlier in every group of 32
+        target *= 30.0
+        target[:, ::32] *= 8.0
+    torch.manual_seed(0)
+    samples = [torch.randint(3, 512, (16,))]
+    quant = QuantConfig(name="t", method="torchao", bits=4, group_size=32,
+                        embedding=TensorQuant(bits=4, group_size=32))
+    return sensitivity.measure(model, samples, quant)
+
+
+def test_planner_keeps_the_most_sensitive_layer_at_8_bits_within_budget(measured):
+    target = "layers.1.feed_forward.w2"
+    assert max(measured, key=lambda n: measured[n]["kl"]) == target
+    low = {n: sensitivity.tensor_bytes(tuple(s["shape"]), 4, s["group_size"])
+           for n, s in measured.items()}
+    extra = sensitivity.tensor_bytes(tuple(measured[target]["shape"]), 8, 0) - low[target]
+    budget = sum(low.values()) + extra + 10
+    plan = sensitivity.plan(measured, MixedConfig(budget_mb=budget / 1e6))
+    assert plan["layers"][target]["bits"] == 8
+    assert plan["estimated_bytes"] <= plan["budget_bytes"]
+    eight = [n for n, c in plan["layers"].items() if c["bits"] == 8]
+    assert eight == [target]  # the budget had room for exactly one such layer
+
+
+def test_planner_refuses_a_budget_below_all_4_bit(measured):
+    with pytest.raises(BadInput, match="below the all-4-bit size"):
+        sensitivity.plan(measured, MixedConfig(budget_mb=1e-6))
+
+
+def test_a_plan_becomes_exceptions_and_family_precisions():
+    quant = QuantConfig(name="t", method="torchao", bits=4, group_size=32,
+                        embedding=TensorQuant(bits=4, group_size=32))
+    plan = {"layers": {"layers.0.attention.wq": {"bits": 8}, "output": {"bits": 8},
+                       "tok_embeddings": {"bits": 4}, "layers.0.attention.wk": {"bits": 4}}}
+    applied = schemes.apply_plan(quant, plan)
+    assert [e.match for e in applied.exceptions] == [r"^layers\.0\.attention\.wq$"]
+    assert (applied.head.bits, applied.head.group_size) == (8, 0)
+    assert (applied.embedding.bits, applied.embedding.group_size) == (4, 32)
