@@ -16,10 +16,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# Builds whatever params.yaml says (the committed default unless you ran `edgerag configure`).
+# Builds whatever params.yaml says (the committed default unless you ran `edgerag configure`),
+# then promotes it to releases/default/ (registered with DVC, tagged default@vX.Y.Z; pass
+# PROMOTE_ARGS=--no-tag to skip the git commit and tag).
+PROMOTE_ARGS ?=
 release: $(STAMP)
 	dvc repro
-	@echo "Built data/lowered/llm.pte, data/embedder/embedder.pte and data/index/; metrics: dvc metrics show"
+	$(VENV)/bin/edgerag promote $(PROMOTE_ARGS)
+	@echo 'Ask it (offline): $(VENV)/bin/edgerag ask "What does the with statement do?"'
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(if $(EDGERAG_SLOW),,-m "not slow")

@@ -39,6 +39,16 @@ def _parser() -> argparse.ArgumentParser:
     swp.add_argument("overrides", nargs="*",
                      help="Hydra overrides, e.g. quant=8da4w_g32,8da4w_g64 backend=xnnpack")
     swp.add_argument("--name", help="sweeps/NAME and experiments NAME-<job> (default: the time)")
+    pro = commands.add_parser("promote", help="ship the best built run as releases/NAME/")
+    pro.add_argument("--name", help="release name (default: release.name in params.yaml)")
+    pro.add_argument("--run", help="a DVC experiment to ship (default: the release rule's pick)")
+    pro.add_argument("--no-tag", action="store_true", help="no git commit and no GTO tag")
+    ask = commands.add_parser("ask", help="answer from a release's documents, on this machine")
+    ask.add_argument("question", nargs="?", help="omit to read one question per stdin line")
+    ask.add_argument("--release", default="releases/default")
+    ask.add_argument("--k", type=int, default=4, help="chunks to retrieve")
+    ask.add_argument("--max-new-tokens", type=int, default=128)
+    ask.add_argument("--json", action="store_true", help="one JSON object per answer")
     return parser
 
 
@@ -56,6 +66,15 @@ def main(argv: list[str] | None = None) -> None:
         from pipeline.release import sweep
 
         errors.run(lambda: sweep.run(args.overrides + args.multirun, args.name))
+    elif args.command == "promote":
+        from pipeline.release import promote
+
+        errors.run(lambda: promote.main(args.name, args.run, not args.no_tag))
+    elif args.command == "ask":
+        from pipeline.release import ask
+
+        errors.run(lambda: ask.main(args.question, args.release, args.k, args.max_new_tokens,
+                                    args.json))
 
 
 if __name__ == "__main__":

@@ -188,6 +188,15 @@ class EvalConfig:
 
 
 @dataclass
+class ReleaseConfig:
+    """`edgerag promote`'s rule: the smallest LLM `.pte` whose metrics stay within these bounds."""
+
+    name: str = "default"
+    max_ppl_delta_pct: float = 50.0
+    min_recall_at_10: float = 0.9
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
@@ -197,6 +206,7 @@ class Config:
     quant: QuantConfig = field(default_factory=QuantConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    release: ReleaseConfig = field(default_factory=ReleaseConfig)
 
 
 def _allowed_keys(path: str) -> list[str]:

@@ -1,0 +1,81 @@
+"""The release bundle's format: which files a release holds and which run artifact each comes from.
+
+One table serves both sides, `promote` copying by it and `ask` opening by it, so they cannot
+drift apart. The manifest is the artifacts module's (sha256 of every file, format version,
+package versions); the config is the whole params.yaml of the run, and its metrics, run and
+git commit go in the manifest's notes.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pipeline import artifacts
+from pipeline.errors import BadInput
+
+STAGE = "promote"
+RELEASES = "releases"
+LLM, TOKENIZER, EMBEDDER = "llm.pte", "tokenizer.json", "embedder.pte"
+EMBEDDER_TOKENIZER, INDEX, CHUNKS = "embedder_tokenizer.json", "index.usearch", "chunks.jsonl"
+METRICS, TOKENIZER_CONFIG = "metrics.json", "tokenizer_config.json"
+CHAT_TEMPLATE = "chat_template.jinja"
+
+# bundle file -> (run artifact directory, file name there); DESIGN.md's list, always present.
+FILES = {
+    LLM: ("data/lowered", "llm.pte"),
+    TOKENIZER: ("data/lowered", "tokenizer.json"),
+    EMBEDDER: ("data/embedder", "embedder.pte"),
+    EMBEDDER_TOKENIZER: ("data/embedder", "tokenizer.json"),
+    INDEX: ("data/index", "index.usearch"),
+    CHUNKS: ("data/index", "chunks.jsonl"),
+    METRICS: ("data/eval", "metrics.json"),
+}
+# The chat format travels with the LLM when its source had one (ask falls back to plain text).
+OPTIONAL = {
+    TOKENIZER_CONFIG: ("data/lowered", "tokenizer_config.json"),
+    CHAT_TEMPLATE: ("data/lowered", "chat_template.jinja"),
+}
+# Every run artifact promote reads: the shipped ones, plus eval_llm to tie metrics to the .pte.
+RUN_DIRS = ("data/lowered", "data/embedder", "data/index", "data/eval_llm", "data/eval")
+
+
+def _sources(run_root: Path) -> dict[str, Path]:
+    """Bundle file name -> the run's file it is copied from (optional ones only if present)."""
+    paths = {name: run_root / folder / file for name, (folder, file) in {**FILES,
+                                                                        **OPTIONAL}.items()}
+    return {name: path for name, path in paths.items() if name in FILES or path.is_file()}
+
+
+def write(dest: Path, run_root: Path, config: Any, notes: dict[str, Any]) -> None:
+    """Copy a run's files into `dest` atomically (temp dir, manifest, rename)."""
+    with artifacts.writer(dest, stage=STAGE, config=config) as out:
+        for name, source in _sources(run_root).items():
+            shutil.copyfile(source, out / name)
+        out.notes.update(notes)
+
+
+def holds(dest: Path, run_root: Path, shas: dict[str, str]) -> bool:
+    """Whether `dest` is an intact release of exactly these files (`shas`: run path -> sha256)."""
+    try:
+        files = artifacts.verify(dest).manifest.get("files", {})
+    except BadInput:
+        return False
+    wanted = {name: shas.get(str(path.relative_to(run_root))) for name, path
+              in _sources(run_root).items()}
+    return {name: entry["sha256"] for name, entry in files.items()} == wanted
+
+
+def open_release(path: str | Path) -> artifacts.Artifact:
+    """A release folder whose every file matches its manifest, with all the files ask needs."""
+    root = Path(path)
+    if not root.is_dir():
+        raise BadInput(f"{root} is not a release folder; build one with `edgerag promote` "
+                       "or pass --release.")
+    release = artifacts.verify(root)
+    missing = [name for name in FILES if name not in release.manifest.get("files", {})]
+    if release.manifest.get("stage") != STAGE or missing:
+        what = f"it has no {missing[0]}" if missing else "its manifest is not a promote's"
+        raise BadInput(f"{root} is not an edgerag release: {what}.")
+    return release

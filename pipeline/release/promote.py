@@ -1,0 +1,242 @@
+"""`edgerag promote`: pick a built run by the release rule and ship it as `releases/<name>/`.
+
+The candidates are the workspace build and every finished experiment a sweep listed in
+`sweeps/*/results.csv`; the rule (conf/release/) keeps the smallest LLM `.pte` whose metrics stay
+within its bounds. A run other than the workspace is read at its git revision through DVC's
+filesystem, from the local cache, so promoting never rewrites the workspace the user is in.
+Before copying, every artifact's manifest is re-hashed and the metrics are checked to have been
+measured on exactly these files (the manifests' recorded inputs).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from pipeline import artifacts, config
+from pipeline.config import ReleaseConfig
+from pipeline.errors import BadInput
+from pipeline.release import bundle, registry
+
+WORKSPACE = "workspace"
+PTE_BYTES, PPL_DELTA, RECALL = "llm.pte_bytes", "llm.ppl_delta_pct", "retrieval.recall_at_10"
+SWEEP_RESULTS = "sweeps/*/results.csv"
+# A run's metrics are trusted only if each listed artifact was an input of the one measuring it.
+MEASURED_ON = {"data/eval": ("data/eval_llm", "data/index", "data/embedder"),
+               "data/eval_llm": ("data/lowered",)}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A built run: `workspace` or a DVC experiment name, with its metrics as dotted keys."""
+
+    run: str
+    metrics: dict[str, float]
+
+    def describe(self) -> str:
+        return "the workspace build" if self.run == WORKSPACE else f"experiment {self.run}"
+
+
+def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def missed_bound(rule: ReleaseConfig, metrics: dict[str, Any]) -> str | None:
+    """The first bound these metrics miss, as a clause; None when they meet the rule."""
+    values = {key: _number(metrics.get(key)) for key in (PTE_BYTES, PPL_DELTA, RECALL)}
+    absent = [key for key, value in values.items() if value is None]
+    if absent:
+        return f"it has no {absent[0]} metric"
+    if values[PPL_DELTA] > rule.max_ppl_delta_pct:
+        return (f"{PPL_DELTA}={values[PPL_DELTA]:g} is above "
+                f"release.max_ppl_delta_pct={rule.max_ppl_delta_pct:g}")
+    if values[RECALL] < rule.min_recall_at_10:
+        return (f"{RECALL}={values[RECALL]:g} is below "
+                f"release.min_recall_at_10={rule.min_recall_at_10:g}")
+    return None
+
+
+def select(candidates: list[Candidate], rule: ReleaseConfig) -> Candidate:
+    """The smallest LLM `.pte` among the runs that meet the rule; the first listed wins a tie."""
+    if not candidates:
+        raise BadInput("there is no built run to promote: data/eval/metrics.json is missing and "
+                       f"no {SWEEP_RESULTS} lists a finished experiment; run `dvc repro` first.")
+    passing = [c for c in candidates if missed_bound(rule, c.metrics) is None]
+    if not passing:
+        first = candidates[0]
+        others = len(candidates) - 1
+        tail = (f" (and {others} other run misses it too)" if others == 1 else
+                f" (and {others} other runs miss it too)" if others else "")
+        raise BadInput(f"no run meets the release rule: {first.describe()} misses it, "
+                       f"{missed_bound(rule, first.metrics)}{tail}.")
+    return min(passing, key=lambda c: _number(c.metrics[PTE_BYTES]))
+
+
+def workspace_candidate(root: Path) -> Candidate | None:
+    metrics = root / "data/eval/metrics.json"
+    if not metrics.is_file():
+        return None
+    return Candidate(WORKSPACE, flatten(json.loads(metrics.read_text())))
+
+
+def sweep_candidates(root: Path) -> list[Candidate]:
+    """Finished experiments from every sweep's results.csv (one row per job), first seen wins."""
+    found: dict[str, Candidate] = {}
+    for table in sorted(root.glob(SWEEP_RESULTS)):
+        with open(table, newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                name = (row.get("experiment") or "").strip()
+                if row.get("status") == "ok" and name and name not in found:
+                    metrics = {k: _number(v) for k, v in row.items() if k and "." in k}
+                    found[name] = Candidate(name, {k: v for k, v in metrics.items()
+                                                   if v is not None})
+    return list(found.values())
+
+
+@contextmanager
+def run_files(root: Path, run: str) -> Iterator[tuple[Path, str | None]]:
+    """(a folder holding the run's artifact directories and params.yaml, its git commit): the
+    workspace itself, or a temporary copy read at the experiment's revision (DVC resolves
+    experiment names)."""
+    if run == WORKSPACE:
+        yield root, _head(root)
+        return
+    from dvc.api import DVCFileSystem
+    from dvc.exceptions import DvcException
+
+    try:
+        fs = DVCFileSystem(str(root), rev=run)
+        fs.ls("/")
+    except DvcException:
+        raise BadInput(f"--run {run} is not an experiment or git revision of {root}; "
+                       "list them with `dvc exp show`.") from None
+    with tempfile.TemporaryDirectory(prefix="edgerag-run-") as tmp:
+        copy = Path(tmp)
+        for folder in (*bundle.RUN_DIRS, config.PARAMS_FILE):
+            try:
+                fs.get(folder, str(copy / folder), recursive=True)
+            except FileNotFoundError:
+                raise BadInput(f"experiment {run} has no {folder}; was it built?") from None
+        yield copy, fs.repo.get_rev()
+
+
+def check_run(run_root: Path) -> dict[str, artifacts.Artifact]:
+    """Every artifact intact, and the metrics measured on exactly these artifacts."""
+    found = {folder: artifacts.require(run_root / folder) for folder in bundle.RUN_DIRS}
+    for measuring, measured in MEASURED_ON.items():
+        inputs = found[measuring].manifest.get("inputs", {})
+        for folder in measured:
+            if inputs.get(folder) != found[folder].manifest_sha256:
+                raise BadInput(f"{measuring} was measured on another {folder} than the one "
+                               "there; run `dvc repro` so the metrics describe what ships.")
+    return found
+
+
+def _head(root: Path) -> str | None:
+    try:
+        result = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=root,
+                                capture_output=True, text=True)
+    except OSError:
+        return None
+    return result.stdout.strip() or None
+
+
+def choose(root: Path, rule: ReleaseConfig, run: str | None) -> Candidate:
+    if run:
+        return Candidate(run, {})
+    found = workspace_candidate(root)
+    return select(([found] if found else []) + sweep_candidates(root), rule)
+
+
+def _description(params: dict[str, Any], metrics: dict[str, Any]) -> str:
+    model, quant, backend = (params.get(k, {}).get("name", "?")
+                             for k in ("model", "quant", "backend"))
+    return (f"edgerag release: {model} {quant} on {backend}, "
+            f"ppl delta {metrics.get(PPL_DELTA, '?')}%, recall@10 {metrics.get(RECALL, '?')}")
+
+
+def ship(root: Path, candidate: Candidate, rule: ReleaseConfig, dest: Path) -> tuple[dict, dict]:
+    """Verify the run, check it against the rule, and write it to `dest` unless it is there
+    already (re-promoting the same build keeps the release as is); (params, metrics)."""
+    with run_files(root, candidate.run) as (run_root, commit):
+        found = check_run(run_root)
+        metrics = json.loads((found["data/eval"] / bundle.METRICS).read_text())
+        missed = missed_bound(rule, flatten(metrics))
+        if missed:
+            raise BadInput(f"{candidate.describe()} misses the release rule: {missed}.")
+        params = OmegaConf.to_container(OmegaConf.load(run_root / config.PARAMS_FILE))
+        shas = {f"{folder}/{rel}": entry["sha256"] for folder, artifact in found.items()
+                for rel, entry in artifact.manifest.get("files", {}).items()}
+        if not bundle.holds(dest, run_root, shas):
+            bundle.write(dest, run_root, params, {
+                "run": candidate.run, "git_commit": commit, "rule": asdict(rule),
+                "metrics": metrics,
+                "artifacts": {folder: a.manifest_sha256 for folder, a in found.items()}})
+    return params, metrics
+
+
+def promote(root: Path, name: str | None = None, run: str | None = None,
+            tag: bool = True) -> dict[str, Any]:
+    """Select, verify, copy, register and (unless `tag` is False) tag; returns what it did."""
+    rule = config.load(root / config.PARAMS_FILE).release
+    name = name or rule.name
+    registry.check_name(name)
+    if tag:
+        registry.check_git(root, name)
+    candidate = choose(root, rule, run)
+    dest = root / bundle.RELEASES / name
+    params, metrics = ship(root, candidate, rule, dest)
+    description = _description(params, flatten(metrics))
+    registry.add_artifact(root, name, description)
+    registry.track(root, name)
+    released = {"name": name, "path": str(dest.relative_to(root)), "run": candidate.run,
+                "metrics": flatten(metrics), "tag": None}
+    if tag:
+        released["tag"], released["new_tag"] = registry.commit_and_tag(
+            root, name, f"Release {name}: {description}")
+    return released
+
+
+def report(released: dict[str, Any]) -> str:
+    metrics = released["metrics"]
+    lines = [f"promoted {released['run']} to {released['path']}/ "
+             f"(llm.pte {metrics[PTE_BYTES] / 1e6:.1f} MB, ppl delta {metrics[PPL_DELTA]:g}%, "
+             f"recall@10 {metrics[RECALL]:g})"]
+    if released["tag"]:
+        verb = "tagged" if released.get("new_tag") else "already tagged"
+        version = released["tag"].rsplit("@", 1)[-1]
+        lines.append(f"{verb} {released['tag']}; fetch it anywhere with "
+                     f"`dvc artifacts get <repo> {released['name']} --rev {version}`")
+    else:
+        lines.append(f"registered in dvc.yaml and {released['path']}.dvc (not committed or "
+                     "tagged: --no-tag)")
+    lines.append(f"ask it: edgerag ask \"your question\" --release {released['path']}")
+    return "\n".join(lines)
+
+
+def main(name: str | None, run: str | None, tag: bool) -> None:
+    print(report(promote(Path.cwd(), name, run, tag)))

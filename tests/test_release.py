@@ -1,0 +1,301 @@
+"""Promote and ask: the release rule, context budgeting, the bundle's integrity, the registry, and
+a real tiny release answering with sockets disabled."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline import artifacts, cli
+from pipeline.config import ReleaseConfig
+from pipeline.errors import BadInput
+from pipeline.release import ask, bundle, promote, prompt, registry
+from tests.conftest import REPO
+
+RULE = ReleaseConfig(name="default", max_ppl_delta_pct=10.0, min_recall_at_10=0.9)
+# Role-tagged turns: the shape of Llama-family templates, in a form the 512-token test BPE keeps
+# short enough for the tiny model's 128-token context.
+PLAIN_TURNS = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+               "{% if add_generation_prompt %}assistant:{% endif %}")
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _candidate(run, pte_bytes, delta, recall):
+    return promote.Candidate(run, {"llm.pte_bytes": pte_bytes, "llm.ppl_delta_pct": delta,
+                                   "retrieval.recall_at_10": recall})
+
+
+# --- the release rule ---------------------------------------------------------------------------
+
+def test_rule_picks_the_smallest_pte_within_the_bounds():
+    runs = [_candidate("workspace", 900, 4.0, 0.95), _candidate("q-small", 500, 12.0, 0.99),
+            _candidate("q-mid", 700, 9.9, 0.91), _candidate("q-bad-index", 600, 1.0, 0.5)]
+    assert promote.select(runs, RULE).run == "q-mid"
+    tie = [_candidate("workspace", 700, 1.0, 1.0), _candidate("same", 700, 1.0, 1.0)]
+    assert promote.select(tie, RULE).run == "workspace"
+
+
+def test_a_run_missing_the_rule_is_named_with_the_bound_it_misses():
+    with pytest.raises(BadInput, match=r"workspace build misses it, llm.ppl_delta_pct=39.4 is "
+                                       r"above release.max_ppl_delta_pct=10 \(and 1 other run "
+                                       "misses it too"):
+        promote.select([_candidate("workspace", 1, 39.4, 1.0), _candidate("e", 1, 1, 0.2)], RULE)
+    assert "recall_at_10=0.5 is below" in promote.missed_bound(RULE, _candidate(
+        "x", 1, 0.0, 0.5).metrics)
+    assert promote.missed_bound(RULE, {"llm.pte_bytes": 1}) == \
+        "it has no llm.ppl_delta_pct metric"
+    with pytest.raises(BadInput, match="no built run to promote"):
+        promote.select([], RULE)
+
+
+def test_sweep_results_give_the_finished_experiments(tmp_path):
+    table = tmp_path / "sweeps" / "s1" / "results.csv"
+    table.parent.mkdir(parents=True)
+    table.write_text(
+        "experiment,status,overrides,llm.pte_bytes,llm.ppl_delta_pct,retrieval.recall_at_10\n"
+        "s1-0,ok,quant=8da4w_g32,1000,5.5,0.95\n"
+        "s1-1,failed,quant=qnn_16a4w,,,\n"
+        "s1-2,ok,quant=4w_g32,800,nan,0.97\n")
+    found = promote.sweep_candidates(tmp_path)
+    assert [c.run for c in found] == ["s1-0", "s1-2"]
+    assert found[0].metrics == {"llm.pte_bytes": 1000.0, "llm.ppl_delta_pct": 5.5,
+                                "retrieval.recall_at_10": 0.95}
+    assert promote.select(found, RULE).run == "s1-0"  # s1-2 has no perplexity delta
+
+
+# --- fitting the prompt into the context ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def counter(tiny_tokenizer):
+    _, folder = tiny_tokenizer
+    return prompt.TokenCounter.from_file(folder / "tokenizer.json")
+
+
+@pytest.fixture(scope="module")
+def chat():
+    return prompt.ChatFormat(CHATML, {})
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(0, 400), max_size=6), budget=st.integers(40, 400),
+       question_words=st.integers(1, 30))
+def test_fitted_prompt_never_exceeds_the_budget(counter, chat, lengths, budget, question_words):
+    from pydoc_data.topics import topics
+
+    text = topics["assert"] + topics["for"]
+    passages = [(f"pydoc:{n}", text[:length]) for n, length in enumerate(lengths)]
+    question = " ".join(["statement"] * question_words)
+    try:
+        fitted = prompt.fit(question, passages, chat.render, counter, budget)
+    except BadInput:
+        assert counter.count(chat.render(question, [])) > budget
+        return
+    assert fitted.tokens == counter.count(fitted.prompt) <= budget
+    assert len(fitted.texts) <= len(passages)
+    for (_, whole), placed in zip(passages, fitted.texts, strict=False):
+        assert whole.startswith(placed)
+    cut = [i for i, placed in enumerate(fitted.texts) if placed != passages[i][1]]
+    assert cut in ([], [len(fitted.texts) - 1])  # only the last placed passage may be cut
+
+
+def test_a_question_that_alone_overflows_is_refused(counter, chat):
+    with pytest.raises(BadInput, match=r"the question takes \d+ prompt tokens .* lower "
+                                       "--max-new-tokens"):
+        prompt.fit("why " * 200, [("a", "text")], chat.render, counter, 64)
+
+
+def test_chat_format_falls_back_to_plain_text_without_a_template(tmp_path):
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": {"content": "<s>"}, "chat_template": "{{ bos_token }}{{ messages[0]"
+                                                           "['content'] }}"}))
+    from_config = prompt.ChatFormat.from_files(tmp_path / "none.jinja",
+                                               tmp_path / "tokenizer_config.json")
+    assert from_config.render("q?", []).startswith("<s>" + prompt.SYSTEM)
+    plain = prompt.ChatFormat.from_files(tmp_path / "none.jinja", tmp_path / "none.json")
+    assert plain.render("q?", [("doc", "body")]) == (
+        f"{prompt.SYSTEM}\n\nSources:\n[1] doc\nbody\n\nQuestion: q?\nAnswer:")
+
+
+# --- the bundle and bad releases ------------------------------------------------------------------
+
+def _fake_run(metrics, pte=b"pte-bytes"):
+    """Run artifacts in the current directory with real manifests and input chain (stages
+    record inputs by their relative paths), small stand-in files."""
+    def make(folder, files, inputs=()):
+        with artifacts.writer(folder, stage=folder, config={},
+                              inputs=[artifacts.verify(i) for i in inputs]) as out:
+            for name, data in files.items():
+                (out / name).write_bytes(data)
+
+    make("data/lowered", {"llm.pte": pte, "tokenizer.json": b"{}", "chat_template.jinja": b"x"})
+    make("data/embedder", {"embedder.pte": b"emb", "tokenizer.json": b"{}"})
+    make("data/index", {"index.usearch": b"idx", "chunks.jsonl": b"{}\n"})
+    make("data/eval_llm", {"metrics.json": b"{}"}, ["data/lowered"])
+    make("data/eval", {"metrics.json": json.dumps(metrics).encode()},
+         ["data/eval_llm", "data/index", "data/embedder"])
+
+
+GOOD = {"llm": {"pte_bytes": 9, "ppl_delta_pct": 3.0}, "retrieval": {"recall_at_10": 1.0}}
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A git + DVC project with the repo's params and dvc.yaml and a fake finished build."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    for args in (["git", "init", "-q"], ["git", "config", "user.name", "edgerag test"],
+                 ["git", "config", "user.email", "test@example.invalid"],
+                 [sys.executable, "-m", "dvc", "init", "-q"], ["git", "add", "-A"],
+                 ["git", "commit", "-qm", "base"]):
+        subprocess.run(args, cwd=tmp_path, check=True, capture_output=True)
+    _fake_run(GOOD)
+    return tmp_path
+
+
+def _git(root, *args):
+    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True,
+                          text=True).stdout
+
+
+def test_promote_writes_the_bundle_registers_and_tags(project):
+    released = promote.promote(project)
+    release = project / "releases/default"
+    assert released["tag"] == "default@v0.0.1" and released["new_tag"]
+    manifest = artifacts.verify(release).manifest
+    assert set(manifest["files"]) == set(bundle.FILES) | {"chat_template.jinja"}
+    assert manifest["stage"] == "promote" and manifest["format_version"] == 1
+    assert manifest["config"]["release"]["name"] == "default"
+    assert manifest["notes"]["metrics"] == GOOD and manifest["notes"]["run"] == "workspace"
+    assert manifest["notes"]["git_commit"] == _git(project, "rev-parse", "HEAD~1").strip()
+    assert (release / "llm.pte").read_bytes() == b"pte-bytes"
+    dvc_yaml = (project / "dvc.yaml").read_text()
+    assert dvc_yaml.startswith((REPO / "dvc.yaml").read_text())  # comments and layout kept
+    assert "artifacts:\n  default:\n    path: releases/default\n    type: model" in dvc_yaml
+    assert _git(project, "cat-file", "-t", "default@v0.0.1").strip() == "tag"  # annotated
+    assert "releases/default.dvc" in _git(project, "show", "--name-only", "default@v0.0.1")
+    assert promote.promote(project)["tag"] == "default@v0.0.1"  # same build: same version
+    _fake_run(GOOD, pte=b"a smaller build")
+    assert promote.promote(project)["tag"] == "default@v0.0.2"
+
+
+def test_promote_refuses_what_it_cannot_vouch_for(project, capsys):
+    (project / "dvc.yaml").write_text((project / "dvc.yaml").read_text() + "# edit\n")
+    with pytest.raises(BadInput, match="dvc.yaml has uncommitted changes; .* --no-tag"):
+        promote.promote(project)
+    with pytest.raises(BadInput, match="not a valid release name"):
+        promote.promote(project, name="../up", tag=False)
+    with artifacts.writer(project / "data/lowered", stage="lower", config={}) as out:
+        (out / "llm.pte").write_bytes(b"rebuilt after the evaluation")
+        (out / "tokenizer.json").write_bytes(b"{}")
+    with pytest.raises(BadInput, match="data/eval_llm was measured on another data/lowered"):
+        promote.promote(project, tag=False)
+    _fake_run({**GOOD, "llm": {"pte_bytes": 9, "ppl_delta_pct": 80.0}})
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["promote", "--no-tag"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "llm.ppl_delta_pct=80 is above" in err
+    assert not (project / "releases/default").exists()
+
+
+def test_tampered_or_missing_release_exits_2_naming_the_file(project, capsys):
+    promote.promote(project, tag=False)
+    release = project / "releases/default"
+    with open(release / "chunks.jsonl", "a") as handle:
+        handle.write("{}\n")
+    for argv, named in ((["ask", "q?", "--release", str(release)], "chunks.jsonl does not match"),
+                        (["ask", "q?", "--release", "nowhere"], "nowhere is not a release")):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+        err = capsys.readouterr().err.strip()
+        assert exit_.value.code == 2 and err.count("\n") == 0 and named in err, err
+
+
+def test_add_artifact_keeps_comments_and_replaces_its_entry(tmp_path):
+    text = "# top comment\nstages:\n  a:\n    cmd: echo  # why\n    deps:\n      - x\n"
+    (tmp_path / "dvc.yaml").write_text(text)
+    registry.add_artifact(tmp_path, "default", "first")
+    registry.add_artifact(tmp_path, "default", "second")
+    assert (tmp_path / "dvc.yaml").read_text() == text + (
+        "artifacts:\n  default:\n    path: releases/default\n    type: model\n    desc: second\n")
+
+
+# --- a real tiny release, asked with the network disabled ----------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_release(tiny_cfg, tiny_llm, tiny_program, tiny_tokenizer, tmp_path_factory):
+    """The tiny Llama (fp32 .pte), the tiny embedder .pte, and an index of three pydoc topics."""
+    from pipeline import sources
+    from pipeline.config import BackendConfig, IndexConfig
+    from pipeline.llm import lower
+    from pipeline.retrieval import corpus, embedder, index
+
+    run = tmp_path_factory.mktemp("run")
+    lowered, compiled, indexed = (run / "data" / d for d in ("lowered", "embedder", "index"))
+    for folder in (lowered, compiled, indexed, run / "data/eval"):
+        folder.mkdir(parents=True)
+    _, _, llm, _ = tiny_llm
+    program, metadata = tiny_program
+    (lowered / "llm.pte").write_bytes(lower.to_pte(copy.deepcopy(program), llm, metadata,
+                                                   BackendConfig(name="xnnpack"), "tiny"))
+    shutil.copy(tiny_tokenizer[1] / "tokenizer.json", lowered / "tokenizer.json")
+    (lowered / "chat_template.jinja").write_text(PLAIN_TURNS)
+    model_dir = sources.materialize(tiny_cfg.embedder.source)
+    embedder.compile_embedder(tiny_cfg.embedder, model_dir, compiled)
+    docs = [d for d in corpus.pydoc_documents() if d.source in
+            ("pydoc:assert", "pydoc:for", "pydoc:with")]
+    chunks = corpus.chunk_corpus(docs, tiny_cfg.corpus, model_dir / "tokenizer.json",
+                                 tiny_cfg.embedder.max_seq_len)
+    vectors = embedder.load_pte(compiled).embed([c.text for c in chunks])
+    index.build(IndexConfig(), vectors).save(str(indexed / "index.usearch"))
+    corpus.write_chunks(indexed / "chunks.jsonl", chunks)
+    (run / "data/eval/metrics.json").write_text(json.dumps(GOOD))
+    release = tmp_path_factory.mktemp("releases") / "tiny"
+    bundle.write(release, run, {"experiment": "tiny"}, {})
+    return release
+
+
+def _refuse_network(*_args, **_kwargs):
+    raise OSError("edgerag test: this process may not open a socket")
+
+
+def test_ask_answers_from_the_release_with_sockets_disabled(tiny_release, monkeypatch, capsys):
+    monkeypatch.setattr(socket, "socket", _refuse_network)
+    monkeypatch.setattr(socket, "create_connection", _refuse_network)
+    ask.main("What does the assert statement do?", str(tiny_release), 3, 8, as_json=True)
+    answer = json.loads(capsys.readouterr().out)
+    assert isinstance(answer["answer"], str) and answer["timings"]["generated_tokens"] >= 1
+    chunks = [json.loads(line) for line in (tiny_release / "chunks.jsonl").open()]
+    assert 1 <= len(answer["sources"]) <= 3
+    for source in answer["sources"]:
+        chunk = next(c for c in chunks if c["source"] == source["source"]
+                     and c["start"] == source["start"])
+        assert source["start"] < source["end"] <= chunk["end"]
+    timings = answer["timings"]
+    assert timings["prompt_tokens"] == timings["runner_prompt_tokens"]  # we count as it encodes
+    assert timings["prompt_tokens"] + 8 <= 128  # the tiny .pte's max_seq_len
+    assert timings["retrieval_ms"] > 0 and timings["decode_tok_s"] >= 0
+
+
+def test_ask_streams_then_lists_sources_and_reads_stdin(tiny_release, monkeypatch, capsys):
+    ask.main("How does a for loop work?", str(tiny_release), 2, 4, as_json=False)
+    out = capsys.readouterr().out
+    assert "\n\nSources:\n[1] pydoc:" in out and ", characters " in out
+    monkeypatch.setattr(sys, "stdin", io.StringIO("first question\n\nsecond question\n"))
+    ask.main(None, str(tiny_release), 2, 4, as_json=True)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [json.loads(line)["question"] for line in lines] == ["first question",
+                                                                "second question"]
+    with pytest.raises(BadInput, match="leaves no room for a prompt"):
+        ask.main("q", str(tiny_release), 2, 500, as_json=True)
