@@ -22,6 +22,7 @@ from bench.proc import REPO, run_worker
 from pipeline.artifacts import atomic_write_text, package_versions
 from pipeline.errors import BadInput
 from pipeline.progress import log
+from pipeline.runtime import program_bytes
 
 # The fixed prompt every system prefills, then continues greedily (written for this bench).
 PROMPT = (
@@ -123,14 +124,14 @@ def _score(system: dict[str, Any], windows_file: Path, threads: int) -> dict[str
 def collect_systems(args: argparse.Namespace, pte: Path,
                     tokenizer: Path) -> tuple[dict, Path | None]:
     """Every system to measure: its artifact, size and build figures (export_llm built here)."""
-    systems = {report.EDGERAG: {"kind": "pte", "artifact": str(pte), "bytes": pte.stat().st_size,
+    systems = {report.EDGERAG: {"kind": "pte", "artifact": str(pte), "bytes": program_bytes(pte),
                                 "build": edgerag.build_record(pte, args.data_dir)}}
     if args.candidate is not None:
         candidate = args.candidate.resolve()
         if not candidate.is_file():
             raise BadInput(f"--candidate {candidate} does not exist.")
         systems[f"{report.EDGERAG}:{candidate.parent.name}"] = {
-            "kind": "pte", "artifact": str(candidate), "bytes": candidate.stat().st_size,
+            "kind": "pte", "artifact": str(candidate), "bytes": program_bytes(candidate),
             "build": edgerag.build_record(candidate, args.data_dir)}
     if args.export_llm_pte is not None:
         systems[report.EXPORT_LLM] = {"kind": "pte", **export_llm.reuse(args.export_llm_pte)}

@@ -160,6 +160,9 @@ class QuantConfig:
 @dataclass
 class XnnpackConfig:
     extended_ops: bool = True
+    # Weights in llm.ptd beside llm.pte (ExecuTorch's program-data separation): identical tensors
+    # are stored once, so a tied embedding and output head cost one table, not two.
+    weights_file: bool = True
 
 
 @dataclass

@@ -8,6 +8,26 @@ from typing import Any
 import torch
 
 
+def data_path(pte: str | Path) -> str | None:
+    """The weights file lowered beside a `.pte` (`llm.pte` -> `llm.ptd`), if there is one."""
+    ptd = Path(pte).with_suffix(".ptd")
+    return str(ptd) if ptd.is_file() else None
+
+
+def program_bytes(pte: str | Path) -> int:
+    """What the phone stores for a program: the `.pte` plus its weights file."""
+    ptd = data_path(pte)
+    return Path(pte).stat().st_size + (Path(ptd).stat().st_size if ptd else 0)
+
+
+def text_runner(pte: str | Path, tokenizer: str | Path) -> Any:
+    """ExecuTorch's stock TextLLMRunner on a `.pte` (and its `.ptd`), kernels registered."""
+    register_llm_kernels()
+    from executorch.extension.llm.runner import TextLLMRunner
+
+    return TextLLMRunner(str(pte), str(tokenizer), data_path(pte))
+
+
 def register_llm_kernels() -> None:
     """LLM programs use ExecuTorch's custom SDPA/KV-cache and quantized kernels; load them first."""
     from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
@@ -22,7 +42,7 @@ class Program:
 
         register_llm_kernels()
         self.path = Path(path)
-        self._program = Runtime.get().load_program(str(path))
+        self._program = Runtime.get().load_program(str(path), data_path=data_path(path))
         self._forward = self._program.load_method("forward")
 
     def constant(self, name: str) -> Any:

@@ -24,13 +24,13 @@ def test_repro_builds_a_pte_the_stock_runner_generates_from(repo):
                    "compile_embedder", "prepare_corpus", "build_index", "evaluate"}
     sh([sys.executable, "-m", "pipeline.cli", "verify", "data/lowered"], repo)
 
-    from pipeline.runtime import register_llm_kernels
+    from executorch.extension.llm.runner import GenerationConfig
 
-    register_llm_kernels()
-    from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+    from pipeline.runtime import text_runner
 
-    runner = TextLLMRunner(str(repo / "data/lowered/llm.pte"),
-                           str(repo / "data/lowered/tokenizer.json"))
+    # The default lowering keeps weights in llm.ptd beside llm.pte; the runner takes both.
+    assert (repo / "data/lowered/llm.ptd").is_file()
+    runner = text_runner(repo / "data/lowered/llm.pte", repo / "data/lowered/tokenizer.json")
     pieces, stats = [], []
     runner.generate("The Python language reference says", GenerationConfig(
         max_new_tokens=8, temperature=0.0), pieces.append, stats.append)

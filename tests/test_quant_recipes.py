@@ -115,3 +115,32 @@ def test_a_plan_becomes_exceptions_and_family_precisions():
     assert [e.match for e in applied.exceptions] == [r"^layers\.0\.attention\.wq$"]
     assert (applied.head.bits, applied.head.group_size) == (8, 0)
     assert (applied.embedding.bits, applied.embedding.group_size) == (4, 32)
+
+
+def test_a_weights_file_runs_identically_and_stores_the_tied_table_once(tiny_llm, tiny_program,
+                                                                        tmp_path):
+    """llm.pte + llm.ptd: the same logits as a self-contained .pte, the 8-bit table kept once."""
+    from pipeline.config import BackendConfig, XnnpackConfig
+    from pipeline.llm import lower
+    from pipeline.runtime import Program, llm_logits, program_bytes
+
+    _, params, llm, _ = tiny_llm
+    program, metadata = tiny_program
+    quant = QuantConfig(name="t", method="torchao", activations="int8_dynamic", bits=4,
+                        group_size=32, embedding=TensorQuant(bits=8), head=TensorQuant(bits=8))
+    quantized = schemes.scheme(quant).quantize(quant, program, params, llm, metadata, None)
+    inline = tmp_path / "inline" / "llm.pte"
+    inline.parent.mkdir()
+    inline.write_bytes(lower.to_pte(quantized, llm, metadata, BackendConfig(name="xnnpack"), "t"))
+    split = tmp_path / "split"
+    split.mkdir()
+    backend = BackendConfig(name="xnnpack", xnnpack=XnnpackConfig(weights_file=True))
+    lowered = lower.lower(quantized, llm, metadata, backend, "t")
+    (split / "llm.pte").write_bytes(lowered.buffer)
+    lowered.write_tensor_data_to_file(str(split))
+    assert (split / "llm.ptd").is_file()
+    table = params["vocab_size"] * params["dim"]  # int8: one byte per entry
+    assert program_bytes(split / "llm.pte") < program_bytes(inline) - 0.9 * table
+    tokens = [1, 5, 7, 9, 11]
+    ours = llm_logits(Program(split / "llm.pte"), tokens, 0)
+    assert torch.equal(ours, llm_logits(Program(inline), tokens, 0))

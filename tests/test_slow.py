@@ -17,19 +17,17 @@ def default_build(tmp_path_factory):
 
 
 def test_default_pte_answers_coherently(default_build):
+    from executorch.extension.llm.runner import GenerationConfig
     from transformers import AutoTokenizer
 
-    from pipeline.runtime import register_llm_kernels
-
-    register_llm_kernels()
-    from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+    from pipeline.runtime import text_runner
 
     lowered = default_build / "data/lowered"
     tokenizer = AutoTokenizer.from_pretrained(default_build / "data/model")
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}],
         tokenize=False, add_generation_prompt=True)
-    runner = TextLLMRunner(str(lowered / "llm.pte"), str(lowered / "tokenizer.json"))
+    runner = text_runner(lowered / "llm.pte", lowered / "tokenizer.json")
     pieces: list[str] = []
     runner.generate(prompt, GenerationConfig(max_new_tokens=24, temperature=0.0),
                     pieces.append, None)

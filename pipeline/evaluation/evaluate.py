@@ -9,6 +9,7 @@ from typing import Any
 from pipeline.config import Config
 from pipeline.evaluation import lm_eval_adapter, perplexity, scorers, speed
 from pipeline.progress import log
+from pipeline.runtime import program_bytes
 from pipeline.splits import EVALUATION, read_jsonl
 
 PTE, TOKENIZER, METRICS = "llm.pte", "tokenizer.json", "metrics.json"
@@ -54,7 +55,8 @@ def run(cfg: Config, lowered: Path, model_dir: Path, split_dir: Path,
     timing = speed.measure(lowered / PTE, lowered / TOKENIZER, cfg.eval.speed_new_tokens,
                            cfg.eval.speed_repeats)
     llm = {key: ppl[key] for key in ("ppl", "ppl_reference", "ppl_delta_pct", "tokens")}
-    llm.update({"pte_bytes": (lowered / PTE).stat().st_size, **timing})
+    # The LLM's bytes on the phone: the .pte plus its weights file (llm.ptd), when lowered so.
+    llm.update({"pte_bytes": program_bytes(lowered / PTE), **timing})
     tasks = {name: {"acc": accuracy[name], "acc_reference": accuracy_ref[name]}
              for name in accuracy}
     return {"metrics": {"llm": llm, "lm_eval": tasks}, "windows": ppl["windows"]}

@@ -51,12 +51,12 @@ def _rate(tokens: int, elapsed_ms: int) -> float:
 def _run(pte: str, tokenizer: str, max_new_tokens: int, repeats: int) -> dict[str, Any]:
     import time
 
-    from pipeline.runtime import register_llm_kernels
+    from pipeline.runtime import data_path, register_llm_kernels
 
     register_llm_kernels()
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
 
-    runner = TextLLMRunner(pte, tokenizer)
+    runner = TextLLMRunner(pte, tokenizer, data_path(pte))
     prefill, decode, wall, load_ms = [], [], [], []
     for _ in range(repeats):
         for prompt in PROMPTS:
@@ -71,7 +71,8 @@ def _run(pte: str, tokenizer: str, max_new_tokens: int, repeats: int) -> dict[st
             load_ms.append(report["model_load_end_ms"] - report["model_load_start_ms"])
             prefill.append(_rate(report["prompt_tokens"],
                                  report["prompt_eval_end_ms"] - report["inference_start_ms"]))
-            decode.append(_rate(report["generated_tokens"] - 1,
+            # `generated_tokens` already leaves out the first token, which prefill produced.
+            decode.append(_rate(report["generated_tokens"],
                                 report["inference_end_ms"] - report["first_token_ms"]))
     return {
         "prefill_tok_s": round(median(prefill), 1),

@@ -46,16 +46,46 @@ def check_backend_ready(backend: BackendConfig) -> None:
         qnn.chipset(backend.qnn.soc_model)
 
 
-def to_pte(program: Any, llm: Any, metadata: dict, backend: BackendConfig, name: str) -> bytes:
-    """ExecuTorch's LLMEdgeManager: edge lowering for the backend + to_executorch, as export_llm."""
+WEIGHTS = "llm"  # the weights file's name without .ptd
+
+
+def _weights_tag(backend: BackendConfig) -> Callable[[Any], str] | None:
+    """Constants (delegated or not) tagged for llm.ptd; None keeps them inside the .pte."""
+    if backend.name == "xnnpack" and backend.xnnpack.weights_file:
+        return lambda node: WEIGHTS
+    return None
+
+
+def lower(program: Any, llm: Any, metadata: dict, backend: BackendConfig, name: str) -> Any:
+    """ExecuTorch's LLMEdgeManager: edge lowering for the backend + to_executorch, as export_llm.
+
+    With a weights file, every constant goes through one named-data store, which keeps identical
+    tensors once: the 8-bit embedding table and the output head quantize to the same bytes.
+    """
     graph = program.module()
+    tag = _weights_tag(backend)
+    if tag is not None:
+        from executorch.exir.passes.external_constants_pass import (
+            delegate_external_constants_pass_unlifted,
+        )
+
+        delegate_external_constants_pass_unlifted(module=graph, gen_tag_fn=tag)
     manager = export.edge_manager(graph, llm, metadata, name)
     manager.pre_autograd_graph_module = graph
     log(f"lowering to {backend.name}")
     LOWERINGS[backend.name](manager, backend)
     log("emitting the ExecuTorch program")
-    manager.to_executorch()
-    return manager.export_program.buffer
+    manager.to_executorch(external_constants_tag=tag)
+    return manager.export_program
+
+
+def to_pte(program: Any, llm: Any, metadata: dict, backend: BackendConfig, name: str) -> bytes:
+    """A self-contained `.pte` (weights inside), whatever the backend's weights_file says."""
+    import dataclasses
+
+    inline = dataclasses.replace(backend, xnnpack=dataclasses.replace(backend.xnnpack,
+                                                                      weights_file=False))
+    return lower(program, llm, metadata, inline, name).buffer
 
 
 def run(cfg: Any, quantized_dir: Any, model_dir: Any, out: Any) -> dict[str, Any]:
@@ -68,8 +98,13 @@ def run(cfg: Any, quantized_dir: Any, model_dir: Any, out: Any) -> dict[str, Any
     params, metadata = export.load_interface(quantized_dir)
     llm = export.llm_config(cfg.model.executorch)
     program = export.load_program(quantized_dir / export.PROGRAM)
-    (out / PTE).write_bytes(to_pte(program, llm, metadata, cfg.backend, "llm"))
+    lowered = lower(program, llm, metadata, cfg.backend, "llm")
+    (out / PTE).write_bytes(lowered.buffer)
+    if _weights_tag(cfg.backend) is not None:
+        lowered.write_tensor_data_to_file(str(out))
     for name in TOKENIZER_FILES:
         if (model_dir / name).exists():
             shutil.copyfile(model_dir / name, out / name)
-    return {"pte_bytes": (out / PTE).stat().st_size, "backend": cfg.backend.name}
+    files = sorted(p.name for p in out.iterdir() if p.suffix in (".pte", ".ptd"))
+    return {"pte_bytes": sum((out / f).stat().st_size for f in files), "program_files": files,
+            "backend": cfg.backend.name}

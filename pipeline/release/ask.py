@@ -71,7 +71,7 @@ class Assistant:
         from usearch.index import Index
 
         from pipeline.retrieval.corpus import read_chunks
-        from pipeline.runtime import register_llm_kernels
+        from pipeline.runtime import data_path, register_llm_kernels
 
         self.release = bundle.open_release(release).path
         files = {name: self.release / name for name in (*bundle.FILES, *bundle.OPTIONAL)}
@@ -86,7 +86,8 @@ class Assistant:
         from executorch.extension.llm.runner import TextLLMRunner
 
         self.context_length = _context_length(files[bundle.LLM])
-        self.runner = TextLLMRunner(str(files[bundle.LLM]), str(files[bundle.TOKENIZER]))
+        self.runner = TextLLMRunner(str(files[bundle.LLM]), str(files[bundle.TOKENIZER]),
+                                    data_path(files[bundle.LLM]))
 
     def retrieve(self, question: str, k: int) -> list[tuple[Any, float]]:
         vector = self.embedder.embed([question])[0]

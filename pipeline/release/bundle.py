@@ -34,6 +34,7 @@ FILES = {
 }
 # The chat format travels with the LLM when its source had one (ask falls back to plain text).
 OPTIONAL = {
+    "llm.ptd": ("data/lowered", "llm.ptd"),  # the LLM's weights when lowered to a separate file
     TOKENIZER_CONFIG: ("data/lowered", "tokenizer_config.json"),
     CHAT_TEMPLATE: ("data/lowered", "chat_template.jinja"),
 }
