@@ -154,6 +154,9 @@ class QuantConfig:
     source_grid: str = "none"  # q4_1: keep the GGUF's own 4-bit grid (pipeline/llm/grid.py)
     exceptions: list[LayerException] = field(default_factory=list)
     mixed: MixedConfig | None = None
+    # Input channels of the output head kept in fp32 beside its int8 activations: the final
+    # hidden state's few massive channels, found on the calibration split.
+    head_outliers: int = 0
     pt2e: Pt2eConfig | None = None
 
 
@@ -350,6 +353,8 @@ def _check_quant(quant: QuantConfig, widths: list[int]) -> None:
         raise BadInput("quant.embedding.symmetric=false is not allowed: ExecuTorch's quantized "
                        "embedding kernels are symmetric.")
     _one_of("quant.source_grid", quant.source_grid, SOURCE_GRIDS)
+    if not 0 <= quant.head_outliers <= 64:
+        raise BadInput(f"quant.head_outliers={quant.head_outliers} must be between 0 and 64.")
     if quant.mixed is not None and quant.mixed.budget_mb <= 0:
         raise BadInput(f"quant.mixed.budget_mb={quant.mixed.budget_mb} must be positive.")
     if quant.source_grid == "q4_1" and (quant.bits, quant.group_size) != (4, 32):

@@ -24,7 +24,7 @@ def test_default_composes_to_the_committed_params(tmp_path):
     generated = OmegaConf.load(out)
     committed = OmegaConf.load(REPO / "params.yaml")
     assert generated == committed
-    assert generated.quant.name == "8da4w_g32" and generated.model.name.startswith("smollm2")
+    assert generated.quant.name == "q4_1_grid" and generated.model.name.startswith("smollm2")
 
 
 def test_group_size_that_does_not_divide_576_is_refused():

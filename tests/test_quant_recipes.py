@@ -144,3 +144,21 @@ def test_a_weights_file_runs_identically_and_stores_the_tied_table_once(tiny_llm
     tokens = [1, 5, 7, 9, 11]
     ours = llm_logits(Program(split / "llm.pte"), tokens, 0)
     assert torch.equal(ours, llm_logits(Program(inline), tokens, 0))
+
+
+def test_outlier_head_is_exact_in_fp32_and_keeps_the_head_weight(tiny_llm):
+    from pipeline.llm import outliers
+
+    hf, *_ = tiny_llm
+    model = type(hf)(hf.config).eval()
+    model.load_state_dict(hf.state_dict())
+    with torch.no_grad():  # make channel 5 of the final hidden state massive
+        model.model.norm.weight[5] = 80.0
+    torch.manual_seed(0)
+    samples = [torch.randint(3, 512, (16,))]
+    assert outliers.find(model, samples, 1) == [5]
+    head = torch.nn.Linear(64, 512, bias=False)
+    wrapped = outliers.OutlierHead(head, [5], head.weight.detach()[:, [5]].clone())
+    hidden = torch.randn(1, 3, 64)
+    assert torch.allclose(wrapped(hidden), head(hidden), atol=1e-5)
+    assert wrapped.head.weight is head.weight

@@ -40,11 +40,13 @@ def run_calibration(cfg: Config, export_dir: Path, split_dir: Path, model_dir: P
         )
     program = export.load_program(export_dir / export.PROGRAM)
     stats = scheme.calibrate(cfg.quant, program, samples, model_dir=model_dir)
-    if cfg.quant.mixed is not None:
+    if cfg.quant.method == "torchao":  # a plan: 8-bit layers, fp32 head channels
         (out / PLAN).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+        layers = stats.get("layers", {})
         return {"uses_calibration": True, "samples": len(samples), "plan": PLAN,
-                "estimated_bytes": stats["estimated_bytes"],
-                "eight_bit": sorted(n for n, c in stats["layers"].items() if c["bits"] == 8)}
+                "estimated_bytes": stats.get("estimated_bytes"),
+                "head_outliers": stats.get("head_outliers", []),
+                "eight_bit": sorted(n for n, c in layers.items() if c["bits"] == 8)}
     torch.save(stats, out / STATS)
     return {"uses_calibration": True, "samples": len(samples),
             "tokens": sum(len(s) for s in samples), "observers": len(stats)}

@@ -90,20 +90,25 @@ class TorchaoWeights(NoQuantization):
     """
 
     def uses_calibration(self, quant: QuantConfig) -> bool:
-        return quant.mixed is not None
+        return quant.mixed is not None or quant.head_outliers > 0
 
     def calibrate(self, quant: QuantConfig, program: Any, samples: list[torch.Tensor],
                   **context: Any) -> dict | None:
         from transformers import AutoModelForCausalLM
 
-        from pipeline.llm import sensitivity
+        from pipeline.llm import outliers, sensitivity
 
-        if quant.mixed is None:
+        if not self.uses_calibration(quant):
             return None
         model = AutoModelForCausalLM.from_pretrained(context["model_dir"],
                                                      dtype=torch.float32).eval()
-        measured = sensitivity.measure(model, samples[: quant.mixed.samples], quant)
-        return sensitivity.plan(measured, quant.mixed)
+        plan: dict[str, Any] = {}
+        if quant.head_outliers:
+            plan["head_outliers"] = outliers.find(model, samples, quant.head_outliers)
+        if quant.mixed is not None:
+            measured = sensitivity.measure(model, samples[: quant.mixed.samples], quant)
+            plan.update(sensitivity.plan(measured, quant.mixed))
+        return plan
 
     def quantize(self, quant: QuantConfig, program: Any, params: dict, llm: Any,
                  metadata: dict, stats: Any) -> Any:
@@ -148,8 +153,12 @@ def quantize_eager(model: torch.nn.Module, quant: QuantConfig, plan: Any = None
 
     from pipeline.llm import grid
 
-    if plan:
+    from pipeline.llm import outliers
+
+    if plan and "layers" in plan:
         quant = apply_plan(quant, plan)
+    kept = (plan or {}).get("head_outliers")
+    head_columns = model.output.weight.detach()[:, kept].clone() if kept else None
     dynamic = quant.activations == "int8_dynamic"
     model = TorchaoWeights._quantize_embedding(model, quant.embedding, quant.algorithm)
     if quant.head is not None:
@@ -175,10 +184,12 @@ def quantize_eager(model: torch.nn.Module, quant: QuantConfig, plan: Any = None
         grid.pin(model)
         quantize_(model, _weight_config(8, 0, True, dynamic, "affine"),
                   filter_fn=lambda m, fqn: fqn.endswith(".corr"))
-        return model
-    quantize_(model, _weight_config(quant.bits, quant.group_size, quant.symmetric, dynamic,
-                                    quant.algorithm),
-              filter_fn=lambda m, fqn: body(m, fqn) and _exception_for(quant, fqn) is None)
+    else:
+        quantize_(model, _weight_config(quant.bits, quant.group_size, quant.symmetric, dynamic,
+                                        quant.algorithm),
+                  filter_fn=lambda m, fqn: body(m, fqn) and _exception_for(quant, fqn) is None)
+    if kept:
+        model.output = outliers.OutlierHead(model.output, kept, head_columns)
     return model
 
 
