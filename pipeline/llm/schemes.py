@@ -151,9 +151,7 @@ def quantize_eager(model: torch.nn.Module, quant: QuantConfig, plan: Any = None
     """
     from torchao.quantization import quantize_
 
-    from pipeline.llm import grid
-
-    from pipeline.llm import outliers
+    from pipeline.llm import grid, outliers
 
     if plan and "layers" in plan:
         quant = apply_plan(quant, plan)
