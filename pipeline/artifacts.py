@@ -69,10 +69,18 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process umask (mkstemp/mkdtemp make private files; finished ones should not be)."""
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 @dataclass
@@ -175,6 +183,7 @@ def writer(
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     started = time.monotonic()
     try:
         out = Output(tmp)

@@ -49,11 +49,19 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--k", type=int, default=4, help="chunks to retrieve")
     ask.add_argument("--max-new-tokens", type=int, default=128)
     ask.add_argument("--json", action="store_true", help="one JSON object per answer")
+    commands.add_parser("bench", add_help=False,
+                        help="edgerag against export_llm and llama.cpp (bench/; --help there)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # the bench owns its flags; it runs from a source checkout
+        from bench.run import main as bench
+
+        errors.run(lambda: bench(argv[1:]))
+        return
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
