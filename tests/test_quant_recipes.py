@@ -162,3 +162,16 @@ def test_outlier_head_is_exact_in_fp32_and_keeps_the_head_weight(tiny_llm):
     hidden = torch.randn(1, 3, 64)
     assert torch.allclose(wrapped(hidden), head(hidden), atol=1e-5)
     assert wrapped.head.weight is head.weight
+
+
+def test_the_default_recipe_wraps_the_head_on_the_grid_path(tiny_llm):
+    """q4_1_grid with head_outliers (the default): the plan's channel reaches the head."""
+    from pipeline.llm import outliers
+
+    quant = QuantConfig(name="t", method="torchao", activations="int8_dynamic", bits=4,
+                        group_size=32, source_grid="q4_1", head=TensorQuant(bits=8),
+                        embedding=TensorQuant(bits=8), head_outliers=1)
+    with torch.no_grad():
+        model = schemes.quantize_eager(_grid_model(tiny_llm)(), quant, {"head_outliers": [5]})
+    assert isinstance(model.output, outliers.OutlierHead)
+    assert model.output.mask[5] == 0 and model.output.mask.sum() == model.output.mask.numel() - 1
