@@ -54,16 +54,73 @@ def weight_blocks(graph: torch.fx.GraphModule, block_size: int) -> dict[str, tup
             if node.op == "call_function" and node.target in shapes}
 
 
-class BlockwiseQnnQuantizer(QnnQuantizer):
-    """QnnQuantizer that finds the linears to block-quantize (block_size > 0) in the graph.
+def drop_identity_casts(graph: torch.fx.GraphModule) -> int:
+    """Remove `type_as` nodes that cast to the dtype their input already has.
 
-    `set_block_size_map` takes node names, which exist only once the graph does; ExecuTorch's
-    Llama scripts compute them from the graph before `prepare_pt2e`, here it happens inside it.
+    ExecuTorch's Llama RMSNorm ends in `.type_as(x)` twice; left in the graph they hide the norm
+    from QNN's RecomposeRmsNorm, so it stays x*x → mean → add → rsqrt → mul with every step
+    quantized per tensor. x*x spans the square of the residual stream's outliers (5e5 after 4
+    layers of SmolLM2), so at 16 bits the ordinary tokens' squares round to zero.
+    """
+    dropped = 0
+    for node in list(graph.graph.nodes):
+        if node.op != "call_function" or node.target != torch.ops.aten.type_as.default:
+            continue
+        source, value = node.args[0].meta.get("val"), node.meta.get("val")
+        if source is not None and value is not None and source.dtype == value.dtype:
+            node.replace_all_uses_with(node.args[0])
+            graph.graph.erase_node(node)
+            dropped += 1
+    if dropped:
+        graph.graph.lint()
+        graph.recompile()
+    return dropped
+
+
+# ExecuTorch's Qualcomm Llama masks with -255 (masking_utils.PADDING_MASK_VALUE): exp(-255) is 0
+# in softmax, and the masked scores share one 16-bit range with the real ones.
+MASK_VALUE = -255.0
+
+
+def bound_masks(graph: torch.fx.GraphModule, value: float = MASK_VALUE) -> int:
+    """Replace -inf in constant tensors (the additive causal masks) by `value`, in place.
+
+    QnnQuantizer itself turns -inf into minus the whole quantization range (-65535 at 16 bits),
+    which makes the scores + mask add span 65535 and quantizes attention scores in steps of 1.0
+    before softmax.
+    """
+    from operator import attrgetter
+
+    bounded = 0
+    for node in graph.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        tensor = attrgetter(node.target)(graph)
+        if torch.is_tensor(tensor) and tensor.is_floating_point() and torch.isinf(tensor).any():
+            with torch.no_grad():
+                tensor.clamp_(min=value)
+            bounded += 1
+    return bounded
+
+
+class BlockwiseQnnQuantizer(QnnQuantizer):
+    """QnnQuantizer for ExecuTorch's Llama graph.
+
+    Before QNN's own annotation passes it drops the no-op casts that keep RMSNorm from being
+    recomposed into one `rms_norm` op and bounds the causal masks (see above). It also finds the
+    linears to block-quantize (block_size > 0): `set_block_size_map` takes node names, which
+    exist only once the graph does; ExecuTorch's Llama scripts compute them from the graph before
+    `prepare_pt2e`, here it happens inside it.
     """
 
     def __init__(self, block_size: int = 0) -> None:
         super().__init__()
         self.block_size = block_size
+
+    def transform_for_annotation(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        drop_identity_casts(model)
+        bound_masks(model)
+        return super().transform_for_annotation(model)
 
     def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
         if self.block_size:
