@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 # PROMOTE_ARGS=--no-tag to skip the git commit and tag).
 PROMOTE_ARGS ?=
 release: $(STAMP)
-	dvc repro
+	dvc repro dvc.yaml
 	$(VENV)/bin/edgerag promote $(PROMOTE_ARGS)
 	@echo 'Ask it (offline): $(VENV)/bin/edgerag ask "What does the with statement do?"'
 

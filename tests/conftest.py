@@ -77,7 +77,9 @@ def copy_repo(root: Path, *overrides: str) -> Path:
     listed = sh(["git", "ls-files", "--cached", "--others", "--exclude-standard"], REPO)
     for name in listed.stdout.split():
         source = REPO / name
-        if source.is_file() and not name.startswith("data/") and name != "dvc.lock":
+        # Not this checkout's promoted releases: their data lives in its DVC cache, not here.
+        if (source.is_file() and not name.startswith(("data/", "releases/"))
+                and name != "dvc.lock"):
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, root / name)
     sh(["git", "init", "-q"], root)
