@@ -35,14 +35,14 @@ def _internal_rates(report: dict[str, Any]) -> dict[str, float]:
 def time_generation(pte: str, tokenizer: str, prompt: str, new_tokens: int, repeats: int,
                     threads: int) -> dict[str, Any]:
     """One warm-up, then `repeats` greedy generations of up to `new_tokens` on the outer clock."""
-    from pipeline.runtime import data_path, register_llm_kernels
+    from pipeline.runtime import register_llm_kernels, text_runner
 
-    register_llm_kernels()
-    from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+    register_llm_kernels()  # before the clock: the construction time is the runner's own
+    from executorch.extension.llm.runner import GenerationConfig
 
     pool = _pin_threads(threads)
     begin = time.monotonic()
-    runner = TextLLMRunner(pte, tokenizer, data_path(pte))
+    runner = text_runner(pte, tokenizer)
     construct_s = time.monotonic() - begin
     config = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0, echo=False,
                               num_bos=0, num_eos=0)

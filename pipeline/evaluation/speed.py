@@ -51,12 +51,11 @@ def _rate(tokens: int, elapsed_ms: int) -> float:
 def _run(pte: str, tokenizer: str, max_new_tokens: int, repeats: int) -> dict[str, Any]:
     import time
 
-    from pipeline.runtime import data_path, register_llm_kernels
+    from executorch.extension.llm.runner import GenerationConfig
 
-    register_llm_kernels()
-    from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+    from pipeline.runtime import text_runner
 
-    runner = TextLLMRunner(pte, tokenizer, data_path(pte))
+    runner = text_runner(pte, tokenizer)
     prefill, decode, wall, load_ms = [], [], [], []
     for _ in range(repeats):
         for prompt in PROMPTS:

@@ -37,19 +37,6 @@ class Answer:
     timings: dict[str, float]
 
 
-def _load_embedder(pte: Path, tokenizer: Path, dim: int) -> Any:
-    """The bundle's embedder `.pte`, run as `retrieval.embedder.load_pte` runs a compiled one."""
-    import executorch.kernels.quantized  # noqa: F401 - embedding_byte for 8-bit word tables
-    from executorch.runtime import Runtime
-    from tokenizers import Tokenizer
-
-    from pipeline.retrieval.embedder import Embedder
-
-    method = Runtime.get().load_program(str(pte)).load_method("forward")
-    return Embedder(Tokenizer.from_file(str(tokenizer)),
-                    lambda ids, mask: method.execute([ids, mask])[0], dim)
-
-
 def _context_length(pte: Path) -> int:
     """The tokens one generation may span: the `.pte`'s max sequence and context lengths."""
     from executorch.runtime import Runtime
@@ -71,23 +58,21 @@ class Assistant:
         from usearch.index import Index
 
         from pipeline.retrieval.corpus import read_chunks
-        from pipeline.runtime import data_path, register_llm_kernels
+        from pipeline.retrieval.embedder import load_pte_files
+        from pipeline.runtime import register_llm_kernels, text_runner
 
         self.release = bundle.open_release(release).path
         files = {name: self.release / name for name in (*bundle.FILES, *bundle.OPTIONAL)}
         self.index = Index.restore(str(files[bundle.INDEX]))
         self.chunks = {c.key: c for c in read_chunks(files[bundle.CHUNKS])}
-        self.embedder = _load_embedder(files[bundle.EMBEDDER], files[bundle.EMBEDDER_TOKENIZER],
+        self.embedder = load_pte_files(files[bundle.EMBEDDER], files[bundle.EMBEDDER_TOKENIZER],
                                        self.index.ndim)
         self.counter = prompt.TokenCounter.from_file(files[bundle.TOKENIZER])
         self.chat = prompt.ChatFormat.from_files(files[bundle.CHAT_TEMPLATE],
                                                  files[bundle.TOKENIZER_CONFIG])
         register_llm_kernels()
-        from executorch.extension.llm.runner import TextLLMRunner
-
         self.context_length = _context_length(files[bundle.LLM])
-        self.runner = TextLLMRunner(str(files[bundle.LLM]), str(files[bundle.TOKENIZER]),
-                                    data_path(files[bundle.LLM]))
+        self.runner = text_runner(files[bundle.LLM], files[bundle.TOKENIZER])
 
     def retrieve(self, question: str, k: int) -> list[tuple[Any, float]]:
         vector = self.embedder.embed([question])[0]

@@ -27,6 +27,7 @@ from pipeline import artifacts, config
 from pipeline.config import ReleaseConfig
 from pipeline.errors import BadInput
 from pipeline.release import bundle, registry
+from pipeline.release.sweep import flatten
 
 WORKSPACE = "workspace"
 PTE_BYTES, PPL_DELTA, RECALL = "llm.pte_bytes", "llm.ppl_delta_pct", "retrieval.recall_at_10"
@@ -45,16 +46,6 @@ class Candidate:
 
     def describe(self) -> str:
         return "the workspace build" if self.run == WORKSPACE else f"experiment {self.run}"
-
-
-def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _number(value: Any) -> float | None:

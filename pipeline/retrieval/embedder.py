@@ -183,13 +183,18 @@ def _meta(embedder_dir: Path) -> dict[str, Any]:
 
 def load_pte(embedder_dir: Path) -> Embedder:
     """The shipped artifact, run by the ExecuTorch runtime exactly as the phone will."""
+    return load_pte_files(embedder_dir / PTE, embedder_dir / TOKENIZER,
+                          _meta(embedder_dir)["dim"])
+
+
+def load_pte_files(pte: Path, tokenizer: Path, dim: int) -> Embedder:
+    """An embedder `.pte` and its tokenizer wherever they live (an artifact, a release)."""
     import executorch.kernels.quantized  # noqa: F401 - embedding_byte for 8-bit word tables
     from executorch.runtime import Runtime
 
-    meta = _meta(embedder_dir)
-    method = Runtime.get().load_program(str(embedder_dir / PTE)).load_method("forward")
-    tokenizer = Tokenizer.from_file(str(embedder_dir / TOKENIZER))
-    return Embedder(tokenizer, lambda ids, mask: method.execute([ids, mask])[0], meta["dim"])
+    method = Runtime.get().load_program(str(pte)).load_method("forward")
+    return Embedder(Tokenizer.from_file(str(tokenizer)),
+                    lambda ids, mask: method.execute([ids, mask])[0], dim)
 
 
 def load_reference(model_dir: Path, embedder_dir: Path, batch: int = 16) -> Embedder:
