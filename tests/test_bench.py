@@ -269,3 +269,18 @@ def test_a_whole_run_on_the_tiny_model_writes_json_and_table(tmp_path, tiny_llm,
                                      / results["figures"]["export_llm"]["size_mb"], 3)
     table = result_file.with_suffix(".md").read_text()
     assert "| metric | edgerag | export_llm | edgerag/export_llm |" in table
+
+
+def test_profile_counts_the_lowered_ops_per_token_with_no_attention_transposes(tiny_ptes,
+                                                                                tiny_llm):
+    """The tiny 8da4w .pte per decoded token: one 4-bit GEMM per linear, no XNNPACK transposes
+    (lower runs export_llm's canonical pass; without it each layer ran six)."""
+    from bench.profile import OpCost, profile
+
+    _, params, *_ = tiny_llm
+    costs = profile(tiny_ptes["8da4w"], steps=4)
+    ops = {name: cost for name, cost in costs.items() if isinstance(cost, OpCost)}
+    gemms = sum(c.calls_per_token for name, c in ops.items() if "QB4W" in name)
+    assert gemms == 7 * params["n_layers"]
+    assert not [name for name in ops if "Transpose" in name]
+    assert 0 < costs["delegate_calls"] <= 12 * params["n_layers"]  # what export_llm's .pte has

@@ -29,6 +29,23 @@ def test_decompose_is_exact_on_a_q4_1_grid_and_refuses_other_weights():
         grid.decompose(torch.randn(8, 64), "w")
 
 
+def test_a_grid_linear_is_the_source_linear_with_group_sums_in_extra_rows():
+    """Before quantization the split is exact: main's extra rows are the group sums of x."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 8, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(_q4_1(model[0].weight))
+    source = model[0]
+    x = torch.randn(3, 64)
+    expected = source(x)
+    assert grid.split(model, lambda fqn: True) == ["0"]
+    wrapped = model[0]
+    assert wrapped.main.out_features == 8 + 64 // grid.GROUP
+    sums = wrapped.main(x)[:, 8:]
+    assert torch.allclose(sums, x.view(3, -1, grid.GROUP).sum(-1), atol=1e-5)
+    assert torch.allclose(wrapped(x), expected, atol=1e-5)
+
+
 def _grid_model(tiny_llm):
     from pipeline.llm import export
 

@@ -9,9 +9,11 @@ SmolLM2-135M. XNNPACK's fast 4-bit kernel takes symmetric groups only, so the gr
         symmetric 4-bit, scale d:    exact, one XNNPACK 8da4w linear
         per-group offset b:          one float per group of 32 inputs
 
-and `x @ w.T = main(x) + corr(pool(x))`, where `pool` sums each group of 32 inputs (a fixed 0/1
-fp32 linear, identical in every layer of a width, so XNNPACK stores it once) and `corr` holds the
-offsets at 8 bits per row. Everything stays inside XNNPACK's delegate.
+and `x @ w.T = y + corr(s)`, where one XNNPACK 8da4w linear computes both `y` (the symmetric
+part) and, in G extra output rows, `s`, the sum of each input group of 32 (codes 4 at scale 1/4:
+exactly 1 over the group, 0 elsewhere). `corr` holds the offsets at 8 bits per row. The sums come
+from the same int8 activations as `y`, as in llama.cpp's Q4_1 x Q8_1 dot product, and cost no
+extra op or activation quantization. Everything stays inside XNNPACK's delegate.
 """
 
 from __future__ import annotations
@@ -29,17 +31,18 @@ TOLERANCE = 1e-3
 
 
 class GridLinear(torch.nn.Module):
-    """`main(x) + corr(pool(x))`: a Q4_1 linear as XNNPACK-friendly pieces (see module doc)."""
+    """`y + corr(s)` where `main(x) = [y, s]`: a Q4_1 linear in two XNNPACK linears (module doc)."""
 
-    def __init__(self, main: torch.nn.Linear, pool: torch.nn.Linear, corr: torch.nn.Linear,
+    def __init__(self, main: torch.nn.Linear, corr: torch.nn.Linear, out_features: int,
                  codes: torch.Tensor, scales: torch.Tensor) -> None:
         super().__init__()
-        self.main, self.pool, self.corr = main, pool, corr
+        self.main, self.corr, self.out_features = main, corr, out_features
         # Not parameters: what `pin` writes into the quantized tensor after quantize_.
         self.codes, self.scales = codes, scales
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.main(x) + self.corr(self.pool(x))
+        both = self.main(x)
+        return both[..., :self.out_features] + self.corr(both[..., self.out_features:])
 
 
 def decompose(weight: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -65,13 +68,16 @@ def decompose(weight: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tens
             step.squeeze(-1).float(), offsets.float())
 
 
-def _pool(in_features: int) -> torch.nn.Linear:
-    pool = torch.nn.Linear(in_features, in_features // GROUP, bias=False)
-    ones = torch.zeros(in_features // GROUP, in_features)
-    for group in range(in_features // GROUP):
-        ones[group, group * GROUP:(group + 1) * GROUP] = 1.0
-    pool.weight = torch.nn.Parameter(ones, requires_grad=False)
-    return pool
+# The pooling rows' grid: code 4 at scale 1/4 is exactly 1 (bf16 holds 1/4 exactly).
+POOL_CODE, POOL_SCALE = 4, 0.25
+
+
+def _pool_rows(in_features: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes, scales) of G rows that sum each group of 32 inputs: row g has 1s on group g."""
+    groups = in_features // GROUP
+    codes = torch.zeros(groups, groups, GROUP, dtype=torch.int8)
+    codes[torch.arange(groups), torch.arange(groups)] = POOL_CODE
+    return codes.view(groups, in_features), torch.full((groups, groups), POOL_SCALE)
 
 
 def split(model: torch.nn.Module, keep: Any) -> list[str]:
@@ -81,14 +87,17 @@ def split(model: torch.nn.Module, keep: Any) -> list[str]:
         if not isinstance(module, torch.nn.Linear) or not keep(fqn):
             continue
         codes, scales, offsets = decompose(module.weight, fqn)
-        main = torch.nn.Linear(module.in_features, module.out_features, bias=False)
-        dense = (codes.float().view(module.out_features, -1, GROUP) * scales.unsqueeze(-1))
-        main.weight = torch.nn.Parameter(dense.view_as(module.weight), requires_grad=False)
+        pool_codes, pool_scales = _pool_rows(module.in_features)
+        codes, scales = torch.cat([codes, pool_codes]), torch.cat([scales, pool_scales])
+        rows = codes.shape[0]
+        main = torch.nn.Linear(module.in_features, rows, bias=False)
+        dense = codes.float().view(rows, -1, GROUP) * scales.unsqueeze(-1)
+        main.weight = torch.nn.Parameter(dense.view(rows, -1), requires_grad=False)
         corr = torch.nn.Linear(module.in_features // GROUP, module.out_features, bias=False)
         corr.weight = torch.nn.Parameter(offsets, requires_grad=False)
         parent, _, attr = fqn.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr,
-                GridLinear(main, _pool(module.in_features), corr, codes, scales))
+                GridLinear(main, corr, module.out_features, codes, scales))
         replaced.append(fqn)
     return replaced
 
