@@ -13,7 +13,8 @@ and `x @ w.T = y + corr(s)`, where one XNNPACK 8da4w linear computes both `y` (t
 part) and, in G extra output rows, `s`, the sum of each input group of 32 (codes 4 at scale 1/4:
 exactly 1 over the group, 0 elsewhere). `corr` holds the offsets at 8 bits per row. The sums come
 from the same int8 activations as `y`, as in llama.cpp's Q4_1 x Q8_1 dot product, and cost no
-extra op or activation quantization. Everything stays inside XNNPACK's delegate.
+extra linear. The two slices of `main`'s output run outside XNNPACK's delegate, which does not
+slice dynamic shapes.
 """
 
 from __future__ import annotations
