@@ -55,6 +55,28 @@ def _grid_model(tiny_llm):
     return lambda: export.build_eager(params, llm, weights)
 
 
+def test_siblings_on_one_input_share_one_grid_linear_and_stay_exact(tiny_llm):
+    """q/k/v and gate/up become one stacked GridLinear each; before quantization the model's
+    output is the source's, and every sibling's part comes from a single call of the stack."""
+    build = _grid_model(tiny_llm)
+    tokens = torch.tensor([[5, 7, 9, 11]])
+    reference = _logits(build(), tokens)
+    model = build()
+    replaced = grid.split(model, lambda fqn: fqn != "output")
+    attention, feed_forward = model.layers[0].attention, model.layers[0].feed_forward
+    assert {"layers.0.attention.wk", "layers.0.feed_forward.w3"} <= set(replaced)
+    assert isinstance(attention.wq_wk_wv, grid.GridLinear)
+    source = build().layers[0].attention
+    assert attention.wq_wk_wv.sizes == [source.wq.out_features, source.wk.out_features,
+                                        source.wv.out_features]
+    assert isinstance(feed_forward.w1_w3, grid.GridLinear)
+    assert isinstance(feed_forward.w2, grid.GridLinear)  # its input is its own
+    calls = []
+    attention.wq_wk_wv.main.register_forward_hook(lambda *args: calls.append(1))
+    assert torch.allclose(_logits(model, tokens), reference, atol=1e-4)
+    assert len(calls) == 1
+
+
 def _logits(model, tokens):
     with torch.no_grad():
         out = model(tokens, {"input_pos": torch.tensor([0])})

@@ -13,8 +13,9 @@ and `x @ w.T = y + corr(s)`, where one XNNPACK 8da4w linear computes both `y` (t
 part) and, in G extra output rows, `s`, the sum of each input group of 32 (codes 4 at scale 1/4:
 exactly 1 over the group, 0 elsewhere). `corr` holds the offsets at 8 bits per row. The sums come
 from the same int8 activations as `y`, as in llama.cpp's Q4_1 x Q8_1 dot product, and cost no
-extra linear. The two slices of `main`'s output run outside XNNPACK's delegate, which does not
-slice dynamic shapes.
+extra linear. Siblings that read one input (q/k/v, gate/up) share one such pair: their rows are
+stacked, so a layer runs four 4-bit GEMMs instead of seven, which pays for the corrections.
+The slices of `main`'s output run outside XNNPACK's delegate, which does not slice dynamic shapes.
 """
 
 from __future__ import annotations
@@ -32,18 +33,50 @@ TOLERANCE = 1e-3
 
 
 class GridLinear(torch.nn.Module):
-    """`y + corr(s)` where `main(x) = [y, s]`: a Q4_1 linear in two XNNPACK linears (module doc)."""
+    """`y + corr(s)` where `main(x) = [y, s]`: a Q4_1 linear in two XNNPACK linears (module doc).
 
-    def __init__(self, main: torch.nn.Linear, corr: torch.nn.Linear, out_features: int,
+    `y` may stack several siblings' outputs (`sizes`); `part(x, i)` is sibling i's share.
+    """
+
+    def __init__(self, main: torch.nn.Linear, corr: torch.nn.Linear, sizes: list[int],
                  codes: torch.Tensor, scales: torch.Tensor) -> None:
         super().__init__()
-        self.main, self.corr, self.out_features = main, corr, out_features
+        self.main, self.corr, self.sizes = main, corr, sizes
         # Not parameters: what `pin` writes into the quantized tensor after quantize_.
         self.codes, self.scales = codes, scales
+        self._served: dict[int, Any] = {}
+        self._last: Any = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out_features = sum(self.sizes)
         both = self.main(x)
-        return both[..., :self.out_features] + self.corr(both[..., self.out_features:])
+        return both[..., :out_features] + self.corr(both[..., out_features:])
+
+    def part(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """Sibling `index`'s output. The model calls each sibling on the same tensor; the stacked
+        linear runs on the first call and is dropped once every sibling has its part."""
+        if self._last is None or self._last[0] is not x or index in self._served:
+            y = self(x)
+            self._last = (x, y.split(self.sizes, -1) if len(self.sizes) > 1 else (y,))
+            self._served = {}
+        self._served[index] = True
+        result = self._last[1][index]
+        if len(self._served) == len(self.sizes):
+            self._last, self._served = None, {}
+        return result
+
+
+class Sibling(torch.nn.Module):
+    """Stands in for one of the stacked linears: its part of the shared GridLinear's output."""
+
+    def __init__(self, shared: GridLinear, index: int) -> None:
+        super().__init__()
+        self.index = index
+        # Not a submodule: the stack is registered once, on the parent, so quantize_ sees it once.
+        object.__setattr__(self, "shared", shared)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shared.part(x, self.index)
 
 
 def decompose(weight: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -81,24 +114,51 @@ def _pool_rows(in_features: int) -> tuple[torch.Tensor, torch.Tensor]:
     return codes.view(groups, in_features), torch.full((groups, groups), POOL_SCALE)
 
 
+# Linears that read the same input, by attribute name in ExecuTorch's Llama: stacked into one.
+SIBLINGS = (("wq", "wk", "wv"), ("w1", "w3"))
+
+
+def _grid_linear(linears: list[torch.nn.Linear], names: list[str]) -> GridLinear:
+    """One GridLinear holding `linears` stacked (all read the same input)."""
+    parts = [decompose(linear.weight, name) for linear, name in zip(linears, names)]
+    in_features = linears[0].in_features
+    pool_codes, pool_scales = _pool_rows(in_features)
+    codes = torch.cat([p[0] for p in parts] + [pool_codes])
+    scales = torch.cat([p[1] for p in parts] + [pool_scales])
+    rows = codes.shape[0]
+    main = torch.nn.Linear(in_features, rows, bias=False)
+    dense = codes.float().view(rows, -1, GROUP) * scales.unsqueeze(-1)
+    main.weight = torch.nn.Parameter(dense.view(rows, -1), requires_grad=False)
+    offsets = torch.cat([p[2] for p in parts])
+    corr = torch.nn.Linear(in_features // GROUP, offsets.shape[0], bias=False)
+    corr.weight = torch.nn.Parameter(offsets, requires_grad=False)
+    return GridLinear(main, corr, [linear.out_features for linear in linears], codes, scales)
+
+
 def split(model: torch.nn.Module, keep: Any) -> list[str]:
-    """Replace every linear that `keep(fqn)` leaves to the grid with a GridLinear; their names."""
+    """Replace every linear that `keep(fqn)` leaves to the grid; the names replaced.
+
+    Siblings (SIBLINGS) all kept become one GridLinear registered on their parent as `wq_wk_wv`
+    or `w1_w3`, each sibling a `Sibling` view of it; any other linear becomes its own GridLinear.
+    """
+    kept = {fqn: module for fqn, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and keep(fqn)}
     replaced = []
-    for fqn, module in list(model.named_modules()):
-        if not isinstance(module, torch.nn.Linear) or not keep(fqn):
+    for fqn in list(kept):
+        if fqn not in kept:  # already stacked with an earlier sibling
             continue
-        codes, scales, offsets = decompose(module.weight, fqn)
-        pool_codes, pool_scales = _pool_rows(module.in_features)
-        codes, scales = torch.cat([codes, pool_codes]), torch.cat([scales, pool_scales])
-        rows = codes.shape[0]
-        main = torch.nn.Linear(module.in_features, rows, bias=False)
-        dense = codes.float().view(rows, -1, GROUP) * scales.unsqueeze(-1)
-        main.weight = torch.nn.Parameter(dense.view(rows, -1), requires_grad=False)
-        corr = torch.nn.Linear(module.in_features // GROUP, module.out_features, bias=False)
-        corr.weight = torch.nn.Parameter(offsets, requires_grad=False)
-        parent, _, attr = fqn.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attr,
-                GridLinear(main, corr, module.out_features, codes, scales))
+        parent_name, _, attr = fqn.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        family = next((f for f in SIBLINGS if f[0] == attr), ())
+        names = [f"{parent_name}.{a}" if parent_name else a for a in family]
+        if len(names) > 1 and all(name in kept for name in names):
+            shared = _grid_linear([kept.pop(name) for name in names], names)
+            setattr(parent, "_".join(family), shared)
+            for index, sibling in enumerate(family):
+                setattr(parent, sibling, Sibling(shared, index))
+            replaced += names
+            continue
+        setattr(parent, attr, _grid_linear([kept.pop(fqn)], [fqn]))
         replaced.append(fqn)
     return replaced
 
