@@ -138,6 +138,8 @@ class Pt2eConfig:
     dtype: str = "use_8a8w"
     block_size: int = 64
     per_channel: bool = True
+    # Widen the calibrated range of the logits by this factor (1 = as observed); see schemes.py.
+    logits_margin: float = 1.0
 
 
 @dataclass

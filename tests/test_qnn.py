@@ -265,3 +265,29 @@ def qnn_mask_value() -> float:
     from pipeline.llm import qnn
 
     return qnn.MASK_VALUE
+
+
+def test_logits_margin_widens_only_the_logits_range(qnn_program, samples, converted):
+    """quant.pt2e.logits_margin scales the calibrated range of the observers from the output head
+    to the logits and of nothing else (the 4-bit model overshoots the fp32 range on new text)."""
+    stats, narrow = converted["qnn_16a4w"]
+    quant = _cfg("quant=qnn_16a4w").quant
+    assert quant.pt2e.logits_margin == 3.0
+    program, llm, params, metadata = qnn_program
+    unit = copy.deepcopy(quant)
+    unit.pt2e.logits_margin = 1.0
+    ones = schemes.scheme(unit).quantize(unit, copy.deepcopy(program), params, llm, metadata,
+                                         stats)
+    wide = schemes.scheme(quant).quantize(quant, copy.deepcopy(program), params, llm, metadata,
+                                          stats)
+
+    def scales(p):
+        return [float(n.args[1]) for n in p.graph.nodes
+                if str(n.target) == "quantized_decomposed.quantize_per_tensor.default"]
+
+    before, after = scales(ones), scales(wide)
+    assert len(before) == len(after)
+    changed = [(b, a) for b, a in zip(before, after) if abs(a - b) > 1e-9 * b]
+    assert changed and all(abs(a / b - 3.0) < 1e-3 for b, a in changed), changed
+    assert len(changed) <= 4  # the head's output and the reshapes after it, nothing upstream
+    assert scales(narrow) == after  # the fixture's conversion used the configured margin
