@@ -303,6 +303,11 @@ def _check_pt2e(quant: QuantConfig, widths: list[int]) -> None:
             f"quant.pt2e.block_size={block} does not divide every linear width {tuple(widths)} "
             "of this model; pick a common divisor."
         )
+    if not quant.pt2e.logits_margin >= 1.0:
+        raise BadInput(
+            f"quant.pt2e.logits_margin={quant.pt2e.logits_margin} would narrow the calibrated "
+            "range of the logits and clip them; use 1.0 (as observed) or more."
+        )
 
 
 def _check_qnn(cfg: Config) -> None:

@@ -32,6 +32,11 @@ def test_group_size_that_does_not_divide_576_is_refused():
         _validate("quant.group_size=128")
 
 
+def test_a_logits_margin_below_one_is_refused():
+    with pytest.raises(BadInput, match=r"quant.pt2e.logits_margin=0.5 would narrow"):
+        _validate("quant=qnn_16a4w", "backend=qnn", "quant.pt2e.logits_margin=0.5")
+
+
 def test_group_size_allowed_for_tiny_widths():
     assert _validate("experiment=tiny", "quant.group_size=64").quant.group_size == 64
 

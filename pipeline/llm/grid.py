@@ -44,7 +44,7 @@ class GridLinear(torch.nn.Module):
         self.main, self.corr, self.sizes = main, corr, sizes
         # Not parameters: what `pin` writes into the quantized tensor after quantize_.
         self.codes, self.scales = codes, scales
-        self._served: dict[int, Any] = {}
+        self._served: set[int] = set()  # siblings given their part of the current input
         self._last: Any = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,11 +58,11 @@ class GridLinear(torch.nn.Module):
         if self._last is None or self._last[0] is not x or index in self._served:
             y = self(x)
             self._last = (x, y.split(self.sizes, -1) if len(self.sizes) > 1 else (y,))
-            self._served = {}
-        self._served[index] = True
+            self._served = set()
+        self._served.add(index)
         result = self._last[1][index]
         if len(self._served) == len(self.sizes):
-            self._last, self._served = None, {}
+            self._last, self._served = None, set()
         return result
 
 
