@@ -267,7 +267,7 @@ def qnn_mask_value() -> float:
     return qnn.MASK_VALUE
 
 
-def test_logits_margin_widens_only_the_logits_range(qnn_program, samples, converted):
+def test_logits_margin_widens_only_the_logits_range(qnn_program, converted):
     """quant.pt2e.logits_margin scales the calibrated range of the observers from the output head
     to the logits and of nothing else (the 4-bit model overshoots the fp32 range on new text)."""
     stats, narrow = converted["qnn_16a4w"]
