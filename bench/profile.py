@@ -1,7 +1,9 @@
 """Where a decoded token's time goes: ExecuTorch's ETDump, per operator, for one `.pte`.
 
-`python -m bench.profile PTE [--steps N]` prints each XNNPACK operator and each ExecuTorch kernel
-run outside the delegate with its calls and milliseconds per decoded token. This is how the
+`python -m bench.profile PTE [--steps N] [--instances K]` prints each XNNPACK operator and each
+ExecuTorch kernel run outside the delegate with its calls and milliseconds per decoded token, and
+with `--instances` the K costliest single ops: one big GEMM (the head) hides among a hundred small
+ones under the same name. This is how the
 decode gap of issue #7 was found: six attention transposes per layer that export_llm's canonical
 pass removes, and the Q4_1 grid's separate pooling linears.
 """
@@ -30,8 +32,9 @@ def profile(pte: str | Path, steps: int = 16, prompt: tuple[int, ...] = (1, 5, 7
             ) -> dict[str, OpCost | float]:
     """Prefill `prompt`, then time `steps` single-token decodes with ETDump on.
 
-    Returns each operator's cost per decoded token (prefill excluded) and, under "delegate_calls",
-    how many times a token crosses into a delegate: the partitioning's own overhead.
+    Returns each operator's cost per decoded token (prefill excluded); under "delegate_calls", how
+    many times a token crosses into a delegate (the partitioning's own overhead); and under
+    "instances", every single op as (ms per token, position in the program, name), costliest first.
     """
     import torch
     from executorch.devtools import Inspector
@@ -50,8 +53,9 @@ def profile(pte: str | Path, steps: int = 16, prompt: tuple[int, ...] = (1, 5, 7
         module.write_etdump_result_to_file(str(dump))
         blocks = Inspector(etdump_path=str(dump)).event_blocks
     calls, millis = collections.Counter(), collections.Counter()
+    instances = []
     for block in blocks:
-        for event in block.events:
+        for position, event in enumerate(block.events):
             if event.perf_data is None:
                 continue
             raw = list(event.perf_data.raw)
@@ -60,11 +64,14 @@ def profile(pte: str | Path, steps: int = 16, prompt: tuple[int, ...] = (1, 5, 7
             samples = raw[per_call:] if rest == 0 else raw
             calls[event.name] += len(samples)
             millis[event.name] += sum(samples)
+            if event.name not in ENVELOPES:
+                instances.append((sum(samples) / steps, position, event.name))
     costs: dict[str, OpCost | float] = {
         name: OpCost(name, calls[name] / steps, millis[name] / steps)
         for name in calls if name not in ENVELOPES
     }
     costs["delegate_calls"] = calls["DELEGATE_CALL"] / steps
+    costs["instances"] = sorted(instances, reverse=True)
     return costs
 
 
@@ -72,9 +79,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
     parser.add_argument("pte")
     parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--instances", type=int, default=0, metavar="K",
+                        help="also list the K costliest single ops")
     args = parser.parse_args(argv)
     costs = profile(args.pte, args.steps)
     delegate_calls = costs.pop("delegate_calls")
+    instances = costs.pop("instances")
     ops = sorted(costs.values(), key=lambda c: -c.ms_per_token)
     total = sum(c.ms_per_token for c in ops)
     print(f"{'operator':52s} {'calls/token':>11s} {'ms/token':>9s} {'share':>6s}")
@@ -83,6 +93,10 @@ def main(argv: list[str] | None = None) -> None:
               f"{100 * cost.ms_per_token / max(total, 1e-9):5.1f}%")
     print(f"delegate calls per token: {delegate_calls:.0f}; operator time per token: "
           f"{total:.2f} ms")
+    if args.instances:
+        print(f"\n{'costliest single ops':52s} {'position':>11s} {'ms/token':>9s}")
+        for millis, position, name in instances[:args.instances]:
+            print(f"{name[:52]:52s} {position:11d} {millis:9.3f}")
 
 
 if __name__ == "__main__":

@@ -284,3 +284,8 @@ def test_profile_counts_the_lowered_ops_per_token_with_no_attention_transposes(t
     assert gemms == 7 * params["n_layers"]
     assert not [name for name in ops if "Transpose" in name]
     assert 0 < costs["delegate_calls"] <= 12 * params["n_layers"]  # what export_llm's .pte has
+    # single ops, costliest first, add up to the per-name totals
+    instances = costs["instances"]
+    assert [i[0] for i in instances] == sorted((i[0] for i in instances), reverse=True)
+    assert sum(i[0] for i in instances) == pytest.approx(sum(c.ms_per_token for c in ops.values()))
+    assert sum("QB4W" in name for _, _, name in instances) == gemms
