@@ -6,6 +6,7 @@ import json
 import sys
 
 import pytest
+import torch
 
 from bench import edgerag, export_llm, llamacpp, quality, report
 from bench.proc import run_monitored, run_worker
@@ -289,3 +290,24 @@ def test_profile_counts_the_lowered_ops_per_token_with_no_attention_transposes(t
     assert [i[0] for i in instances] == sorted((i[0] for i in instances), reverse=True)
     assert sum(i[0] for i in instances) == pytest.approx(sum(c.ms_per_token for c in ops.values()))
     assert sum("QB4W" in name for _, _, name in instances) == gemms
+
+
+def test_head_precision_variants_reduce_to_the_int8_head_at_their_limits():
+    """Refining every logit, or keeping every row int8, is the int8 head; 4-bit alone is not.
+    The kept channel is exact in every variant."""
+    from bench.head_precision import int4_groups, int8_rows, perplexities, variants
+
+    torch.manual_seed(0)
+    weight, hidden = torch.randn(96, 64), torch.randn(5, 64)
+    heads = variants(weight, [3], split_ids=[96], top_ks=[96])
+    int8 = heads["int8"](hidden)
+    assert torch.allclose(heads["4bit top-96"](hidden), int8, atol=1e-5)
+    assert torch.allclose(heads["4bit ids>=96"](hidden), int8)
+    assert not torch.allclose(heads["4bit"](hidden), int8, atol=1e-2)
+    one_hot = torch.zeros(1, 64)
+    one_hot[0, 3] = 1.0
+    for head in heads.values():
+        assert torch.allclose(head(one_hot)[0], weight[:, 3])
+    assert (int4_groups(weight) - weight).abs().mean() > (int8_rows(weight) - weight).abs().mean()
+    scores = perplexities([hidden], [[1, 2, 3, 4, 5]], {"int8": heads["int8"]})
+    assert scores["int8"] > 1
