@@ -20,8 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -69,7 +69,7 @@ def perplexities(hidden: list[torch.Tensor], windows: list[list[int]],
     result = {}
     for name, head in heads.items():
         nll, count = 0.0, 0
-        for states, window in zip(hidden, windows):
+        for states, window in zip(hidden, windows, strict=True):
             targets = torch.tensor(window[1:])
             logprobs = head(states[:-1]).log_softmax(-1)
             nll -= logprobs.gather(-1, targets[:, None]).sum().item()

@@ -287,7 +287,7 @@ def test_logits_margin_widens_only_the_logits_range(qnn_program, converted):
 
     before, after = scales(ones), scales(wide)
     assert len(before) == len(after)
-    changed = [(b, a) for b, a in zip(before, after) if abs(a - b) > 1e-9 * b]
+    changed = [(b, a) for b, a in zip(before, after, strict=True) if abs(a - b) > 1e-9 * b]
     assert changed and all(abs(a / b - 3.0) < 1e-3 for b, a in changed), changed
     assert len(changed) <= 4  # the head's output and the reshapes after it, nothing upstream
     assert scales(narrow) == after  # the fixture's conversion used the configured margin

@@ -120,7 +120,7 @@ SIBLINGS = (("wq", "wk", "wv"), ("w1", "w3"))
 
 def _grid_linear(linears: list[torch.nn.Linear], names: list[str]) -> GridLinear:
     """One GridLinear holding `linears` stacked (all read the same input)."""
-    parts = [decompose(linear.weight, name) for linear, name in zip(linears, names)]
+    parts = [decompose(linear.weight, name) for linear, name in zip(linears, names, strict=True)]
     in_features = linears[0].in_features
     pool_codes, pool_scales = _pool_rows(in_features)
     codes = torch.cat([p[0] for p in parts] + [pool_codes])
