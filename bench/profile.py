@@ -3,9 +3,9 @@
 `python -m bench.profile PTE [--steps N] [--instances K]` prints each XNNPACK operator and each
 ExecuTorch kernel run outside the delegate with its calls and milliseconds per decoded token, and
 with `--instances` the K costliest single ops: one big GEMM (the head) hides among a hundred small
-ones under the same name. This is how the
-decode gap of issue #7 was found: six attention transposes per layer that export_llm's canonical
-pass removes, and the Q4_1 grid's separate pooling linears.
+ones under the same name. This is how the decode gap of issue #7 was found: six attention
+transposes per layer that export_llm's canonical pass removes, the Q4_1 grid's separate pooling
+linears, and the int8 head.
 """
 
 from __future__ import annotations
