@@ -18,8 +18,6 @@ calibration split.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,16 +27,17 @@ Head = Callable[[torch.Tensor], torch.Tensor]
 
 
 def int8_rows(weight: torch.Tensor) -> torch.Tensor:
-    """Symmetric int8 per row, dequantized (`embedding: {bits: 8, group_size: 0}`)."""
-    scale = weight.abs().amax(-1, keepdim=True).clamp_min(1e-12) / 127
-    return (weight / scale).round().clamp(-127, 127) * scale
+    """torchao's symmetric int8 per row, dequantized (`embedding: {bits: 8, group_size: 0}`)."""
+    from pipeline.llm.sensitivity import fake_quantize
+
+    return fake_quantize(weight, 8, 0, True)
 
 
 def int4_groups(weight: torch.Tensor, group: int = 32) -> torch.Tensor:
-    """XNNPACK's symmetric 4-bit groups (codes -8..7, scale max|w|/7.5, as torchao picks it)."""
-    groups = weight.view(weight.shape[0], -1, group)
-    scale = groups.abs().amax(-1, keepdim=True).clamp_min(1e-12) / 7.5
-    return ((groups / scale).round().clamp(-8, 7) * scale).view_as(weight)
+    """torchao's symmetric 4-bit groups, dequantized: what XNNPACK's 8da4w head holds."""
+    from pipeline.llm.sensitivity import fake_quantize
+
+    return fake_quantize(weight, 4, group, True)
 
 
 def variants(weight: torch.Tensor, keep: list[int], split_ids: list[int], top_ks: list[int]
@@ -66,23 +65,24 @@ def variants(weight: torch.Tensor, keep: list[int], split_ids: list[int], top_ks
 def perplexities(hidden: list[torch.Tensor], windows: list[list[int]],
                  heads: dict[str, Head]) -> dict[str, float]:
     """Perplexity of each head on the windows' next tokens, from precomputed hidden states."""
+    from pipeline.evaluation.perplexity import perplexity
+
     result = {}
     for name, head in heads.items():
-        nll, count = 0.0, 0
+        nlls: list[float] = []
         for states, window in zip(hidden, windows, strict=True):
-            targets = torch.tensor(window[1:])
             logprobs = head(states[:-1]).log_softmax(-1)
-            nll -= logprobs.gather(-1, targets[:, None]).sum().item()
-            count += len(targets)
-        result[name] = math.exp(nll / count)
+            nlls += (-logprobs.gather(-1, torch.tensor(window[1:])[:, None])).squeeze(-1).tolist()
+        result[name] = perplexity(nlls)
     return result
 
 
 def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline import splits
     from pipeline.evaluation.perplexity import eval_tokens, windows
+    from pipeline.llm import outliers
+    from pipeline.splits import CALIBRATION, EVALUATION, read_jsonl
 
     parser = argparse.ArgumentParser(prog="python -m bench.head_precision", description=__doc__)
     parser.add_argument("--model", type=Path, default=Path("data/model"))
@@ -93,20 +93,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def texts(name: str) -> list[str]:
-        lines = (args.split / name).read_text().splitlines()
-        return [json.loads(line)["text"] for line in lines if line.strip()]
+        return [record["text"] for record in read_jsonl(args.split / name)]
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     weight = model.get_output_embeddings().weight.detach().clone()
     with torch.no_grad():
         model.get_input_embeddings().weight.copy_(int8_rows(weight))
-        calibration = eval_tokens(texts(splits.CALIBRATION), tokenizer, 512)
-        peak = model.model(torch.tensor([calibration])).last_hidden_state[0].abs().amax(0)
-        held_out = windows(eval_tokens(texts(splits.EVALUATION), tokenizer, args.tokens), 512)
+        calibration = torch.tensor(eval_tokens(texts(CALIBRATION), tokenizer, 512))
+        keep = outliers.find(model, [calibration], 1)
+        held_out = windows(eval_tokens(texts(EVALUATION), tokenizer, args.tokens), 512)
         hidden = [model.model(torch.tensor([w])).last_hidden_state[0] for w in held_out]
         heads = {"fp32": lambda h: h @ weight.T,
-                 **variants(weight, [int(peak.argmax())], args.split_ids, args.top_k)}
+                 **variants(weight, keep, args.split_ids, args.top_k)}
         scores = perplexities(hidden, held_out, heads)
     reference = scores["int8"]
     print(f"{'head':18s} {'perplexity':>10s} {'vs int8':>8s}")

@@ -47,7 +47,7 @@ def tensor_bytes(shape: tuple[int, int], bits: int, group_size: int) -> int:
     return rows * cols * bits // 8 + groups * scale_bytes
 
 
-def _fake_quantize(weight: torch.Tensor, bits: int, group_size: int, symmetric: bool
+def fake_quantize(weight: torch.Tensor, bits: int, group_size: int, symmetric: bool
                    ) -> torch.Tensor:
     """The recipe's own torchao grid, dequantized back to floats."""
     from torchao.quantization.quant_primitives import MappingType
@@ -91,7 +91,7 @@ def measure(model: torch.nn.Module, samples: list[torch.Tensor], quant: QuantCon
         for name, module in bar(sorted(found.items()), desc="sensitivity", unit="tensor"):
             original = module.weight.data
             group = quant.group_size if name != EMBEDDING else _embedding_group(quant)
-            module.weight.data = _fake_quantize(original, 4, group, quant.symmetric
+            module.weight.data = fake_quantize(original, 4, group, quant.symmetric
                                                 or name == EMBEDDING)
             result[name] = {"kl": _kl(reference, model(batch).logits),
                             "shape": list(original.shape), "group_size": group}
