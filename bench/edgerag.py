@@ -1,15 +1,17 @@
-"""edgerag's build cost, read from the manifests its stages wrote while building the `.pte`.
+"""edgerag's build cost, read from the run records its stages wrote while building the `.pte`.
 
 The chain is followed from `lowered/manifest.json` through each manifest's `inputs` hashes, so a
-figure is only reported when every manifest on the way still describes the files on disk.
+figure is only reported when every manifest on the way still describes the files on disk and
+each stage's run record (`runs/<stage>.json`) names that manifest.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import MANIFEST, read_manifest, sha256_file
+from pipeline.artifacts import MANIFEST, RUNS, read_manifest, sha256_file
 
 BUILD_STAGES = ("export", "calibrate", "quantize", "lower")
 
@@ -27,21 +29,26 @@ def build_record(pte: Path, data_dir: Path) -> dict[str, Any]:
     if manifest.get("files", {}).get("llm.pte", {}).get("sha256") != sha256_file(pte):
         return _unknown(f"{pte} is not the llm.pte that {lowered / MANIFEST} describes")
     stages: dict[str, dict[str, float]] = {}
-    pending = [manifest]
+    pending = [(manifest, sha256_file(lowered / MANIFEST))]
     while pending:
-        current = pending.pop()
+        current, digest = pending.pop()
         if current["stage"] in BUILD_STAGES:
-            stages[current["stage"]] = {"wall_time_s": current["wall_time_s"],
-                                        "peak_rss_mb": current["peak_rss_mb"]}
+            record = data_dir / RUNS.name / f"{current['stage']}.json"
+            facts = json.loads(record.read_text()) if record.is_file() else {}
+            if facts.get("manifest_sha256") != digest:
+                return _unknown(f"{record} does not describe the {current['stage']} artifact "
+                                "on disk (restored from another build?)")
+            stages[current["stage"]] = {"wall_time_s": facts["wall_time_s"],
+                                        "peak_rss_mb": facts["peak_rss_mb"]}
         for name, digest in current.get("inputs", {}).items():
             folder = data_dir / Path(name).name
             if not (folder / MANIFEST).is_file() or sha256_file(folder / MANIFEST) != digest:
                 return _unknown(f"{folder / MANIFEST} is not the input {current['stage']} was "
                                 "built from (rebuilt since?)")
-            pending.append(read_manifest(folder))
+            pending.append((read_manifest(folder), digest))
     return {
         "wall_time_s": round(sum(s["wall_time_s"] for s in stages.values()), 2),
         "peak_rss_mb": max(s["peak_rss_mb"] for s in stages.values()),
         "stages": stages,
-        "source": f"{data_dir}/*/{MANIFEST}",
+        "source": f"{data_dir}/{RUNS.name}/*.json",
     }

@@ -4,6 +4,11 @@ A stage writes into a temporary sibling directory; only when it finishes is `man
 written and the directory renamed into place. A crash, a kill or bad input therefore never
 leaves a directory that looks finished (a killed writer's hidden temporary directory is removed
 by the next writer of the same artifact). Readers call `require()`, which re-hashes every file.
+
+The manifest describes the bytes (hashes, config, inputs, versions), so two builds of the same
+bytes write the same manifest and DVC sees the same output hash. What differs from one build to
+the next (wall time, peak RSS, thread count, seeds) goes to the stage's run record,
+`data/runs/<stage>.json`, which dvc.yaml declares apart (`cache: false`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pipeline.errors import BadInput
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+RUNS = Path("data/runs")
 _TRACKED_PACKAGES = (
     "edgerag", "torch", "executorch", "torchao", "transformers", "gguf", "tokenizers",
     "usearch", "dvc", "hydra-core", "omegaconf", "lm_eval",
@@ -120,21 +126,22 @@ def _file_table(root: Path) -> dict[str, dict[str, Any]]:
     return table
 
 
-def reproducibility(byte_identical: bool | None) -> dict[str, Any]:
-    """What decides whether a rebuild gives the same bytes, as this process ran.
+def run_record(stage: str) -> Path:
+    """Where a stage's volatile facts go (declared in dvc.yaml as an uncached output)."""
+    return RUNS / f"{stage}.json"
 
-    `byte_identical`: True when two clean builds are known to write the same files
-    (tests/test_reproducibility.py checks it), False when they are known to differ (timings in
-    evaluations, object ids in torch.export archives: README "Reproducibility"), None when not
-    checked.
-    """
-    record: dict[str, Any] = {"byte_identical": byte_identical,
-                              "python_hash_seed": os.environ.get("PYTHONHASHSEED", "random")}
+
+def process_facts(started: float) -> dict[str, Any]:
+    """How this process ran: time, memory, and what decides whether a rebuild gives the same
+    bytes (threads, seeds). Volatile by nature, so never part of a manifest."""
+    facts: dict[str, Any] = {"wall_time_s": round(time.monotonic() - started, 2),
+                             "peak_rss_mb": peak_rss_mb(),
+                             "python_hash_seed": os.environ.get("PYTHONHASHSEED", "random")}
     torch = sys.modules.get("torch")  # only a stage that ran torch has torch settings to record
     if torch is not None:
-        record.update(torch_threads=torch.get_num_threads(), torch_seed=torch.initial_seed(),
-                      torch_deterministic_algorithms=torch.are_deterministic_algorithms_enabled())
-    return record
+        facts.update(torch_threads=torch.get_num_threads(), torch_seed=torch.initial_seed(),
+                     torch_deterministic_algorithms=torch.are_deterministic_algorithms_enabled())
+    return facts
 
 
 def _is_running(pid: int) -> bool:
@@ -174,10 +181,15 @@ def writer(
     config: Any,
     inputs: list[Artifact] | None = None,
     byte_identical: bool | None = None,
+    record: str | Path | None = None,
 ) -> Iterator[Output]:
     """Yield a temporary directory; on success write its manifest and rename it to `out_dir`.
 
-    `byte_identical` says whether two clean builds write the same files (see `reproducibility`).
+    `byte_identical`: True when two clean builds are known to write the same files
+    (tests/test_reproducibility.py checks it), False when they are known to differ (timings in
+    evaluations), None when not checked. `record`: the file that receives this run's
+    `process_facts` once the artifact is in place (a stage's `run_record`), tied to the
+    artifact by its manifest's sha256.
     """
     final = Path(out_dir)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -195,13 +207,15 @@ def writer(
             "config": config,
             "inputs": {str(a.path): a.manifest_sha256 for a in inputs or []},
             "versions": package_versions(),
-            "wall_time_s": round(time.monotonic() - started, 2),
-            "peak_rss_mb": peak_rss_mb(),
-            "reproducibility": reproducibility(byte_identical),
+            "reproducibility": {"byte_identical": byte_identical},
             "notes": out.notes,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         _replace_dir(tmp, final)
+        if record is not None:
+            facts = {"stage": stage, "manifest_sha256": sha256_file(final / MANIFEST),
+                     **process_facts(started)}
+            atomic_write_text(record, json.dumps(facts, indent=2, sort_keys=True) + "\n")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -6,6 +6,7 @@ cosine between the `.pte` and fp32 embeddings are measured here and kept in the 
 
 from pipeline import artifacts, config, errors, splits
 from pipeline.retrieval import corpus, embedder, index
+from stages import output
 
 STAGE, OUT = "build_index", "data/index"
 
@@ -18,8 +19,7 @@ def main() -> None:
     compiled, source, chunked, split = inputs
     chunks = corpus.read_chunks(chunked / corpus.CHUNKS)
     held_out = [r["text"] for r in splits.read_jsonl(split / splits.EVALUATION)]
-    with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
-                          inputs=inputs, byte_identical=True) as out:
+    with output(STAGE, OUT, cfg, inputs=inputs, byte_identical=True) as out:
         out.notes.update(index.run(
             cfg.index, chunks, embedder.load_pte(compiled.path),
             embedder.load_reference(source.path, compiled.path),

@@ -5,6 +5,7 @@ Schemes that need no data (torchao weight quantization) say so and record it in 
 
 from pipeline import artifacts, config, errors
 from pipeline.llm import quantize
+from stages import output
 
 STAGE, OUT = "calibrate", "data/calibration"
 
@@ -13,8 +14,7 @@ def main() -> None:
     cfg = config.load()
     inputs = [artifacts.require(p) for p in ("data/export", "data/split", "data/model")]
     exported, split, model = inputs
-    with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
-                          inputs=inputs) as out:
+    with output(STAGE, OUT, cfg, inputs=inputs) as out:
         out.notes.update(
             quantize.run_calibration(cfg, exported.path, split.path, model.path, out.path)
         )

@@ -6,6 +6,7 @@ rewrites the eager module, which is then exported and lowered in one go.
 
 from pipeline import artifacts, config, errors
 from pipeline.retrieval import embedder
+from stages import output
 
 STAGE, OUT = "compile_embedder", "data/embedder"
 
@@ -14,8 +15,7 @@ def main() -> None:
     cfg = config.load()
     embedder.check(cfg.embedder)
     source = artifacts.require("data/embedder_src")
-    with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
-                          inputs=[source], byte_identical=True) as out:
+    with output(STAGE, OUT, cfg, inputs=[source], byte_identical=True) as out:
         out.notes.update(embedder.compile_embedder(cfg.embedder, source.path, out.path))
 
 

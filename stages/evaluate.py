@@ -4,19 +4,20 @@ import json
 
 from pipeline import artifacts, config, errors
 from pipeline.evaluation import evaluate
+from stages import output
 
 STAGE, OUT = "evaluate", "data/eval"
 
 
 def main() -> None:
-    config.load()
+    cfg = config.load()
     inputs = [artifacts.require(p) for p in ("data/eval_llm", "data/eval_quantized",
                                              "data/index", "data/embedder")]
     llm, quantized, index, embedder = inputs
     metrics = evaluate.gather(json.loads((llm / evaluate.METRICS).read_text()),
                               json.loads((quantized / evaluate.METRICS).read_text()),
                               index.manifest["notes"], embedder.manifest["files"])
-    with artifacts.writer(OUT, stage=STAGE, config={}, inputs=inputs, byte_identical=False) as out:
+    with output(STAGE, OUT, cfg, inputs=inputs, byte_identical=False) as out:
         (out / evaluate.METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     print(evaluate.summary(metrics))
 

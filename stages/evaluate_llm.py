@@ -7,6 +7,7 @@ import json
 
 from pipeline import artifacts, config, errors
 from pipeline.evaluation import evaluate
+from stages import output
 
 STAGE, OUT = "evaluate_llm", "data/eval_llm"
 
@@ -16,8 +17,7 @@ def main() -> None:
     inputs = [artifacts.require(p) for p in ("data/lowered", "data/model", "data/split",
                                              "data/tasks")]
     lowered, model, split, tasks = inputs
-    with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
-                          inputs=inputs, byte_identical=False) as out:
+    with output(STAGE, OUT, cfg, inputs=inputs, byte_identical=False) as out:
         result = evaluate.run(cfg, lowered.path, model.path, split.path, tasks.path)
         (out / evaluate.METRICS).write_text(json.dumps(result["metrics"], indent=2) + "\n")
         (out / "ppl_windows.json").write_text(json.dumps(result["windows"], indent=2) + "\n")

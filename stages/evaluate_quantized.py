@@ -8,6 +8,7 @@ import json
 
 from pipeline import artifacts, config, errors
 from pipeline.evaluation import evaluate
+from stages import output
 
 STAGE, OUT = "evaluate_quantized", "data/eval_quantized"
 
@@ -16,8 +17,7 @@ def main() -> None:
     cfg = config.load()
     inputs = [artifacts.require(p) for p in ("data/quantized", "data/model", "data/split")]
     quantized, model, split = inputs
-    with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
-                          inputs=inputs) as out:
+    with output(STAGE, OUT, cfg, inputs=inputs) as out:
         metrics = evaluate.run_program(cfg, quantized.path, model.path, split.path)
         (out / evaluate.METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics))

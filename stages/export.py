@@ -2,6 +2,7 @@
 
 from pipeline import artifacts, config, errors
 from pipeline.llm import export
+from stages import output
 
 STAGE, OUT = "export", "data/export"
 
@@ -9,8 +10,7 @@ STAGE, OUT = "export", "data/export"
 def main() -> None:
     cfg = config.load()
     model = artifacts.require("data/model")
-    with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
-                          inputs=[model], byte_identical=False) as out:
+    with output(STAGE, OUT, cfg, inputs=[model], byte_identical=True) as out:
         out.notes.update(export.run(model.path, cfg.model, out.path, cfg.backend.name))
 
 

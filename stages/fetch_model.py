@@ -1,15 +1,15 @@
 """Fetch the LLM's weights and tokenizer into one normalized transformers folder (data/model)."""
 
-from pipeline import artifacts, config, errors
+from pipeline import config, errors
 from pipeline.llm import checkpoint
+from stages import output
 
 STAGE, OUT = "fetch_model", "data/model"
 
 
 def main() -> None:
     cfg = config.load()
-    with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
-                          byte_identical=True) as out:
+    with output(STAGE, OUT, cfg, byte_identical=True) as out:
         out.notes.update(checkpoint.fetch(cfg.model, out.path))
 
 

@@ -2,6 +2,7 @@
 
 from pipeline import artifacts, config, errors
 from pipeline.llm import lower
+from stages import output
 
 STAGE, OUT = "lower", "data/lowered"
 
@@ -11,8 +12,7 @@ def main() -> None:
     lower.check_backend_ready(cfg.backend)  # a missing SDK is named before inputs are re-hashed
     inputs = [artifacts.require(p) for p in ("data/quantized", "data/model")]
     quantized, model = inputs
-    with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
-                          inputs=inputs, byte_identical=True) as out:
+    with output(STAGE, OUT, cfg, inputs=inputs, byte_identical=True) as out:
         out.notes.update(lower.run(cfg, quantized.path, model.path, out.path))
 
 

@@ -3,6 +3,7 @@
 from pipeline import artifacts, config, errors
 from pipeline.evaluation import tasks
 from pipeline.splits import EVALUATION, read_jsonl
+from stages import output
 
 STAGE, OUT = "make_tasks", "data/tasks"
 
@@ -11,8 +12,7 @@ def main() -> None:
     cfg = config.load()
     split = artifacts.require("data/split")
     texts = [record["text"] for record in read_jsonl(split / EVALUATION)]
-    with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
-                          inputs=[split]) as out:
+    with output(STAGE, OUT, cfg, inputs=[split]) as out:
         counts = tasks.write(out.path, texts, cfg.eval.tasks_limit, cfg.eval.tasks_seed, OUT)
         out.note("documents", counts)
 

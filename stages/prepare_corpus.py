@@ -2,6 +2,7 @@
 
 from pipeline import artifacts, config, errors
 from pipeline.retrieval import corpus, embedder
+from stages import output
 
 STAGE, OUT = "prepare_corpus", "data/corpus"
 
@@ -9,8 +10,7 @@ STAGE, OUT = "prepare_corpus", "data/corpus"
 def main() -> None:
     cfg = config.load()
     source = artifacts.require("data/embedder_src")
-    with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
-                          inputs=[source], byte_identical=True) as out:
+    with output(STAGE, OUT, cfg, inputs=[source], byte_identical=True) as out:
         documents, skipped = corpus.documents(cfg.corpus)
         chunks = corpus.chunk_corpus(documents, cfg.corpus, source / embedder.TOKENIZER,
                                      cfg.embedder.max_seq_len)

@@ -2,6 +2,7 @@
 
 from pipeline import artifacts, config, errors
 from pipeline.llm import quantize
+from stages import output
 
 STAGE, OUT = "quantize", "data/quantized"
 
@@ -10,8 +11,7 @@ def main() -> None:
     cfg = config.load()
     inputs = [artifacts.require(p) for p in ("data/export", "data/calibration")]
     exported, calibration = inputs
-    with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
-                          inputs=inputs, byte_identical=False) as out:
+    with output(STAGE, OUT, cfg, inputs=inputs, byte_identical=True) as out:
         out.notes.update(quantize.run(cfg, exported.path, calibration.path, out.path))
 
 

@@ -1,6 +1,7 @@
 """Split the held-out text into calibration and evaluation documents that never overlap."""
 
-from pipeline import artifacts, config, errors, splits
+from pipeline import config, errors, splits
+from stages import output
 
 STAGE, OUT = "split", "data/split"
 
@@ -8,8 +9,7 @@ STAGE, OUT = "split", "data/split"
 def main() -> None:
     cfg = config.load()
     calibration, evaluation = splits.split(cfg.calibration)
-    with artifacts.writer(OUT, stage=STAGE, config=config.stage_slice(cfg, STAGE),
-                          byte_identical=True) as out:
+    with output(STAGE, OUT, cfg, byte_identical=True) as out:
         splits.write_jsonl(out / splits.CALIBRATION, calibration)
         splits.write_jsonl(out / splits.EVALUATION, evaluation)
         out.note("calibration_documents", len(calibration))

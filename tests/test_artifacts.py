@@ -29,7 +29,19 @@ def test_manifest_records_hashes_config_versions_and_resources(tmp_path):
     assert manifest["files"]["model.bin"]["sha256"] == artifacts.sha256_file(art / "model.bin")
     assert manifest["config"] == {"k": 1} and manifest["notes"] == {"answer": 42}
     assert manifest["versions"]["torch"].startswith("2.13.0")
-    assert manifest["peak_rss_mb"] > 0 and manifest["wall_time_s"] >= 0
+    assert "peak_rss_mb" not in manifest and "wall_time_s" not in manifest  # volatile
+
+
+def test_identical_bytes_give_an_identical_manifest_and_the_run_record_holds_the_rest(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    for out, record in ((first, tmp_path / "runs/a.json"), (second, tmp_path / "runs/b.json")):
+        with artifacts.writer(out, stage="t", config={"k": 1}, record=record) as tmp:
+            (tmp / "model.bin").write_bytes(b"weights")
+            sum(range(200_000))  # a different wall time each
+    assert (first / "manifest.json").read_bytes() == (second / "manifest.json").read_bytes()
+    facts = json.loads((tmp_path / "runs/a.json").read_text())
+    assert facts["peak_rss_mb"] > 0 and facts["wall_time_s"] >= 0 and facts["stage"] == "t"
+    assert facts["manifest_sha256"] == artifacts.sha256_file(first / "manifest.json")
 
 
 def test_failure_leaves_nothing(tmp_path):

@@ -88,9 +88,13 @@ def _manifest(folder, stage, wall, rss, inputs, files=None):
         (folder / name).write_bytes(payload)
     table = {name: {"sha256": sha256_file(folder / name)} for name in files or {}}
     (folder / "manifest.json").write_text(json.dumps(
-        {"format_version": 1, "stage": stage, "wall_time_s": wall, "peak_rss_mb": rss,
+        {"format_version": 1, "stage": stage,
          "inputs": {f"data/{p.name}": sha256_file(p / "manifest.json") for p in inputs},
          "files": table}))
+    (folder.parent / "runs").mkdir(exist_ok=True)
+    (folder.parent / "runs" / f"{stage}.json").write_text(json.dumps(
+        {"manifest_sha256": sha256_file(folder / "manifest.json"), "wall_time_s": wall,
+         "peak_rss_mb": rss}))
     return folder
 
 
@@ -110,6 +114,10 @@ def test_build_record_follows_the_manifest_chain(tmp_path):
     other = tmp_path / "other.pte"
     other.write_bytes(b"another program")
     assert edgerag.build_record(other, data)["wall_time_s"] is None
+
+    (data / "runs" / "quantize.json").write_text('{"manifest_sha256": "another build"}')
+    restored = edgerag.build_record(data / "lowered" / "llm.pte", data)
+    assert restored["wall_time_s"] is None and "quantize" in restored["note"]
 
     (data / "export" / "manifest.json").write_text("{\"format_version\": 1, \"stage\": \"x\"}")
     stale = edgerag.build_record(data / "lowered" / "llm.pte", data)

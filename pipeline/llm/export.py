@@ -151,6 +151,26 @@ def load_interface(folder: Path) -> tuple[dict, dict]:
     return (json.loads((folder / PARAMS).read_text()), json.loads((folder / METADATA).read_text()))
 
 
+def save_program(program: Any, path: Path) -> None:
+    """torch.export.save, minus the node metadata that differs between two builds of the same
+    graph: stack traces (absolute paths of this checkout and venv), `from_node` provenance and
+    `nn_module_stack` keys (Python id()s of graphs and modules). They only serve debugging; with
+    them gone the archive's bytes depend on the graph and weights alone, so a rebuild of the
+    same model gives the same DVC hash and nothing downstream re-runs."""
+    for module in program.graph_module.modules():
+        if not isinstance(module, torch.fx.GraphModule):
+            continue
+        for node in module.graph.nodes:
+            node.meta.pop("stack_trace", None)
+            node.meta.pop("from_node", None)
+            stack = node.meta.get("nn_module_stack")
+            if stack:
+                node.meta["nn_module_stack"] = {
+                    f"{index}:{path}": (path, kind)
+                    for index, (path, kind) in enumerate(stack.values())}
+    torch.export.save(program, str(path))
+
+
 def load_program(path: Path) -> Any:
     register_runtime_ops()
     return torch.export.load(str(path))
@@ -187,7 +207,7 @@ def run(model_dir: Path, model_cfg: Any, out: Path, backend: str = "xnnpack") ->
     metadata = runner_metadata(params, llm, tokenizer.bos_token_id, eos_ids)
     log("torch.export (strict, KV cache, dynamic prompt length)")
     program = export_program(model, llm, metadata, model_cfg.name)
-    torch.export.save(program, str(out / PROGRAM))
+    save_program(program, out / PROGRAM)
     save_interface(out, params, metadata)
     return {"parameters": sum(p.numel() for p in model.parameters()), "metadata": metadata}
 

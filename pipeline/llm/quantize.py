@@ -65,6 +65,6 @@ def run(cfg: Config, export_dir: Path, calibration_dir: Path, out: Path) -> dict
         raise BadInput(f"quant={cfg.quant.name} needs calibration statistics; rerun calibrate.")
     log(f"quantizing with {cfg.quant.name} ({cfg.quant.method})")
     quantized = scheme.quantize(cfg.quant, program, params, llm, metadata, stats)
-    torch.export.save(quantized, str(out / export.PROGRAM))
+    export.save_program(quantized, out / export.PROGRAM)
     export.save_interface(out, params, metadata)
     return {"scheme": cfg.quant.name}
