@@ -26,12 +26,14 @@ from omegaconf import OmegaConf
 from pipeline import artifacts, config
 from pipeline.config import ReleaseConfig
 from pipeline.errors import BadInput
+from pipeline.progress import log
 from pipeline.release import bundle, registry
 from pipeline.release.sweep import flatten
 
 WORKSPACE = "workspace"
 PTE_BYTES, PPL_DELTA, RECALL = "llm.pte_bytes", "llm.ppl_delta_pct", "retrieval.recall_at_10"
 SWEEP_RESULTS = "sweeps/*/results.csv"
+MEASURED = "data/eval/metrics.json"
 # A run's metrics are trusted only if each listed artifact was an input of the one measuring it.
 MEASURED_ON = {"data/eval": ("data/eval_llm", "data/index", "data/embedder"),
                "data/eval_llm": ("data/lowered",)}
@@ -88,7 +90,7 @@ def select(candidates: list[Candidate], rule: ReleaseConfig) -> Candidate:
 
 
 def workspace_candidate(root: Path) -> Candidate | None:
-    metrics = root / "data/eval/metrics.json"
+    metrics = root / MEASURED
     if not metrics.is_file():
         return None
     return Candidate(WORKSPACE, flatten(json.loads(metrics.read_text())))
@@ -116,15 +118,10 @@ def run_files(root: Path, run: str) -> Iterator[tuple[Path, str | None]]:
     if run == WORKSPACE:
         yield root, _head(root)
         return
-    from dvc.api import DVCFileSystem
-    from dvc.exceptions import DvcException
-
-    try:
-        fs = DVCFileSystem(str(root), rev=run)
-        fs.ls("/")
-    except DvcException:
+    fs = _open_run(root, run)
+    if fs is None:
         raise BadInput(f"--run {run} is not an experiment or git revision of {root}; "
-                       "list them with `dvc exp show`.") from None
+                       "list them with `dvc exp show`.")
     with tempfile.TemporaryDirectory(prefix="edgerag-run-") as tmp:
         copy = Path(tmp)
         for folder in (*bundle.RUN_DIRS, config.PARAMS_FILE):
@@ -156,11 +153,55 @@ def _head(root: Path) -> str | None:
     return result.stdout.strip() or None
 
 
+def _open_run(root: Path, run: str) -> Any:
+    """DVC's filesystem at an experiment or revision of `root`; None when this repository
+    does not have it (a sweep that ran on another machine, experiments not pulled)."""
+    from dvc.api import DVCFileSystem
+    from dvc.exceptions import DvcException
+
+    try:
+        fs = DVCFileSystem(str(root), rev=run)
+        fs.ls("/")
+    except DvcException:
+        return None
+    return fs
+
+
+def present(root: Path, candidates: list[Candidate]) -> list[Candidate]:
+    """The sweep runs whose experiment and metrics this machine has; one line for each other."""
+    kept = []
+    for candidate in candidates:
+        fs = _open_run(root, candidate.run)
+        if fs is not None and _has_file(fs, MEASURED):
+            kept.append(candidate)
+        else:
+            why = "no such experiment here" if fs is None else "its artifacts are not in the cache"
+            log(f"skipping experiment {candidate.run} from {SWEEP_RESULTS}: {why} "
+                "(`dvc exp pull` brings a shared one).")
+    return kept
+
+
+def _has_file(fs: Any, path: str) -> bool:
+    try:
+        fs.read_bytes(path)
+    except (FileNotFoundError, OSError):
+        return False
+    return True
+
+
+def _disagreement(listed: dict[str, float], measured: dict[str, Any]) -> str | None:
+    """The first rule metric a results row lists differently from the run's own metrics."""
+    for key in (PTE_BYTES, PPL_DELTA, RECALL):
+        if key in listed and listed[key] != _number(measured.get(key)):
+            return f"{key}={listed[key]:g}"
+    return None
+
+
 def choose(root: Path, rule: ReleaseConfig, run: str | None) -> Candidate:
     if run:
         return Candidate(run, {})
     found = workspace_candidate(root)
-    return select(([found] if found else []) + sweep_candidates(root), rule)
+    return select(([found] if found else []) + present(root, sweep_candidates(root)), rule)
 
 
 def _description(params: dict[str, Any], metrics: dict[str, Any]) -> str:
@@ -176,6 +217,10 @@ def ship(root: Path, candidate: Candidate, rule: ReleaseConfig, dest: Path) -> t
     with run_files(root, candidate.run) as (run_root, commit):
         found = check_run(run_root)
         metrics = json.loads((found["data/eval"] / bundle.METRICS).read_text())
+        disagree = _disagreement(candidate.metrics, flatten(metrics))
+        if disagree:
+            raise BadInput(f"{candidate.describe()}'s row in {SWEEP_RESULTS} says {disagree}, "
+                           f"but its own {MEASURED} disagrees; re-run the sweep.")
         missed = missed_bound(rule, flatten(metrics))
         if missed:
             raise BadInput(f"{candidate.describe()} misses the release rule: {missed}.")
