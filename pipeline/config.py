@@ -27,6 +27,7 @@ ACTIVATIONS = ("none", "int8_dynamic")
 ALGORITHMS = ("affine", "hqq")
 SOURCE_GRIDS = ("none", "q4_1")
 BACKENDS = ("xnnpack", "qnn")
+PROGRAM_PPL = ("auto", "always")  # eval.program_ppl
 CALIBRATION_SOURCES = ("pydoc_topics",)
 # Group sizes XNNPACK's blockwise int4 kernels take; 0 means one scale per output channel.
 GROUP_SIZES = (0, 32, 64, 128, 256)
@@ -189,6 +190,9 @@ class EvalConfig:
     ppl_window: int = 512
     ppl_max_tokens: int = 2048
     program_max_tokens: int = 512  # the quantized program on the CPU is slow: a smaller sample
+    # evaluate_quantized: `auto` judges the quantized program on the CPU only where the `.pte`
+    # cannot run here (QNN); for XNNPACK evaluate_llm measures the shipped `.pte` itself.
+    program_ppl: str = "auto"
     tasks_limit: int = 100
     tasks_seed: int = 0
     speed_new_tokens: int = 64
@@ -287,6 +291,7 @@ def _check_semantics(cfg: Config) -> None:
     if cfg.calibration.num_samples < 1 or cfg.calibration.seq_len < 2:
         raise BadInput("calibration.num_samples must be ≥ 1 and calibration.seq_len ≥ 2.")
     _one_of("backend.name", cfg.backend.name, BACKENDS)
+    _one_of("eval.program_ppl", cfg.eval.program_ppl, PROGRAM_PPL)
     _check_quant(cfg.quant, cfg.model.linear_widths)
     _check_qnn(cfg)
     _check_llm_config(cfg.model.executorch)

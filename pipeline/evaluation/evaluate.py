@@ -66,12 +66,13 @@ def gather(llm: dict[str, Any], quantized: dict[str, Any], index_notes: dict[str
            embedder_files: dict[str, Any]) -> dict[str, Any]:
     """The metrics contract of DESIGN.md: llm.*, lm_eval.<task>.acc, retrieval.*.
 
-    `quantized_program.*` is the quantized graph on the CPU, before lowering.
+    `quantized_program.*` is the quantized graph on the CPU, before lowering, when measured.
     """
     retrieval = {key: index_notes[key] for key in
                  ("recall_at_10", "embed_cosine_min", "chunks", "chunks_per_s", "index_bytes")}
     retrieval["embedder_pte_bytes"] = embedder_files["embedder.pte"]["bytes"]
-    return {**llm, "quantized_program": quantized, "retrieval": retrieval}
+    measured = {"quantized_program": quantized} if "ppl" in quantized else {}
+    return {**llm, **measured, "retrieval": retrieval}
 
 
 def summary(metrics: dict[str, Any]) -> str:
@@ -99,8 +100,20 @@ def summary(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def program_skipped(cfg: Config) -> str | None:
+    """Why evaluate_quantized may skip the program, or None when it must (`eval.program_ppl`)."""
+    if cfg.eval.program_ppl == "auto" and cfg.backend.name == "xnnpack":
+        return ("backend=xnnpack: evaluate_llm measures the shipped .pte itself "
+                "(eval.program_ppl=always measures the program too)")
+    return None
+
+
 def run_program(cfg: Config, quantized: Path, model_dir: Path, split_dir: Path) -> dict:
     """Perplexity of the quantized program on the CPU beside fp32 (QNN's only judge here)."""
+    skipped = program_skipped(cfg)
+    if skipped:
+        log(f"quantized program not measured: {skipped}")
+        return {"skipped": skipped}
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
