@@ -3,7 +3,6 @@ the runtime. Both run inside a bench worker process (see bench/worker.py)."""
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -18,24 +17,10 @@ def _pin_threads(threads: int) -> int:
     return int(portable_lib._threadpool_get_thread_count())
 
 
-def _internal_rates(report: dict[str, Any]) -> dict[str, float]:
-    """The runner's own view of the same generation, from its millisecond stamps.
-
-    Its `generated_tokens` leaves out the first token (the one prefill yields), so it is already
-    the count of tokens decoded after the first.
-    """
-    prefill_ms = report["prompt_eval_end_ms"] - report["inference_start_ms"]
-    decode_ms = report["inference_end_ms"] - report["first_token_ms"]
-    return {
-        "prefill_tok_s": round(report["prompt_tokens"] * 1000.0 / max(prefill_ms, 1), 2),
-        "decode_tok_s": round(report["generated_tokens"] * 1000.0 / max(decode_ms, 1), 2),
-    }
-
-
 def time_generation(pte: str, tokenizer: str, prompt: str, new_tokens: int, repeats: int,
                     threads: int) -> dict[str, Any]:
     """One warm-up, then `repeats` greedy generations of up to `new_tokens` on the outer clock."""
-    from pipeline.runtime import register_llm_kernels, text_runner
+    from pipeline.runtime import register_llm_kernels, runner_rates, text_runner
 
     register_llm_kernels()  # before the clock: the construction time is the runner's own
     from executorch.extension.llm.runner import GenerationConfig
@@ -55,12 +40,11 @@ def time_generation(pte: str, tokenizer: str, prompt: str, new_tokens: int, repe
         runner.generate(prompt, config, lambda _piece, out=stamps: out.append(time.monotonic()),
                         stats.append)
         end = time.monotonic()
-        report = json.loads(stats[-1].to_json_string())
-        samples.append(timing_sample(begin, stamps[0], end, report["prompt_tokens"],
+        rates = runner_rates(stats[-1])
+        samples.append(timing_sample(begin, stamps[0], end, rates["prompt_tokens"],
                                      len(stamps)))
-        internal.append({**_internal_rates(report),
-                         "load_s": (report["model_load_end_ms"]
-                                    - report["model_load_start_ms"]) / 1000.0})
+        internal.append({key: rates[key] for key in ("prefill_tok_s", "decode_tok_s",
+                                                      "load_s")})
     return {"warmup": samples[0], "samples": samples[1:], "internal": internal[1:],
             "threads": pool, "construct_s": round(construct_s, 4)}
 

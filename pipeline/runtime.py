@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,46 @@ def text_runner(pte: str | Path, tokenizer: str | Path) -> Any:
     from executorch.extension.llm.runner import TextLLMRunner
 
     return TextLLMRunner(str(pte), str(tokenizer), data_path(pte))
+
+
+@contextmanager
+def native_logs(shown: bool) -> Iterator[None]:
+    """Let ExecuTorch's C++ log lines (`[text_prefiller.cpp:121] …`, written to file descriptor
+    2) through, or send them to /dev/null: a user asking a question wants the answer."""
+    if shown:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def runner_rates(stats: Any) -> dict[str, float]:
+    """Prefill and decode tok/s, time to first token and load time from the stock runner's own
+    millisecond stamps: the one formula `ask`, the speed evaluation and the bench all report.
+
+    The runner's `generated_tokens` already leaves out the first token (the one prefill
+    yields), so it is the count of tokens decoded after the first.
+    """
+    report = json.loads(stats.to_json_string())
+    prefill_ms = report["prompt_eval_end_ms"] - report["inference_start_ms"]
+    decode_ms = report["inference_end_ms"] - report["first_token_ms"]
+    return {
+        "prefill_tok_s": round(report["prompt_tokens"] * 1000.0 / max(prefill_ms, 1), 2),
+        "decode_tok_s": round(report["generated_tokens"] * 1000.0 / max(decode_ms, 1), 2),
+        "time_to_first_token_ms": report["first_token_ms"] - report["inference_start_ms"],
+        "load_s": (report["model_load_end_ms"] - report["model_load_start_ms"]) / 1000.0,
+        "prompt_tokens": report["prompt_tokens"],
+        "generated_tokens": report["generated_tokens"] + 1,
+    }
 
 
 def register_llm_kernels() -> None:

@@ -43,20 +43,15 @@ def _own_peak_rss_mb() -> float:
     raise RuntimeError("/proc/self/status has no VmHWM line")
 
 
-def _rate(tokens: int, elapsed_ms: int) -> float:
-    """Tokens per second from the runner's millisecond stamps (as its own stats compute it)."""
-    return tokens * 1000.0 / max(elapsed_ms, 1)
-
-
 def _run(pte: str, tokenizer: str, max_new_tokens: int, repeats: int) -> dict[str, Any]:
     import time
 
     from executorch.extension.llm.runner import GenerationConfig
 
-    from pipeline.runtime import text_runner
+    from pipeline.runtime import runner_rates, text_runner
 
     runner = text_runner(pte, tokenizer)
-    prefill, decode, wall, load_ms = [], [], [], []
+    prefill, decode, wall, load_s = [], [], [], []
     for _ in range(repeats):
         for prompt in PROMPTS:
             stats: list[Any] = []
@@ -66,18 +61,15 @@ def _run(pte: str, tokenizer: str, max_new_tokens: int, repeats: int) -> dict[st
                                                      temperature=0.0, echo=False),
                             lambda _piece: None, stats.append)
             wall.append(time.monotonic() - begin)
-            report = json.loads(stats[-1].to_json_string())
-            load_ms.append(report["model_load_end_ms"] - report["model_load_start_ms"])
-            prefill.append(_rate(report["prompt_tokens"],
-                                 report["prompt_eval_end_ms"] - report["inference_start_ms"]))
-            # `generated_tokens` already leaves out the first token, which prefill produced.
-            decode.append(_rate(report["generated_tokens"],
-                                report["inference_end_ms"] - report["first_token_ms"]))
+            rates = runner_rates(stats[-1])
+            load_s.append(rates["load_s"])
+            prefill.append(rates["prefill_tok_s"])
+            decode.append(rates["decode_tok_s"])
     return {
         "prefill_tok_s": round(median(prefill), 1),
         "decode_tok_s": round(median(decode), 1),
         "generate_wall_s": round(median(wall), 3),
-        "load_s": round(max(load_ms) / 1000.0, 3),
+        "load_s": round(max(load_s), 3),
         "peak_rss_mb": _own_peak_rss_mb(),
     }
 

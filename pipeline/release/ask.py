@@ -18,6 +18,7 @@ from typing import Any
 
 from pipeline.errors import BadInput
 from pipeline.release import bundle, prompt
+from pipeline.runtime import native_logs, runner_rates
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def _context_length(pte: Path) -> int:
 class Assistant:
     """A release loaded once (models stay in memory across questions) and asked many times."""
 
-    def __init__(self, release: Path) -> None:
+    def __init__(self, release: Path, verbose: bool = False) -> None:
         from usearch.index import Index
 
         from pipeline.retrieval.corpus import read_chunks
@@ -71,8 +72,10 @@ class Assistant:
         self.chat = prompt.ChatFormat.from_files(files[bundle.CHAT_TEMPLATE],
                                                  files[bundle.TOKENIZER_CONFIG])
         register_llm_kernels()
-        self.context_length = _context_length(files[bundle.LLM])
-        self.runner = text_runner(files[bundle.LLM], files[bundle.TOKENIZER])
+        self.verbose = verbose
+        with native_logs(verbose):
+            self.context_length = _context_length(files[bundle.LLM])
+            self.runner = text_runner(files[bundle.LLM], files[bundle.TOKENIZER])
 
     def retrieve(self, question: str, k: int) -> list[tuple[Any, float]]:
         vector = self.embedder.embed([question])[0]
@@ -106,23 +109,25 @@ class Assistant:
         self.runner.reset()
         # warming=True only turns off the runner's own printing of tokens and of its report to
         # stdout (we stream through the callback, and --json must own stdout); stats still come.
-        self.runner.generate(fitted.prompt, GenerationConfig(
-            max_new_tokens=max_new_tokens, temperature=0.0, echo=False, warming=True), stream,
-            stats.append)
+        with native_logs(self.verbose):
+            self.runner.generate(fitted.prompt, GenerationConfig(
+                max_new_tokens=max_new_tokens, temperature=0.0, echo=False, warming=True),
+                stream, stats.append)
         return Answer(question, "".join(pieces), sources,
                       _timings(retrieval_ms, fitted.tokens, stats[-1] if stats else None))
 
 
 def _timings(retrieval_ms: float, prompt_tokens: int, stats: Any) -> dict[str, float]:
-    """Retrieval wall time, and the runner's own stamps (as the speed evaluation reads them)."""
+    """Retrieval wall time, and the runner's own rates (`runtime.runner_rates`, the formula the
+    speed evaluation and the bench use)."""
     timings = {"retrieval_ms": round(retrieval_ms, 1), "prompt_tokens": prompt_tokens}
     if stats is not None:
-        decode_ms = max(stats.inference_end_ms - stats.first_token_ms, 1)
+        rates = runner_rates(stats)
         timings.update({
-            "time_to_first_token_ms": stats.first_token_ms - stats.inference_start_ms,
-            "decode_tok_s": round((stats.num_generated_tokens - 1) * 1000.0 / decode_ms, 1),
-            "generated_tokens": stats.num_generated_tokens,
-            "runner_prompt_tokens": stats.num_prompt_tokens,
+            "time_to_first_token_ms": rates["time_to_first_token_ms"],
+            "decode_tok_s": rates["decode_tok_s"],
+            "generated_tokens": rates["generated_tokens"],
+            "runner_prompt_tokens": rates["prompt_tokens"],
         })
     return timings
 
@@ -151,10 +156,10 @@ def _print_sources(sources: list[Source]) -> None:
 
 
 def main(question: str | None, release: str, k: int, max_new_tokens: int,
-         as_json: bool) -> None:
+         as_json: bool, verbose: bool = False) -> None:
     if k < 1 or max_new_tokens < 1:
         raise BadInput(f"--k={k} and --max-new-tokens={max_new_tokens} must both be at least 1.")
-    assistant = Assistant(Path(release))
+    assistant = Assistant(Path(release), verbose)
     for asked in _questions(question):
         if as_json:
             answer = assistant.ask(asked, k, max_new_tokens, lambda _piece: None)
