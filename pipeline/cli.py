@@ -43,12 +43,17 @@ def _parser() -> argparse.ArgumentParser:
     pro.add_argument("--name", help="release name (default: release.name in params.yaml)")
     pro.add_argument("--run", help="a DVC experiment to ship (default: the release rule's pick)")
     pro.add_argument("--no-tag", action="store_true", help="no git commit and no GTO tag")
+    rel = commands.add_parser("release", help="what `make release` runs: dvc repro, then "
+                              "promote and verify the release")
+    rel.add_argument("--no-tag", action="store_true", help="no git commit and no GTO tag")
     ask = commands.add_parser("ask", help="answer from a release's documents, on this machine")
     ask.add_argument("question", nargs="?", help="omit to read one question per stdin line")
     ask.add_argument("--release", default="releases/default")
     ask.add_argument("--k", type=int, default=4, help="chunks to retrieve")
     ask.add_argument("--max-new-tokens", type=int, default=128)
     ask.add_argument("--json", action="store_true", help="one JSON object per answer")
+    ask.add_argument("--verbose", action="store_true",
+                     help="also show ExecuTorch's own log lines (hidden by default)")
     commands.add_parser("bench", add_help=False,
                         help="edgerag against export_llm and llama.cpp (bench/; --help there)")
     return parser
@@ -78,11 +83,15 @@ def main(argv: list[str] | None = None) -> None:
         from pipeline.release import promote
 
         errors.run(lambda: promote.main(args.name, args.run, not args.no_tag))
+    elif args.command == "release":
+        from pipeline.release import recipe
+
+        errors.run(lambda: recipe.main(not args.no_tag))
     elif args.command == "ask":
         from pipeline.release import ask
 
         errors.run(lambda: ask.main(args.question, args.release, args.k, args.max_new_tokens,
-                                    args.json))
+                                    args.json, args.verbose))
 
 
 if __name__ == "__main__":
