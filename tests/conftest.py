@@ -201,20 +201,31 @@ def tiny_tokenizer(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_ptes(tiny_llm, tiny_program, tmp_path_factory):
-    """The tiny program lowered to XNNPACK twice: fp32 and 8da4w (group 32)."""
-    import copy
-
-    from pipeline.config import BackendConfig, QuantConfig, TensorQuant
-    from pipeline.llm import lower, schemes
+def tiny_quantized(tiny_llm, tiny_program):
+    """The tiny program quantized 8da4w (group 32) as the quantize stage does."""
+    from pipeline.config import QuantConfig, TensorQuant
+    from pipeline.llm import schemes
 
     _, params, llm, _ = tiny_llm
     program, metadata = tiny_program
     quant = QuantConfig(name="8da4w", method="torchao", activations="int8_dynamic", bits=4,
                         group_size=32, embedding=TensorQuant(bits=8, group_size=0))
-    quantized = schemes.scheme(quant).quantize(quant, program, params, llm, metadata, None)
+    return schemes.scheme(quant).quantize(quant, program, params, llm, metadata, None)
+
+
+@pytest.fixture(scope="session")
+def tiny_ptes(tiny_llm, tiny_program, tiny_quantized, tmp_path_factory):
+    """The tiny program lowered to XNNPACK twice: fp32 and 8da4w (group 32)."""
+    import copy
+
+    from pipeline.config import BackendConfig
+    from pipeline.llm import lower
+
+    _, _, llm, _ = tiny_llm
+    program, metadata = tiny_program
     folder = tmp_path_factory.mktemp("ptes")
     backend = BackendConfig(name="xnnpack")
-    for name, exported in (("fp32", copy.deepcopy(program)), ("8da4w", quantized)):
+    for name, exported in (("fp32", copy.deepcopy(program)),
+                           ("8da4w", copy.deepcopy(tiny_quantized))):
         (folder / f"{name}.pte").write_bytes(lower.to_pte(exported, llm, metadata, backend, name))
     return {"fp32": folder / "fp32.pte", "8da4w": folder / "8da4w.pte"}

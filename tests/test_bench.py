@@ -115,9 +115,12 @@ def test_build_record_follows_the_manifest_chain(tmp_path):
     other.write_bytes(b"another program")
     assert edgerag.build_record(other, data)["wall_time_s"] is None
 
-    (data / "runs" / "quantize.json").write_text('{"manifest_sha256": "another build"}')
+    record = data / "runs" / "quantize.json"
+    kept = record.read_text()
+    record.write_text('{"manifest_sha256": "another build"}')
     restored = edgerag.build_record(data / "lowered" / "llm.pte", data)
     assert restored["wall_time_s"] is None and "quantize" in restored["note"]
+    record.write_text(kept)
 
     (data / "export" / "manifest.json").write_text("{\"format_version\": 1, \"stage\": \"x\"}")
     stale = edgerag.build_record(data / "lowered" / "llm.pte", data)

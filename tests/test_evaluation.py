@@ -30,10 +30,17 @@ def test_fp32_pte_perplexity_equals_eager(tiny_ptes, reference, windows):
     assert abs(result["ppl"] - result["ppl_reference"]) / result["ppl_reference"] < 1e-3
 
 
-def test_quantized_pte_perplexity_differs(tiny_ptes, reference, windows):
-    result = perplexity.score(scorers.RuntimeScorer(tiny_ptes["8da4w"]), reference, windows)
-    assert result["ppl_delta_pct"] != 0.0
-    assert abs(result["ppl_delta_pct"]) < 50
+def test_quantized_pte_perplexity_is_its_programs(tiny_ptes, tiny_quantized, reference,
+                                                  windows):
+    """The runtime scores the quantized `.pte` as the quantized program scores on the CPU: what
+    lowering adds is kernel rounding, not a different model."""
+    import copy
+
+    pte = perplexity.score(scorers.RuntimeScorer(tiny_ptes["8da4w"]), reference, windows)
+    program = perplexity.score(scorers.ProgramScorer(copy.deepcopy(tiny_quantized), 128),
+                               reference, windows)
+    assert 0.01 < abs(pte["ppl_delta_pct"]) < 50  # really quantized, and not broken
+    assert abs(pte["ppl"] - program["ppl"]) / program["ppl"] < 0.01
 
 
 def test_long_context_is_prefilled_in_chunks(tiny_ptes, reference):
@@ -86,16 +93,59 @@ def test_offline_yaml_tasks_load_and_score(tmp_path, reference, tiny_tokenizer, 
     assert counts["edgerag_stdlib_docstrings"] == 4
     accuracy = _lm_eval(reference, tokenizer, tmp_path / "tasks", limit=4)
     assert set(accuracy) == {"edgerag_pydoc_cloze", "edgerag_stdlib_docstrings"}
-    assert all(0.0 <= acc <= 1.0 for acc in accuracy.values())
+    # Each task scored 4 documents: an accuracy is a whole number of quarters.
+    assert all(acc * 4 == round(acc * 4) for acc in accuracy.values())
 
 
-def test_tasks_are_deterministic(tmp_path):
-    first, second = tmp_path / "a", tmp_path / "b"
-    for folder in (first, second):
+class _UniformScorer:
+    """Every token equally likely: a choice scores -len(tokens) * log(V), so lm-eval must pick
+    each document's shortest choice (the first of equals)."""
+
+    max_context_len = 128
+
+    def logprobs(self, ids, start):
+        import torch
+
+        return torch.log_softmax(torch.zeros(len(ids) - start, 512), dim=-1)
+
+
+def test_lm_eval_accuracy_is_what_a_known_scorer_earns(tmp_path, tiny_tokenizer, monkeypatch):
+    import json
+
+    from pipeline.evaluation.evaluate import _lm_eval
+
+    tokenizer, _ = tiny_tokenizer
+    short, long = " the", " zqxj vkpw mmbr"
+    assert len(tokenizer(short)["input_ids"]) < len(tokenizer(long)["input_ids"])
+    # Three documents whose answer is the short choice, one whose answer is the long one.
+    docs = [{"context": f"Question {n}:", "choices": [long, short], "label": 1} for n in range(3)]
+    docs.append({"context": "Question 3:", "choices": [short, long], "label": 1})
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks/known.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (tmp_path / "tasks/known.yaml").write_text(tasks.YAML.format(task="known",
+                                                                 data="tasks/known.jsonl"))
+    assert _lm_eval(_UniformScorer(), tokenizer, tmp_path / "tasks", limit=4) == {"known": 0.75}
+
+
+def test_tasks_are_deterministic_across_interpreters(tmp_path):
+    """Two interpreters with different hash seeds write the same task files."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    script = ("import sys; from pathlib import Path; from pipeline.evaluation import tasks; "
+              "from tests.test_evaluation import _reference_texts; "
+              "tasks.write(Path(sys.argv[1]), _reference_texts(), limit=20, seed=0, "
+              "data_prefix='x')")
+    for folder, seed in ((tmp_path / "a", "1"), (tmp_path / "b", "2")):
         folder.mkdir()
-        tasks.write(folder, _reference_texts(), limit=20, seed=0, data_prefix="x")
+        subprocess.run([sys.executable, "-c", script, str(folder)], check=True, cwd=REPO,
+                       env={**os.environ, "PYTHONHASHSEED": seed})
     for name in ("edgerag_pydoc_cloze.jsonl", "edgerag_stdlib_docstrings.jsonl"):
-        assert (first / name).read_bytes() == (second / name).read_bytes()
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
 def test_program_scorer_matches_the_runtime(tiny_program, tiny_ptes):

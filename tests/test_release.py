@@ -288,6 +288,14 @@ def test_ask_answers_from_the_release_with_sockets_disabled(tiny_release, monkey
     assert timings["retrieval_ms"] > 0 and timings["decode_tok_s"] >= 0
 
 
+def test_ask_streams_one_piece_per_generated_token(tiny_release):
+    assistant = ask.Assistant(tiny_release)
+    pieces = []
+    answer = assistant.ask("How does a for loop work?", 2, 6, pieces.append)
+    assert "".join(pieces) == answer.answer
+    assert len(pieces) == answer.timings["generated_tokens"] >= 1
+
+
 def test_ask_streams_then_lists_sources_and_reads_stdin(tiny_release, monkeypatch, capsys):
     ask.main("How does a for loop work?", str(tiny_release), 2, 4, as_json=False)
     out = capsys.readouterr().out
