@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup release test test-slow lint clean-data
+.PHONY: setup release test test-fast test-slow lint clean-data
 
 setup: $(STAMP)
 
@@ -25,7 +25,11 @@ release: $(STAMP)
 	$(VENV)/bin/edgerag release $(PROMOTE_ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(if $(EDGERAG_SLOW),,-m "not slow")
+	$(PY) -m pytest -q --durations=20 $(if $(EDGERAG_SLOW),,-m "not slow")
+
+# The quick local loop: unit tests only, no end-to-end build (CI runs `make test`).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not e2e"
 
 test-slow: $(STAMP)
 	EDGERAG_SLOW=1 $(PY) -m pytest -q -m slow

@@ -12,7 +12,7 @@ def main() -> None:
     cfg = config.load()
     split = artifacts.require("data/split")
     texts = [record["text"] for record in read_jsonl(split / EVALUATION)]
-    with output(STAGE, OUT, cfg, inputs=[split]) as out:
+    with output(STAGE, OUT, cfg, inputs=[split], byte_identical=True) as out:
         counts = tasks.write(out.path, texts, cfg.eval.tasks_limit, cfg.eval.tasks_seed, OUT)
         out.note("documents", counts)
 
