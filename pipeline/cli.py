@@ -10,8 +10,10 @@ from pipeline import artifacts, config, errors
 
 def configure(overrides: list[str], output: str) -> None:
     """Compose conf/ with Hydra overrides, validate, and write params.yaml atomically."""
-    composed = config.compose(overrides)
-    typed = config.validate(composed)
+    from pipeline import validation
+
+    typed = config.validate(config.compose(overrides))
+    validation.check(typed)
     artifacts.atomic_write_text(output, config.params_text(typed, overrides))
     print(f"wrote {output} (model={typed.model.name}, quant={typed.quant.name}, "
           f"backend={typed.backend.name})")

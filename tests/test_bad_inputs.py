@@ -364,6 +364,14 @@ CASES: dict[str, Case] = {
         "`index.dtype=f64`",
         "index.dtype='f64' is not allowed; choose one of: f32, f16, i8.",
         stage("build_index"), params("experiment=tiny", "index.dtype=f64")),
+    "configure-index-dtype": Case(
+        "`edgerag configure index.dtype=f64` (checked before params.yaml is written)",
+        "index.dtype='f64' is not allowed; choose one of: f32, f16, i8.",
+        edgerag("configure", "experiment=tiny", "index.dtype=f64")),
+    "configure-corpus-overlap": Case(
+        "`edgerag configure corpus.overlap_tokens=500` (overlap past the chunk)",
+        "corpus.overlap_tokens=500 must be ≥ 0 and less than corpus.chunk_tokens=48.",
+        edgerag("configure", "experiment=tiny", "corpus.overlap_tokens=500")),
     "disk-full": Case(
         "the disk fills up while a stage writes (ENOSPC)",
         "no space left on the device; free some space and run again.",

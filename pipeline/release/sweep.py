@@ -27,7 +27,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from pipeline import artifacts, config
+from pipeline import artifacts, config, validation
 from pipeline.errors import BadInput
 from pipeline.release import pareto
 
@@ -103,6 +103,7 @@ def run_job(cfg: Any, overrides: list[str], experiment: str, job_dir: Path) -> d
                            "overrides": " ".join(overrides)}
     try:
         typed = config.validate(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)))
+        validation.check(typed)
     except BadInput as error:
         return {**row, "reason": str(error)}
     row.update(quant=typed.quant.name, backend=typed.backend.name)

@@ -126,16 +126,33 @@ def dir_documents(root: str | Path) -> tuple[list[Document], dict[str, int]]:
     return documents, dict(sorted(skipped.items()))
 
 
+KINDS = ("pydoc_topics", "dir")
+
+
+def check(cfg: CorpusConfig) -> None:
+    """What can be known of a corpus setting before its documents are read (the chunk's fit in
+    the embedder's window needs the embedder's tokenizer: `_check_window`)."""
+    if cfg.kind not in KINDS:
+        raise BadInput(f"corpus.kind={cfg.kind!r} is not allowed; choose one of: "
+                       f"{', '.join(KINDS)}.")
+    if cfg.kind == "dir" and not cfg.path:
+        raise BadInput("corpus.path must be set when corpus.kind=dir.")
+    if cfg.kind == "dir" and not Path(cfg.path).expanduser().is_dir():
+        raise BadInput(f"corpus.path={str(Path(cfg.path).expanduser())!r} is not a folder.")
+    if cfg.chunk_tokens < 1 or cfg.max_documents < 0:
+        raise BadInput(f"corpus.chunk_tokens={cfg.chunk_tokens} must be at least 1 and "
+                       f"corpus.max_documents={cfg.max_documents} at least 0.")
+    if not 0 <= cfg.overlap_tokens < cfg.chunk_tokens:
+        raise BadInput(f"corpus.overlap_tokens={cfg.overlap_tokens} must be ≥ 0 and less than "
+                       f"corpus.chunk_tokens={cfg.chunk_tokens}.")
+
+
 def documents(cfg: CorpusConfig) -> tuple[list[Document], dict[str, int]]:
+    check(cfg)
     if cfg.kind == "pydoc_topics":
         found, skipped = pydoc_documents(), {}
-    elif cfg.kind == "dir":
-        if not cfg.path:
-            raise BadInput("corpus.path must be set when corpus.kind=dir.")
-        found, skipped = dir_documents(cfg.path)
     else:
-        raise BadInput(f"corpus.kind={cfg.kind!r} is not allowed; choose one of: "
-                       "pydoc_topics, dir.")
+        found, skipped = dir_documents(cfg.path)
     if not found:
         counts = ", ".join(f"{n} {reason.replace('_', '-')}" for reason, n in skipped.items())
         raise BadInput(f"corpus {cfg.path or cfg.kind} has no readable documents"
@@ -149,9 +166,6 @@ def _check_window(cfg: CorpusConfig, tokenizer: Tokenizer, max_seq_len: int) -> 
     if not 1 <= cfg.chunk_tokens <= limit:
         raise BadInput(f"corpus.chunk_tokens={cfg.chunk_tokens} must be between 1 and {limit} "
                        f"(embedder.max_seq_len={max_seq_len} minus special tokens).")
-    if not 0 <= cfg.overlap_tokens < cfg.chunk_tokens:
-        raise BadInput(f"corpus.overlap_tokens={cfg.overlap_tokens} must be ≥ 0 and less than "
-                       f"corpus.chunk_tokens={cfg.chunk_tokens}.")
 
 
 def _windows(word_starts: list[bool], size: int, overlap: int) -> list[tuple[int, int]]:

@@ -1,0 +1,19 @@
+"""Every section of a config checked before any work starts.
+
+`edgerag configure` and `edgerag sweep` (before its first job) call `check`, so a bad index,
+embedder or corpus value fails there in one sentence instead of in its stage after the LLM
+stages have spent many minutes. The rules live with the modules that own the allowed values;
+this only calls them. (`config.validate` checks the schema and the LLM sections.)
+"""
+
+from __future__ import annotations
+
+from pipeline.config import Config
+
+
+def check(cfg: Config) -> None:
+    from pipeline.retrieval import corpus, embedder, index
+
+    embedder.check(cfg.embedder)
+    corpus.check(cfg.corpus)
+    index.check(cfg.index)
