@@ -171,3 +171,33 @@ def test_ask_refuses_a_tampered_release(built, tmp_path):
     assert refused.returncode == 2 and refused.stdout == ""
     assert refused.stderr.strip() == ("edgerag: releases/default/index.usearch does not match "
                                       "its sha256 in releases/default/manifest.json.")
+
+
+def _stage_inputs() -> dict[str, list[str]]:
+    import yaml
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    return {name: [d for d in stage.get("deps", []) if d.startswith("data/")]
+            for name, stage in stages.items()}
+
+
+def test_every_stage_refuses_a_tampered_input(built, tmp_path):
+    repo = copy_built(built.repo, tmp_path / "repo")
+    checked = 0
+    for name, inputs in sorted(_stage_inputs().items()):
+        for folder in inputs[-1:]:  # one input per stage: its last in dvc.yaml
+            manifest = json.loads((repo / folder / "manifest.json").read_text())
+            smallest = min(manifest["files"], key=lambda rel: manifest["files"][rel]["bytes"])
+            target = repo / folder / smallest
+            kept = target.read_bytes()
+            target.write_bytes(kept + b"tampered")
+            try:
+                done = sh([sys.executable, "-m", f"stages.{name}"], repo, check=False)
+            finally:
+                target.write_bytes(kept)
+            assert done.returncode == 2, (name, folder, done.stderr[-1500:])
+            assert done.stderr.strip().splitlines()[-1] == (
+                f"edgerag: {folder}/{smallest} does not match its sha256 in "
+                f"{folder}/manifest.json."), (name, folder)
+            checked += 1
+    assert checked == sum(1 for inputs in _stage_inputs().values() if inputs)
