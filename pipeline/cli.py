@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     ask = commands.add_parser("ask", help="answer from a release's documents, on this machine")
     ask.add_argument("question", nargs="?", help="omit to read one question per stdin line")
     ask.add_argument("--release", default="releases/default")
-    ask.add_argument("--k", type=int, default=4, help="chunks to retrieve")
+    ask.add_argument("--k", type=int, default=None,
+                     help="chunks to retrieve (default: retrieval.k of the release's build)")
     ask.add_argument("--max-new-tokens", type=int, default=128)
     ask.add_argument("--json", action="store_true", help="one JSON object per answer")
     ask.add_argument("--verbose", action="store_true",

@@ -200,12 +200,39 @@ class EvalConfig:
 
 
 @dataclass
+class RetrievalConfig:
+    """Query time: dense (usearch), keyword (SQLite FTS5, BM25) or both fused by reciprocal rank.
+
+    A chunk's fused score is the sum over the two lists of weight / (rrf_k + its rank there),
+    each list holding the `candidates` best; the top `k` go into the prompt.
+    """
+
+    mode: str = "hybrid"
+    k: int = 4
+    candidates: int = 20
+    rrf_k: int = 60
+    dense_weight: float = 1.0
+    keyword_weight: float = 1.0
+
+
+@dataclass
+class RagEvalConfig:
+    """evaluate_rag's question set (JSONL: question, expect, answer_terms, answer) and its
+    generation length."""
+
+    questions: str = "questions/pydoc.jsonl"
+    max_new_tokens: int = 96
+
+
+@dataclass
 class ReleaseConfig:
     """`edgerag promote`'s rule: the smallest LLM `.pte` whose metrics stay within these bounds."""
 
     name: str = "default"
     max_ppl_delta_pct: float = 50.0
     min_recall_at_10: float = 0.9
+    min_rag_hit_at_k: float = 0.0  # evaluate_rag's test half: the answering document in the top k
+    min_rag_grounded: float = 0.0  # share of the answer's content words found in its sources
 
 
 @dataclass
@@ -218,6 +245,8 @@ class Config:
     quant: QuantConfig = field(default_factory=QuantConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    rag_eval: RagEvalConfig = field(default_factory=RagEvalConfig)
     release: ReleaseConfig = field(default_factory=ReleaseConfig)
 
 

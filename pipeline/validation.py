@@ -12,8 +12,10 @@ from pipeline.config import Config
 
 
 def check(cfg: Config) -> None:
+    from pipeline.release import retrieve
     from pipeline.retrieval import corpus, embedder, index
 
     embedder.check(cfg.embedder)
     corpus.check(cfg.corpus)
     index.check(cfg.index)
+    retrieve.check(cfg.retrieval)

@@ -12,10 +12,11 @@ STAGE, OUT = "evaluate", "data/eval"
 def main() -> None:
     cfg = config.load()
     inputs = [artifacts.require(p) for p in ("data/eval_llm", "data/eval_quantized",
-                                             "data/index", "data/embedder")]
-    llm, quantized, index, embedder = inputs
+                                             "data/eval_rag", "data/index", "data/embedder")]
+    llm, quantized, rag, index, embedder = inputs
     metrics = evaluate.gather(json.loads((llm / evaluate.METRICS).read_text()),
                               json.loads((quantized / evaluate.METRICS).read_text()),
+                              json.loads((rag / evaluate.METRICS).read_text()),
                               index.manifest["notes"], embedder.manifest["files"])
     with output(STAGE, OUT, cfg, inputs=inputs, byte_identical=False) as out:
         (out / evaluate.METRICS).write_text(json.dumps(metrics, indent=2) + "\n")

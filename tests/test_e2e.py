@@ -16,9 +16,10 @@ pytestmark = pytest.mark.e2e
 
 ALL_STAGES = {"fetch_model", "split", "export", "calibrate", "quantize", "lower", "make_tasks",
               "evaluate_llm", "evaluate_quantized", "fetch_embedder", "compile_embedder",
-              "prepare_corpus", "build_index", "evaluate"}
+              "prepare_corpus", "build_index", "evaluate_rag", "evaluate"}
 RELEASE_FILES = {"llm.pte", "tokenizer.json", "embedder.pte", "embedder_tokenizer.json",
-                 "index.usearch", "chunks.jsonl", "metrics.json", "manifest.json"}
+                 "index.usearch", "chunks.jsonl", "chunks.sqlite", "metrics.json",
+                 "manifest.json"}
 
 
 @pytest.fixture(scope="session")
@@ -93,10 +94,10 @@ def test_changes_rerun_only_what_they_touch(built, tmp_path):
     _edgerag(repo, "configure", "experiment=tiny", "quant.group_size=64")
     # calibrate re-runs (a scheme may read any quant.* key) and writes the same bytes.
     assert repro(repo) == {"calibrate", "quantize", "lower", "evaluate_llm",
-                           "evaluate_quantized", "evaluate"}
+                           "evaluate_quantized", "evaluate_rag", "evaluate"}
     _edgerag(repo, "configure", "experiment=tiny", "quant.group_size=64",
              "corpus.chunk_tokens=40")
-    assert repro(repo) == {"prepare_corpus", "build_index", "evaluate"}
+    assert repro(repo) == {"prepare_corpus", "build_index", "evaluate_rag", "evaluate"}
 
 
 def _rule_row(experiment: str, metrics: dict, pte_bytes: float) -> str:

@@ -30,9 +30,10 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def _candidate(run, pte_bytes, delta, recall):
+def _candidate(run, pte_bytes, delta, recall, hit=1.0, grounded=1.0):
     return promote.Candidate(run, {"llm.pte_bytes": pte_bytes, "llm.ppl_delta_pct": delta,
-                                   "retrieval.recall_at_10": recall})
+                                   "retrieval.recall_at_10": recall, "rag.hit_at_k": hit,
+                                   "rag.grounded": grounded})
 
 
 # --- the release rule ---------------------------------------------------------------------------
@@ -52,6 +53,11 @@ def test_a_run_missing_the_rule_is_named_with_the_bound_it_misses():
         promote.select([_candidate("workspace", 1, 39.4, 1.0), _candidate("e", 1, 1, 0.2)], RULE)
     assert "recall_at_10=0.5 is below" in promote.missed_bound(RULE, _candidate(
         "x", 1, 0.0, 0.5).metrics)
+    strict = ReleaseConfig(min_rag_hit_at_k=0.6, min_rag_grounded=0.3)
+    assert promote.missed_bound(strict, _candidate("x", 1, 0.0, 1.0, hit=0.5).metrics) == \
+        "rag.hit_at_k=0.5 is below release.min_rag_hit_at_k=0.6"
+    assert promote.missed_bound(strict, _candidate("x", 1, 0.0, 1.0, grounded=0.2).metrics) == \
+        "rag.grounded=0.2 is below release.min_rag_grounded=0.3"
     assert promote.missed_bound(RULE, {"llm.pte_bytes": 1}) == \
         "it has no llm.ppl_delta_pct metric"
     with pytest.raises(BadInput, match="no built run to promote"):
@@ -62,14 +68,16 @@ def test_sweep_results_give_the_finished_experiments(tmp_path):
     table = tmp_path / "sweeps" / "s1" / "results.csv"
     table.parent.mkdir(parents=True)
     table.write_text(
-        "experiment,status,overrides,llm.pte_bytes,llm.ppl_delta_pct,retrieval.recall_at_10\n"
-        "s1-0,ok,quant=8da4w_g32,1000,5.5,0.95\n"
-        "s1-1,failed,quant=qnn_16a4w,,,\n"
-        "s1-2,ok,quant=4w_g32,800,nan,0.97\n")
+        "experiment,status,overrides,llm.pte_bytes,llm.ppl_delta_pct,retrieval.recall_at_10,"
+        "rag.hit_at_k,rag.grounded\n"
+        "s1-0,ok,quant=8da4w_g32,1000,5.5,0.95,0.7,0.5\n"
+        "s1-1,failed,quant=qnn_16a4w,,,,,\n"
+        "s1-2,ok,quant=4w_g32,800,nan,0.97,0.7,0.5\n")
     found = promote.sweep_candidates(tmp_path)
     assert [c.run for c in found] == ["s1-0", "s1-2"]
     assert found[0].metrics == {"llm.pte_bytes": 1000.0, "llm.ppl_delta_pct": 5.5,
-                                "retrieval.recall_at_10": 0.95}
+                                "retrieval.recall_at_10": 0.95, "rag.hit_at_k": 0.7,
+                                "rag.grounded": 0.5}
     assert promote.select(found, RULE).run == "s1-0"  # s1-2 has no perplexity delta
 
 
@@ -139,13 +147,17 @@ def _fake_run(metrics, pte=b"pte-bytes"):
 
     make("data/lowered", {"llm.pte": pte, "tokenizer.json": b"{}", "chat_template.jinja": b"x"})
     make("data/embedder", {"embedder.pte": b"emb", "tokenizer.json": b"{}"})
-    make("data/index", {"index.usearch": b"idx", "chunks.jsonl": b"{}\n"})
+    make("data/index", {"index.usearch": b"idx", "chunks.jsonl": b"{}\n",
+                        "chunks.sqlite": b"db"})
     make("data/eval_llm", {"metrics.json": b"{}"}, ["data/lowered"])
+    make("data/eval_rag", {"metrics.json": b"{}"}, ["data/lowered", "data/embedder",
+                                                    "data/index"])
     make("data/eval", {"metrics.json": json.dumps(metrics).encode()},
-         ["data/eval_llm", "data/index", "data/embedder"])
+         ["data/eval_llm", "data/eval_rag", "data/index", "data/embedder"])
 
 
-GOOD = {"llm": {"pte_bytes": 9, "ppl_delta_pct": 3.0}, "retrieval": {"recall_at_10": 1.0}}
+GOOD = {"llm": {"pte_bytes": 9, "ppl_delta_pct": 3.0}, "retrieval": {"recall_at_10": 1.0},
+        "rag": {"hit_at_k": 0.8, "grounded": 0.6}}
 
 
 @pytest.fixture
@@ -239,7 +251,7 @@ def tiny_release(tiny_cfg, tiny_llm, tiny_program, tiny_tokenizer, tmp_path_fact
     from pipeline import sources
     from pipeline.config import BackendConfig, IndexConfig
     from pipeline.llm import lower
-    from pipeline.retrieval import corpus, embedder, index
+    from pipeline.retrieval import corpus, embedder, index, keyword
 
     run = tmp_path_factory.mktemp("run")
     lowered, compiled, indexed = (run / "data" / d for d in ("lowered", "embedder", "index"))
@@ -260,6 +272,7 @@ def tiny_release(tiny_cfg, tiny_llm, tiny_program, tiny_tokenizer, tmp_path_fact
     vectors = embedder.load_pte(compiled).embed([c.text for c in chunks])
     index.build(IndexConfig(), vectors).save(str(indexed / "index.usearch"))
     corpus.write_chunks(indexed / "chunks.jsonl", chunks)
+    keyword.write_store(indexed / "chunks.sqlite", chunks)
     (run / "data/eval/metrics.json").write_text(json.dumps(GOOD))
     release = tmp_path_factory.mktemp("releases") / "tiny"
     bundle.write(release, run, {"experiment": "tiny"}, {})
@@ -289,7 +302,7 @@ def test_ask_answers_from_the_release_with_sockets_disabled(tiny_release, monkey
 
 
 def test_ask_streams_one_piece_per_generated_token(tiny_release):
-    assistant = ask.Assistant(tiny_release)
+    assistant = ask.Assistant.from_release(tiny_release)
     pieces = []
     answer = assistant.ask("How does a for loop work?", 2, 6, pieces.append)
     assert "".join(pieces) == answer.answer

@@ -155,8 +155,9 @@ def test_unchanged_stages_are_not_rebuilt(swept):
     runs = [stage for row in rows.values() for stage in row["stages_run"].split()]
     assert rows[0]["stages_run"] == ""  # the session's build is this job: restored, not rebuilt
     assert runs.count("export") == 0 and runs.count("fetch_model") == 0
-    assert set(rows[2]["stages_run"].split()) == {"quantize", "lower", "evaluate_llm",
-                                                  "evaluate_quantized", "evaluate"}
+    assert set(rows[2]["stages_run"].split()) == {"calibrate", "quantize", "lower",
+                                                  "evaluate_llm", "evaluate_quantized",
+                                                  "evaluate_rag", "evaluate"}
 
 
 @pytest.mark.e2e

@@ -62,9 +62,10 @@ def run(cfg: Config, lowered: Path, model_dir: Path, split_dir: Path,
     return {"metrics": {"llm": llm, "lm_eval": tasks}, "windows": ppl["windows"]}
 
 
-def gather(llm: dict[str, Any], quantized: dict[str, Any], index_notes: dict[str, Any],
-           embedder_files: dict[str, Any]) -> dict[str, Any]:
-    """The metrics contract of DESIGN.md: llm.*, lm_eval.<task>.acc, retrieval.*.
+def gather(llm: dict[str, Any], quantized: dict[str, Any], rag: dict[str, Any],
+           index_notes: dict[str, Any], embedder_files: dict[str, Any]) -> dict[str, Any]:
+    """The metrics contract: llm.*, lm_eval.<task>.acc, retrieval.*, rag.* (evaluate_rag's
+    test half; `rag_tune.*` is the half settings are chosen on).
 
     `quantized_program.*` is the quantized graph on the CPU, before lowering, when measured.
     """
@@ -72,7 +73,8 @@ def gather(llm: dict[str, Any], quantized: dict[str, Any], index_notes: dict[str
                  ("recall_at_10", "embed_cosine_min", "chunks", "chunks_per_s", "index_bytes")}
     retrieval["embedder_pte_bytes"] = embedder_files["embedder.pte"]["bytes"]
     measured = {"quantized_program": quantized} if "ppl" in quantized else {}
-    return {**llm, **measured, "retrieval": retrieval}
+    return {**llm, **measured, "retrieval": retrieval, "rag": rag["test"],
+            "rag_tune": rag["tune"]}
 
 
 def summary(metrics: dict[str, Any]) -> str:
@@ -94,6 +96,9 @@ def summary(metrics: dict[str, Any]) -> str:
         retrieval = metrics["retrieval"]
         rows.append(("retrieval recall@10", "1.0 (exact)", retrieval["recall_at_10"], ""))
         rows.append(("embedder cosine min", "1.0 (fp32)", retrieval["embed_cosine_min"], ""))
+    for key in ("hit_at_1", "hit_at_k", "mrr", "answer_terms_recall", "grounded"):
+        if key in metrics.get("rag", {}):
+            rows.append((f"rag {key} (test)", "", metrics["rag"][key], ""))
     width = max(len(r[0]) for r in rows)
     lines = [f"{'metric':<{width}}  {'reference':>10}  {'.pte':>10}  {'delta':>9}"]
     lines += [f"{a:<{width}}  {b!s:>10}  {c!s:>10}  {d:>9}" for a, b, c, d in rows]

@@ -16,8 +16,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
+from pipeline.config import RetrievalConfig
 from pipeline.errors import BadInput
 from pipeline.release import bundle, prompt
+from pipeline.release.answer import Evidence, Guard, evidence
+from pipeline.release.retrieve import Retriever
 from pipeline.runtime import native_logs, runner_rates
 
 
@@ -35,7 +40,12 @@ class Answer:
     question: str
     answer: str
     sources: list[Source]
+    evidence: list[Evidence]
     timings: dict[str, float]
+    repeated: bool  # the answer started over and was cut there
+
+    def as_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
 
 
 def _context_length(pte: Path) -> int:
@@ -52,69 +62,89 @@ def _context_length(pte: Path) -> int:
     return min(lengths)
 
 
-class Assistant:
-    """A release loaded once (models stay in memory across questions) and asked many times."""
+def _special_tokens(tokenizer_file: Path) -> set[str]:
+    from tokenizers import Tokenizer
 
-    def __init__(self, release: Path, verbose: bool = False) -> None:
+    decoder = Tokenizer.from_file(str(tokenizer_file)).get_added_tokens_decoder()
+    return {token.content for token in decoder.values() if token.special}
+
+
+class Assistant:
+    """A release (or a build's artifacts) loaded once and asked many times: the same code runs
+    `edgerag ask` and the evaluate_rag stage."""
+
+    def __init__(self, files: dict[str, Path], retrieval: RetrievalConfig,
+                 verbose: bool = False) -> None:
         from usearch.index import Index
 
         from pipeline.retrieval.corpus import read_chunks
         from pipeline.retrieval.embedder import load_pte_files
         from pipeline.runtime import register_llm_kernels, text_runner
 
-        self.release = bundle.open_release(release).path
-        files = {name: self.release / name for name in (*bundle.FILES, *bundle.OPTIONAL)}
-        self.index = Index.restore(str(files[bundle.INDEX]))
+        index = Index.restore(str(files[bundle.INDEX]))
         self.chunks = {c.key: c for c in read_chunks(files[bundle.CHUNKS])}
-        self.embedder = load_pte_files(files[bundle.EMBEDDER], files[bundle.EMBEDDER_TOKENIZER],
-                                       self.index.ndim)
+        self._placed = {(c.source, c.start): c for c in self.chunks.values()}
+        embedder = load_pte_files(files[bundle.EMBEDDER], files[bundle.EMBEDDER_TOKENIZER],
+                                  index.ndim)
+        self.retriever = Retriever(index, files[bundle.STORE], embedder, retrieval)
         self.counter = prompt.TokenCounter.from_file(files[bundle.TOKENIZER])
         self.chat = prompt.ChatFormat.from_files(files[bundle.CHAT_TEMPLATE],
                                                  files[bundle.TOKENIZER_CONFIG])
+        self.special = _special_tokens(files[bundle.TOKENIZER])
         register_llm_kernels()
         self.verbose = verbose
         with native_logs(verbose):
             self.context_length = _context_length(files[bundle.LLM])
             self.runner = text_runner(files[bundle.LLM], files[bundle.TOKENIZER])
 
-    def retrieve(self, question: str, k: int) -> list[tuple[Any, float]]:
-        vector = self.embedder.embed([question])[0]
-        matches = self.index.search(vector, k)
-        return [(self.chunks[int(key)], round(1.0 - float(distance), 4))
-                for key, distance in zip(matches.keys, matches.distances, strict=True)]
+    def passage(self, source: Source) -> str:
+        """The text a source put in the prompt (its chunk, cut where the prompt cut it)."""
+        chunk = self._placed[(source.source, source.start)]
+        return chunk.text[: source.end - source.start]
 
-    def ask(self, question: str, k: int, max_new_tokens: int,
+    @classmethod
+    def from_release(cls, release: Path, verbose: bool = False) -> Assistant:
+        """A release checked against its manifest, retrieving as its build was configured."""
+        opened = bundle.open_release(release)
+        settings = (opened.manifest.get("config") or {}).get("retrieval") or {}
+        retrieval = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RetrievalConfig),
+                                                        settings))
+        files = {name: opened.path / name for name in (*bundle.FILES, *bundle.OPTIONAL)}
+        return cls(files, retrieval, verbose)
+
+    def ask(self, question: str, k: int | None, max_new_tokens: int,
             on_piece: Callable[[str], None]) -> Answer:
         from executorch.extension.llm.runner import GenerationConfig
 
+        if not question.strip():
+            raise BadInput("the question is empty; ask something about the documents.")
         budget = self.context_length - max_new_tokens
         if budget < 1:
             raise BadInput(f"--max-new-tokens={max_new_tokens} leaves no room for a prompt in "
                            f"the model's {self.context_length}-token context.")
         started = time.monotonic()
-        hits = self.retrieve(question, k)
+        hits = [(self.chunks[key], round(score, 5))
+                for key, score in self.retriever.search(question, k)]
         retrieval_ms = (time.monotonic() - started) * 1000.0
         fitted = prompt.fit(question, [(chunk.source, chunk.text) for chunk, _ in hits],
                             self.chat.render, self.counter, budget)
-        placed = zip(hits[: len(fitted.texts)], fitted.texts, strict=True)
+        placed = list(zip(hits[: len(fitted.texts)], fitted.texts, strict=True))
         sources = [Source(n, chunk.source, chunk.start, chunk.start + len(text), score)
                    for n, ((chunk, score), text) in enumerate(placed, start=1)]
-        pieces: list[str] = []
+        guard = Guard(self.special, on_piece, self.runner.stop)
         stats: list[Any] = []
-
-        def stream(piece: str) -> None:
-            pieces.append(piece)
-            on_piece(piece)
-
         self.runner.reset()
         # warming=True only turns off the runner's own printing of tokens and of its report to
         # stdout (we stream through the callback, and --json must own stdout); stats still come.
         with native_logs(self.verbose):
             self.runner.generate(fitted.prompt, GenerationConfig(
                 max_new_tokens=max_new_tokens, temperature=0.0, echo=False, warming=True),
-                stream, stats.append)
-        return Answer(question, "".join(pieces), sources,
-                      _timings(retrieval_ms, fitted.tokens, stats[-1] if stats else None))
+                guard, stats.append)
+        quoted = evidence(question, [(chunk.source, chunk.start, text)
+                                     for (chunk, _), text in placed])
+        timings = _timings(retrieval_ms, fitted.tokens, stats[-1] if stats else None)
+        timings["total_ms"] = round((time.monotonic() - started) * 1000.0, 1)
+        return Answer(question, guard.text(), sources, quoted, timings, guard.repeated)
 
 
 def _timings(retrieval_ms: float, prompt_tokens: int, stats: Any) -> dict[str, float]:
@@ -148,23 +178,29 @@ def _questions(question: str | None) -> Iterator[str]:
             yield line.strip()
 
 
-def _print_sources(sources: list[Source]) -> None:
+def _print_sources(answer: Answer) -> None:
+    if answer.repeated:
+        print(" […]", end="")
     print("\n\nSources:")
-    for source in sources:
+    for source in answer.sources:
         print(f"[{source.n}] {source.source}, characters {source.start}-{source.end} "
-              f"(similarity {source.score:.2f})")
+              f"(score {source.score:.4f})")
+    if answer.evidence:
+        print("\nEvidence:")
+        for quote in answer.evidence:
+            print(f"- \"{quote.text}\" ({quote.source}, characters {quote.start}-{quote.end})")
 
 
-def main(question: str | None, release: str, k: int, max_new_tokens: int,
+def main(question: str | None, release: str, k: int | None, max_new_tokens: int,
          as_json: bool, verbose: bool = False) -> None:
-    if k < 1 or max_new_tokens < 1:
+    if (k is not None and k < 1) or max_new_tokens < 1:
         raise BadInput(f"--k={k} and --max-new-tokens={max_new_tokens} must both be at least 1.")
-    assistant = Assistant(Path(release), verbose)
+    assistant = Assistant.from_release(Path(release), verbose)
     for asked in _questions(question):
         if as_json:
             answer = assistant.ask(asked, k, max_new_tokens, lambda _piece: None)
-            print(json.dumps(asdict(answer), ensure_ascii=False), flush=True)
+            print(answer.as_json(), flush=True)
         else:
             answer = assistant.ask(asked, k, max_new_tokens,
                                    lambda piece: print(piece, end="", flush=True))
-            _print_sources(answer.sources)
+            _print_sources(answer)

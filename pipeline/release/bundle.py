@@ -19,6 +19,7 @@ STAGE = "promote"
 RELEASES = "releases"
 LLM, TOKENIZER, EMBEDDER = "llm.pte", "tokenizer.json", "embedder.pte"
 EMBEDDER_TOKENIZER, INDEX, CHUNKS = "embedder_tokenizer.json", "index.usearch", "chunks.jsonl"
+STORE = "chunks.sqlite"  # the chunks with their FTS5 keyword index (retrieval/keyword.py)
 METRICS, TOKENIZER_CONFIG = "metrics.json", "tokenizer_config.json"
 CHAT_TEMPLATE = "chat_template.jinja"
 
@@ -30,6 +31,7 @@ FILES = {
     EMBEDDER_TOKENIZER: ("data/embedder", "tokenizer.json"),
     INDEX: ("data/index", "index.usearch"),
     CHUNKS: ("data/index", "chunks.jsonl"),
+    STORE: ("data/index", "chunks.sqlite"),
     METRICS: ("data/eval", "metrics.json"),
 }
 # The chat format travels with the LLM when its source had one (ask falls back to plain text).
@@ -38,11 +40,12 @@ OPTIONAL = {
     TOKENIZER_CONFIG: ("data/lowered", "tokenizer_config.json"),
     CHAT_TEMPLATE: ("data/lowered", "chat_template.jinja"),
 }
-# Every run artifact promote reads: the shipped ones, plus eval_llm to tie metrics to the .pte.
-RUN_DIRS = ("data/lowered", "data/embedder", "data/index", "data/eval_llm", "data/eval")
+# Every run artifact promote reads: the shipped ones, plus the evaluations that tie metrics to them.
+RUN_DIRS = ("data/lowered", "data/embedder", "data/index", "data/eval_llm", "data/eval_rag",
+            "data/eval")
 
 
-def _sources(run_root: Path) -> dict[str, Path]:
+def run_sources(run_root: Path) -> dict[str, Path]:
     """Bundle file name -> the run's file it is copied from (optional ones only if present)."""
     paths = {name: run_root / folder / file for name, (folder, file) in {**FILES,
                                                                         **OPTIONAL}.items()}
@@ -52,7 +55,7 @@ def _sources(run_root: Path) -> dict[str, Path]:
 def write(dest: Path, run_root: Path, config: Any, notes: dict[str, Any]) -> None:
     """Copy a run's files into `dest` atomically (temp dir, manifest, rename)."""
     with artifacts.writer(dest, stage=STAGE, config=config) as out:
-        for name, source in _sources(run_root).items():
+        for name, source in run_sources(run_root).items():
             shutil.copyfile(source, out / name)
         out.notes.update(notes)
 
@@ -64,7 +67,7 @@ def holds(dest: Path, run_root: Path, shas: dict[str, str]) -> bool:
     except BadInput:
         return False
     wanted = {name: shas.get(str(path.relative_to(run_root))) for name, path
-              in _sources(run_root).items()}
+              in run_sources(run_root).items()}
     return {name: entry["sha256"] for name, entry in files.items()} == wanted
 
 

@@ -32,11 +32,13 @@ from pipeline.release.sweep import flatten
 
 WORKSPACE = "workspace"
 PTE_BYTES, PPL_DELTA, RECALL = "llm.pte_bytes", "llm.ppl_delta_pct", "retrieval.recall_at_10"
+RAG_HIT, RAG_GROUNDED = "rag.hit_at_k", "rag.grounded"
 SWEEP_RESULTS = "sweeps/*/results.csv"
 MEASURED = "data/eval/metrics.json"
 # A run's metrics are trusted only if each listed artifact was an input of the one measuring it.
-MEASURED_ON = {"data/eval": ("data/eval_llm", "data/index", "data/embedder"),
-               "data/eval_llm": ("data/lowered",)}
+MEASURED_ON = {"data/eval": ("data/eval_llm", "data/eval_rag", "data/index", "data/embedder"),
+               "data/eval_llm": ("data/lowered",),
+               "data/eval_rag": ("data/lowered", "data/embedder", "data/index")}
 
 
 @dataclass(frozen=True)
@@ -60,16 +62,19 @@ def _number(value: Any) -> float | None:
 
 def missed_bound(rule: ReleaseConfig, metrics: dict[str, Any]) -> str | None:
     """The first bound these metrics miss, as a clause; None when they meet the rule."""
-    values = {key: _number(metrics.get(key)) for key in (PTE_BYTES, PPL_DELTA, RECALL)}
+    values = {key: _number(metrics.get(key))
+              for key in (PTE_BYTES, PPL_DELTA, RECALL, RAG_HIT, RAG_GROUNDED)}
     absent = [key for key, value in values.items() if value is None]
     if absent:
         return f"it has no {absent[0]} metric"
     if values[PPL_DELTA] > rule.max_ppl_delta_pct:
         return (f"{PPL_DELTA}={values[PPL_DELTA]:g} is above "
                 f"release.max_ppl_delta_pct={rule.max_ppl_delta_pct:g}")
-    if values[RECALL] < rule.min_recall_at_10:
-        return (f"{RECALL}={values[RECALL]:g} is below "
-                f"release.min_recall_at_10={rule.min_recall_at_10:g}")
+    for key, bound, name in ((RECALL, rule.min_recall_at_10, "min_recall_at_10"),
+                             (RAG_HIT, rule.min_rag_hit_at_k, "min_rag_hit_at_k"),
+                             (RAG_GROUNDED, rule.min_rag_grounded, "min_rag_grounded")):
+        if values[key] < bound:
+            return f"{key}={values[key]:g} is below release.{name}={bound:g}"
     return None
 
 

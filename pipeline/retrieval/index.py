@@ -18,6 +18,7 @@ from usearch.index import Index, search
 from pipeline.config import IndexConfig
 from pipeline.errors import BadInput
 from pipeline.progress import bar, log
+from pipeline.retrieval import keyword
 from pipeline.retrieval.corpus import CHUNKS, Chunk, write_chunks
 from pipeline.retrieval.embedder import Embedder
 
@@ -75,7 +76,8 @@ def held_out_queries(documents: list[str], limit: int = MAX_QUERIES) -> list[str
 
 def run(cfg: IndexConfig, chunks: list[Chunk], pte: Embedder, reference: Embedder,
         query_texts: list[str], out: Path) -> dict[str, Any]:
-    """Embed, index and measure; writes `index.usearch` and `chunks.jsonl` into `out`."""
+    """Embed, index and measure; writes `index.usearch`, `chunks.jsonl` and the keyword store
+    `chunks.sqlite` into `out`."""
     check(cfg)
     if not query_texts:
         raise BadInput("no held-out queries: the evaluation split has no usable sentence.")
@@ -85,6 +87,7 @@ def run(cfg: IndexConfig, chunks: list[Chunk], pte: Embedder, reference: Embedde
     index = build(cfg, vectors)
     index.save(str(out / INDEX))
     write_chunks(out / CHUNKS, chunks)
+    keyword.write_store(out / keyword.STORE, chunks)
     built = time.monotonic()
     log("embedding the corpus in fp32 eager for parity")
     fp32 = embed_with_progress(reference, [c.text for c in chunks], "embedding (fp32)")
@@ -98,4 +101,5 @@ def run(cfg: IndexConfig, chunks: list[Chunk], pte: Embedder, reference: Embedde
         "embed_s": round(embedded - started, 2),
         "index_add_s": round(built - embedded, 2),
         "index_bytes": (out / INDEX).stat().st_size,
+        "keyword_store_bytes": (out / keyword.STORE).stat().st_size,
     }

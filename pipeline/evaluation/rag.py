@@ -1,0 +1,161 @@
+"""RAG judged on answers: the release's own loop (`ask.Assistant`) over a question set.
+
+A question set is JSONL, one object a line: `question`; `expect`, the source document(s) that
+answer it (`"pydoc:with"`, or `{"source": …, "start": …, "end": …}`); optionally `answer_terms`
+(words a correct answer contains) and a reference `answer`. Each question falls in the `tune` or
+the `test` half by a fixed rule (the parity of its sha256's first byte), so nobody picks the
+halves: settings are chosen on `tune`, and `rag.*` (what releases are gated on) is `test`.
+
+Per question:
+- retrieval, by document (chunks ranked by the release's retrieval, repeats of a document
+  dropped): `hit_at_1`, `hit_at_k` (among the `retrieval.k` chunks the prompt gets), reciprocal
+  rank, and nDCG@10 with every expected document relevant;
+- answer: `answer_terms_recall` (share of the terms found in the answer, case-insensitive),
+  token F1 against the reference answer where there is one, and `grounded`: the share of the
+  answer's content words (three letters or more, not stopwords) that occur in the sources the
+  prompt carried (an answer with no content words counts 0) — a cheap faithfulness signal: it
+  cannot tell a right answer from a wrong one drawn from the sources, but it does catch words
+  that came from nowhere;
+- `repeated`: the answer looped and was cut (`answer.Guard`);
+- latency: retrieval ms, time to first token, decode tok/s and total ms (medians in the metrics).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections import Counter
+from pathlib import Path
+from statistics import mean, median
+from typing import Any
+
+from pipeline.errors import BadInput
+from pipeline.progress import bar
+from pipeline.release.answer import content_words
+
+QUESTIONS = "questions.jsonl"  # the per-question records, beside metrics.json
+SPLITS = ("tune", "test")
+NDCG_DEPTH = 10
+_TOKEN = re.compile(r"[a-z0-9_]+")
+
+
+def split_of(question: str) -> str:
+    return SPLITS[hashlib.sha256(question.encode()).digest()[0] % 2]
+
+
+def _expected_sources(record: dict) -> list[str]:
+    expect = record.get("expect")
+    items = expect if isinstance(expect, list) else [expect]
+    return [item["source"] if isinstance(item, dict) else item for item in items
+            if isinstance(item, str | dict)]
+
+
+def read_questions(path: Path, sources: set[str]) -> list[dict]:
+    """The question set, checked before any work: every question names documents the corpus has."""
+    if not path.is_file():
+        raise BadInput(f"rag_eval.questions={str(path)!r} does not exist.")
+    questions = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise BadInput(f"{path} line {number} is not JSON.") from None
+        expected = _expected_sources(record) if isinstance(record, dict) else []
+        if not isinstance(record, dict) or not str(record.get("question", "")).strip() \
+                or not expected:
+            raise BadInput(f"{path} line {number} needs a question and the document(s) it "
+                           "expects (`expect`).")
+        missing = [s for s in expected if s not in sources]
+        if missing:
+            raise BadInput(f"{path} line {number} expects {missing[0]}, which the corpus does "
+                           "not have; fix the question set or the corpus.")
+        questions.append({**record, "expect": expected, "split": split_of(record["question"])})
+    if not questions:
+        raise BadInput(f"{path} holds no questions.")
+    return questions
+
+
+def documents_in_order(sources: list[str]) -> list[str]:
+    return list(dict.fromkeys(sources))
+
+
+def retrieval_scores(ranked: list[str], expected: list[str], k_ranked: list[str]
+                     ) -> dict[str, float]:
+    """`ranked`: documents by rank (deep list); `k_ranked`: those of the prompt's k chunks."""
+    wanted = set(expected)
+    first = next((i for i, doc in enumerate(ranked, start=1) if doc in wanted), None)
+    dcg = sum(1.0 / math.log2(i + 2) for i, doc in enumerate(ranked[:NDCG_DEPTH])
+              if doc in wanted)
+    ideal = sum(1.0 / math.log2(i + 2) for i in range(min(len(wanted), NDCG_DEPTH)))
+    return {"hit_at_1": float(bool(ranked) and ranked[0] in wanted),
+            "hit_at_k": float(bool(wanted & set(k_ranked))),
+            "reciprocal_rank": 1.0 / first if first else 0.0,
+            "ndcg_at_10": dcg / ideal}
+
+
+def token_f1(answer: str, reference: str) -> float:
+    ours, theirs = Counter(_TOKEN.findall(answer.lower())), Counter(_TOKEN.findall(
+        reference.lower()))
+    common = sum((ours & theirs).values())
+    if not common:
+        return 0.0
+    precision, recall = common / sum(ours.values()), common / sum(theirs.values())
+    return 2 * precision * recall / (precision + recall)
+
+
+def answer_scores(answer: str, record: dict, context: str) -> dict[str, float | None]:
+    terms = record.get("answer_terms") or []
+    words = content_words(answer)
+    return {
+        "answer_terms_recall": (sum(t.lower() in answer.lower() for t in terms) / len(terms)
+                                if terms else None),
+        "answer_f1": token_f1(answer, record["answer"]) if record.get("answer") else None,
+        "grounded": len(words & content_words(context)) / len(words) if words else 0.0,
+    }
+
+
+def ask_all(assistant: Any, questions: list[dict], k: int, depth: int,
+            max_new_tokens: int) -> list[dict]:
+    """One record per question: what was retrieved and answered, and its scores."""
+    records = []
+    for record in bar(questions, desc="questions", unit="q"):
+        deep = [assistant.chunks[key].source for key, _ in
+                assistant.retriever.search(record["question"], depth)]
+        answer = assistant.ask(record["question"], k, max_new_tokens, lambda _piece: None)
+        shown = [s.source for s in answer.sources]
+        context = "\n".join(assistant.passage(s) for s in answer.sources)
+        records.append({
+            "question": record["question"], "split": record["split"],
+            "expect": record["expect"], "retrieved": documents_in_order(deep)[:NDCG_DEPTH],
+            "answer": answer.answer, "repeated": answer.repeated,
+            **retrieval_scores(documents_in_order(deep), record["expect"], shown),
+            **answer_scores(answer.answer, record, context),
+            "timings": answer.timings})
+    return records
+
+
+def _mean(records: list[dict], key: str) -> float | None:
+    values = [r[key] for r in records if r.get(key) is not None]
+    return round(mean(values), 4) if values else None
+
+
+def _median(records: list[dict], key: str) -> float | None:
+    values = [r["timings"][key] for r in records if key in r["timings"]]
+    return round(median(values), 2) if values else None
+
+
+def summarize(records: list[dict], split: str) -> dict[str, Any]:
+    chosen = [r for r in records if r["split"] == split]
+    summary: dict[str, Any] = {"questions": len(chosen)}
+    for key in ("hit_at_1", "hit_at_k", "ndcg_at_10", "answer_terms_recall", "answer_f1",
+                "grounded"):
+        summary[key] = _mean(chosen, key)
+    summary["mrr"] = _mean(chosen, "reciprocal_rank")
+    summary["repetition_rate"] = _mean([{"r": float(r["repeated"])} for r in chosen], "r")
+    for key in ("retrieval_ms", "time_to_first_token_ms", "decode_tok_s", "total_ms"):
+        summary[f"median_{key}"] = _median(chosen, key)
+    return {key: value for key, value in summary.items() if value is not None}

@@ -1,0 +1,35 @@
+"""Answer the question set through the built artifacts exactly as `edgerag ask` would answer it
+(data/eval_rag): retrieval by document, answer terms, groundedness, latency."""
+
+import json
+from pathlib import Path
+
+from pipeline import artifacts, config, errors
+from pipeline.evaluation import rag
+from pipeline.release import bundle
+from pipeline.release.ask import Assistant
+from pipeline.retrieval.corpus import read_chunks
+from stages import output
+
+STAGE, OUT = "evaluate_rag", "data/eval_rag"
+
+
+def main() -> None:
+    cfg = config.load()
+    inputs = [artifacts.require(p) for p in ("data/lowered", "data/embedder", "data/index")]
+    sources = {chunk.source for chunk in read_chunks(inputs[2] / bundle.CHUNKS)}
+    questions = rag.read_questions(Path(cfg.rag_eval.questions), sources)
+    assistant = Assistant(bundle.run_sources(Path(".")), cfg.retrieval)
+    with output(STAGE, OUT, cfg, inputs=inputs, byte_identical=False) as out:
+        records = rag.ask_all(assistant, questions, cfg.retrieval.k,
+                              max(cfg.retrieval.candidates, rag.NDCG_DEPTH),
+                              cfg.rag_eval.max_new_tokens)
+        (out / rag.QUESTIONS).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                                 for r in records))
+        metrics = {split: rag.summarize(records, split) for split in rag.SPLITS}
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(json.dumps(metrics))
+
+
+if __name__ == "__main__":
+    errors.run(main)
