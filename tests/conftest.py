@@ -98,12 +98,12 @@ def sh(args, cwd, check=True):
     return result
 
 
-def repro(cwd) -> set[str]:
-    """`dvc repro`; the set of stages that actually ran."""
+def repro(cwd, *targets: str) -> set[str]:
+    """`dvc repro [targets]`; the set of stages that actually ran."""
     import re
     import sys
 
-    out = sh([sys.executable, "-m", "dvc", "repro"], cwd).stdout
+    out = sh([sys.executable, "-m", "dvc", "repro", *targets], cwd).stdout
     return set(re.findall(r"Running stage '([^']+)'", out))
 
 
