@@ -229,3 +229,31 @@ def test_mixed_auto_measures_a_plan_and_a_group_size_change_remeasures_it(built,
     _edgerag(repo, "configure", "experiment=tiny", "quant=mixed_auto", "quant.mixed.budget_mb=10",
              "quant.group_size=64")
     assert "calibrate" in repro(repo, "lower")  # the plan was measured at group size 32
+
+
+def test_q4_1_grid_compiles_a_llama_cpp_file_through_the_stages(built, tiny_cfg, tmp_path):
+    """model=local on a GGUF of real Q4_1 blocks (tests/tiny_gguf.py), the default recipe."""
+    from executorch.extension.llm.runner import GenerationConfig
+
+    from pipeline import sources
+    from pipeline.runtime import text_runner
+    from tests import tiny_gguf
+
+    repo = copy_built(built.repo, tmp_path / "repo")
+    (tmp_path / "model").mkdir()
+    tiny_gguf.write(tmp_path / "model/tiny.gguf",
+                    sources.materialize(tiny_cfg.model.tokenizer_source))
+    _edgerag(repo, "configure", "experiment=tiny", "model=local",
+             f"model.source.path={tmp_path / 'model'}", "+model.source.file=tiny.gguf",
+             "quant=q4_1_grid", "model.linear_widths=[64,128]",
+             "model.executorch.export.max_seq_length=128",
+             "model.executorch.export.max_context_length=128")
+    assert {"fetch_model", "export", "calibrate", "quantize", "lower"} <= repro(repo, "lower")
+    notes = json.loads((repo / "data/calibration/manifest.json").read_text())["notes"]
+    assert notes["uses_calibration"] and notes["head_outliers"]  # the head's outlier channel
+    lowered = repo / "data/lowered"
+    pieces = []
+    text_runner(lowered / "llm.pte", lowered / "tokenizer.json").generate(
+        "The Python language reference says", GenerationConfig(
+            max_new_tokens=4, temperature=0.0, echo=False), pieces.append, lambda _stats: None)
+    assert len(pieces) == 4

@@ -1,0 +1,60 @@
+"""A tiny Llama GGUF whose linears are real Q4_1 blocks, with SmolLM2's own tokenizer copied in:
+what `model=local` on a llama.cpp file looks like, small enough for a test's whole stage graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+DIM, LAYERS, HEADS, KV_HEADS, FFN, CONTEXT = 64, 2, 4, 2, 128, 128
+
+
+def write(path: Path, tokenizer_gguf: Path, seed: int = 0) -> Path:
+    import gguf
+
+    source = gguf.GGUFReader(tokenizer_gguf)
+    fields = {name: field for name, field in source.fields.items()
+              if name.startswith("tokenizer.")}
+    vocab = len(fields["tokenizer.ggml.tokens"].contents())
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(LAYERS)
+    writer.add_context_length(CONTEXT)
+    writer.add_embedding_length(DIM)
+    writer.add_feed_forward_length(FFN)
+    writer.add_head_count(HEADS)
+    writer.add_head_count_kv(KV_HEADS)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(vocab)
+    for name, field in fields.items():
+        kind = field.types[0]
+        sub = field.types[1] if kind == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(name, field.contents(), kind, sub_type=sub)
+    rng = np.random.default_rng(seed)
+
+    def tensor(name: str, shape: tuple[int, ...], kind) -> None:
+        data = (rng.standard_normal(shape) * 0.05).astype(np.float32)
+        if kind != gguf.GGMLQuantizationType.F32:
+            data = gguf.quants.quantize(data, kind)
+        writer.add_tensor(name, data, raw_dtype=kind)
+
+    q41, q80, f32 = (gguf.GGMLQuantizationType.Q4_1, gguf.GGMLQuantizationType.Q8_0,
+                     gguf.GGMLQuantizationType.F32)
+    tensor("token_embd.weight", (vocab, DIM), q80)
+    tensor("output_norm.weight", (DIM,), f32)
+    head_dim = DIM // HEADS
+    for layer in range(LAYERS):
+        block = f"blk.{layer}"
+        for name, shape in (("attn_q", (DIM, DIM)), ("attn_k", (KV_HEADS * head_dim, DIM)),
+                            ("attn_v", (KV_HEADS * head_dim, DIM)), ("attn_output", (DIM, DIM)),
+                            ("ffn_gate", (FFN, DIM)), ("ffn_up", (FFN, DIM)),
+                            ("ffn_down", (DIM, FFN))):
+            tensor(f"{block}.{name}.weight", shape, q41)
+        tensor(f"{block}.attn_norm.weight", (DIM,), f32)
+        tensor(f"{block}.ffn_norm.weight", (DIM,), f32)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
