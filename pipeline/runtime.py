@@ -79,6 +79,26 @@ def register_llm_kernels() -> None:
     from executorch.kernels import quantized  # noqa: F401
 
 
+def constants(pte: str | Path, names: tuple[str, ...]) -> dict[str, Any]:
+    """A program's constant metadata methods (`get_max_seq_len`, `get_eos_ids`, …) that it has,
+    read without loading its weights or its `forward`."""
+    from executorch.runtime import Runtime
+
+    program = Runtime.get().load_program(str(pte))
+    found = {}
+    for name in names:
+        if name in program.method_names:
+            values = program.load_method(name).execute([])
+            found[name] = values[0] if len(values) == 1 else list(values)
+    return found
+
+
+def context_length(pte: str | Path) -> int | None:
+    """The tokens one generation may span: the least of the max sequence and context lengths."""
+    lengths = constants(pte, ("get_max_seq_len", "get_max_context_len"))
+    return min(int(v) for v in lengths.values()) if lengths else None
+
+
 class Program:
     """A loaded `.pte`: its `forward` method and its constant metadata methods."""
 

@@ -23,7 +23,7 @@ from pipeline.errors import BadInput
 from pipeline.release import bundle, prompt
 from pipeline.release.answer import Evidence, Guard, evidence
 from pipeline.release.retrieve import Retriever
-from pipeline.runtime import native_logs, runner_rates
+from pipeline.runtime import context_length, native_logs, runner_rates
 
 
 @dataclass(frozen=True)
@@ -49,17 +49,11 @@ class Answer:
 
 
 def _context_length(pte: Path) -> int:
-    """The tokens one generation may span: the `.pte`'s max sequence and context lengths."""
-    from executorch.runtime import Runtime
-
-    program = Runtime.get().load_program(str(pte))
-    lengths = [int(program.load_method(name).execute([])[0])
-               for name in ("get_max_seq_len", "get_max_context_len")
-               if name in program.method_names]
-    if not lengths:
+    length = context_length(pte)
+    if length is None:
         raise BadInput(f"{pte} has no get_max_seq_len method; it is not an LLM `.pte` the "
                        "stock runner can drive.")
-    return min(lengths)
+    return length
 
 
 def _special_tokens(tokenizer_file: Path) -> set[str]:

@@ -23,7 +23,7 @@ STORE = "chunks.sqlite"  # the chunks with their FTS5 keyword index (retrieval/k
 METRICS, TOKENIZER_CONFIG = "metrics.json", "tokenizer_config.json"
 CHAT_TEMPLATE = "chat_template.jinja"
 
-# bundle file -> (run artifact directory, file name there); DESIGN.md's list, always present.
+# bundle file -> (run artifact directory, file name there); always present (README, "Releases").
 FILES = {
     LLM: ("data/lowered", "llm.pte"),
     TOKENIZER: ("data/lowered", "tokenizer.json"),

@@ -4,7 +4,7 @@ Hydra expands the overrides into jobs (its basic sweeper makes a grid; the Optun
 for the size/perplexity front). Each job writes params.yaml exactly as `edgerag configure` would
 and runs `dvc exp run` in the workspace, so every experiment shares one cache and a stage whose
 params and deps did not change is skipped, never rebuilt. Jobs run one at a time because they share
-the workspace; past one machine, fan out with `dvc queue` workers instead (DESIGN.md, Scale).
+the workspace; past one machine, fan out with `dvc queue` workers instead.
 Each job leaves result.json in its Hydra job folder; the sweep gathers them into
 sweeps/<name>/results.csv and the Pareto plot.
 """
