@@ -229,3 +229,19 @@ def tiny_ptes(tiny_llm, tiny_program, tiny_quantized, tmp_path_factory):
                            ("8da4w", copy.deepcopy(tiny_quantized))):
         (folder / f"{name}.pte").write_bytes(lower.to_pte(exported, llm, metadata, backend, name))
     return {"fp32": folder / "fp32.pte", "8da4w": folder / "8da4w.pte"}
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder_source(tiny_cfg):
+    from pipeline import sources
+
+    return sources.materialize(tiny_cfg.embedder.source)
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder(tiny_cfg, tiny_embedder_source, tmp_path_factory):
+    """The tiny embedder (max_seq_len 64) compiled to a `.pte` once per session: (folder, notes)."""
+    from pipeline.retrieval import embedder
+
+    out = tmp_path_factory.mktemp("embedder")
+    return out, embedder.compile_embedder(tiny_cfg.embedder, tiny_embedder_source, out)

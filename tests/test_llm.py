@@ -9,7 +9,7 @@ import torch
 
 from pipeline.config import Pt2eConfig, QuantConfig, TensorQuant
 from pipeline.errors import BadInput
-from pipeline.llm import export, lower, schemes
+from pipeline.llm import export, schemes
 
 PROMPT = [1, 17, 230, 99, 410, 5, 77]
 
@@ -90,16 +90,12 @@ def test_pt2e_uses_the_calibration_statistics(tiny_llm, tiny_program):
     assert 0 < error < coarse_error
 
 
-def test_fp32_pte_in_the_runtime_matches_the_program(tiny_llm, tiny_program, tmp_path):
+def test_fp32_pte_in_the_runtime_matches_the_program(tiny_llm, tiny_program, tiny_ptes):
     from pipeline import runtime
-    from pipeline.config import BackendConfig
 
-    program, metadata = tiny_program
+    program, _ = tiny_program
     _, _, llm, _ = tiny_llm
-    pte = tmp_path / "llm.pte"
-    pte.write_bytes(lower.to_pte(copy.deepcopy(program), llm, metadata,
-                                 BackendConfig(name="xnnpack"), "tiny"))
-    loaded = runtime.Program(pte)
+    loaded = runtime.Program(tiny_ptes["fp32"])
     assert loaded.constant("get_max_seq_len") == llm.export.max_seq_length
     assert loaded.constant("get_bos_id") == 1
     with torch.no_grad():

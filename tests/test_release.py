@@ -3,7 +3,6 @@ a real tiny release answering with sockets disabled."""
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import shutil
@@ -246,25 +245,21 @@ def test_add_artifact_keeps_comments_and_replaces_its_entry(tmp_path):
 # --- a real tiny release, asked with the network disabled ----------------------------------------
 
 @pytest.fixture(scope="module")
-def tiny_release(tiny_cfg, tiny_llm, tiny_program, tiny_tokenizer, tmp_path_factory):
+def tiny_release(tiny_cfg, tiny_ptes, tiny_embedder, tiny_embedder_source, tiny_tokenizer,
+                 tmp_path_factory):
     """The tiny Llama (fp32 .pte), the tiny embedder .pte, and an index of three pydoc topics."""
-    from pipeline import sources
-    from pipeline.config import BackendConfig, IndexConfig
-    from pipeline.llm import lower
+    from pipeline.config import IndexConfig
     from pipeline.retrieval import corpus, embedder, index, keyword
 
     run = tmp_path_factory.mktemp("run")
     lowered, compiled, indexed = (run / "data" / d for d in ("lowered", "embedder", "index"))
-    for folder in (lowered, compiled, indexed, run / "data/eval"):
+    for folder in (lowered, indexed, run / "data/eval"):
         folder.mkdir(parents=True)
-    _, _, llm, _ = tiny_llm
-    program, metadata = tiny_program
-    (lowered / "llm.pte").write_bytes(lower.to_pte(copy.deepcopy(program), llm, metadata,
-                                                   BackendConfig(name="xnnpack"), "tiny"))
+    shutil.copy(tiny_ptes["fp32"], lowered / "llm.pte")
     shutil.copy(tiny_tokenizer[1] / "tokenizer.json", lowered / "tokenizer.json")
     (lowered / "chat_template.jinja").write_text(PLAIN_TURNS)
-    model_dir = sources.materialize(tiny_cfg.embedder.source)
-    embedder.compile_embedder(tiny_cfg.embedder, model_dir, compiled)
+    model_dir = tiny_embedder_source
+    shutil.copytree(tiny_embedder[0], compiled)
     docs = [d for d in corpus.pydoc_documents() if d.source in
             ("pydoc:assert", "pydoc:for", "pydoc:with")]
     chunks = corpus.chunk_corpus(docs, tiny_cfg.corpus, model_dir / "tokenizer.json",

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from pipeline import sources
 from pipeline.config import CorpusConfig, IndexConfig
 from pipeline.errors import BadInput
 from pipeline.retrieval import corpus, embedder, index
@@ -24,16 +23,13 @@ SENTENCES = [
 
 
 @pytest.fixture(scope="session")
-def model_dir(tiny_cfg):
-    return sources.materialize(tiny_cfg.embedder.source)
+def model_dir(tiny_embedder_source):
+    return tiny_embedder_source
 
 
 @pytest.fixture(scope="session")
-def compiled(tiny_cfg, model_dir, tmp_path_factory):
-    """The tiny embedder (max_seq_len 64) compiled to a `.pte` once per session."""
-    out = tmp_path_factory.mktemp("embedder")
-    notes = embedder.compile_embedder(tiny_cfg.embedder, model_dir, out)
-    return out, notes
+def compiled(tiny_embedder):
+    return tiny_embedder
 
 
 @pytest.fixture(scope="session")
