@@ -91,10 +91,12 @@ def _umask() -> int:
 
 @dataclass
 class Output:
-    """The temporary directory a stage writes into, plus notes for its manifest."""
+    """The temporary directory a stage writes into, plus notes for its manifest and timings
+    (figures that differ from one build of the same bytes to the next) for its run record."""
 
     path: Path
     notes: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, Any] = field(default_factory=dict)
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -188,8 +190,8 @@ def writer(
     `byte_identical`: True when two clean builds are known to write the same files
     (tests/test_reproducibility.py checks it), False when they are known to differ (timings in
     evaluations), None when not checked. `record`: the file that receives this run's
-    `process_facts` once the artifact is in place (a stage's `run_record`), tied to the
-    artifact by its manifest's sha256.
+    `process_facts` and the stage's `timings` once the artifact is in place (a stage's
+    `run_record`), tied to the artifact by its manifest's sha256.
     """
     final = Path(out_dir)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -214,11 +216,20 @@ def writer(
         _replace_dir(tmp, final)
         if record is not None:
             facts = {"stage": stage, "manifest_sha256": sha256_file(final / MANIFEST),
-                     **process_facts(started)}
+                     **process_facts(started), **out.timings}
             atomic_write_text(record, json.dumps(facts, indent=2, sort_keys=True) + "\n")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_record(stage: str, artifact: Artifact) -> dict[str, Any]:
+    """A stage's run record if it describes this very artifact, else {} (rebuilt since)."""
+    path = run_record(stage)
+    if not path.is_file():
+        return {}
+    facts = json.loads(path.read_text())
+    return facts if facts.get("manifest_sha256") == artifact.manifest_sha256 else {}
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:

@@ -20,10 +20,12 @@ def main() -> None:
     chunks = corpus.read_chunks(chunked / corpus.CHUNKS)
     held_out = [r["text"] for r in splits.read_jsonl(split / splits.EVALUATION)]
     with output(STAGE, OUT, cfg, inputs=inputs, byte_identical=True) as out:
-        out.notes.update(index.run(
+        measured = index.run(
             cfg.index, chunks, embedder.load_pte(compiled.path),
             embedder.load_reference(source.path, compiled.path),
-            index.held_out_queries(held_out), out.path))
+            index.held_out_queries(held_out), out.path)
+        out.timings.update({key: measured.pop(key) for key in index.TIMINGS})
+        out.notes.update(measured)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ def main() -> None:
     metrics = evaluate.gather(json.loads((llm / evaluate.METRICS).read_text()),
                               json.loads((quantized / evaluate.METRICS).read_text()),
                               json.loads((rag / evaluate.METRICS).read_text()),
-                              index.manifest["notes"], embedder.manifest["files"])
+                              {**index.manifest["notes"],
+                               **artifacts.read_record("build_index", index)},
+                              embedder.manifest["files"])
     with output(STAGE, OUT, cfg, inputs=inputs, byte_identical=False) as out:
         (out / evaluate.METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     print(evaluate.summary(metrics))

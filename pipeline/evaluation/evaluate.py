@@ -70,7 +70,8 @@ def gather(llm: dict[str, Any], quantized: dict[str, Any], rag: dict[str, Any],
     `quantized_program.*` is the quantized graph on the CPU, before lowering, when measured.
     """
     retrieval = {key: index_notes[key] for key in
-                 ("recall_at_10", "embed_cosine_min", "chunks", "chunks_per_s", "index_bytes")}
+                 ("recall_at_10", "embed_cosine_min", "chunks", "chunks_per_s", "index_bytes")
+                 if key in index_notes}  # chunks_per_s: from build_index's run record
     retrieval["embedder_pte_bytes"] = embedder_files["embedder.pte"]["bytes"]
     measured = {"quantized_program": quantized} if "ppl" in quantized else {}
     return {**llm, **measured, "retrieval": retrieval, "rag": rag["test"],

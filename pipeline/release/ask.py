@@ -75,19 +75,19 @@ class Assistant:
         from pipeline.retrieval.embedder import load_pte_files
         from pipeline.runtime import register_llm_kernels, text_runner
 
-        index = Index.restore(str(files[bundle.INDEX]))
-        self.chunks = {c.key: c for c in read_chunks(files[bundle.CHUNKS])}
-        self._placed = {(c.source, c.start): c for c in self.chunks.values()}
-        embedder = load_pte_files(files[bundle.EMBEDDER], files[bundle.EMBEDDER_TOKENIZER],
-                                  index.ndim)
-        self.retriever = Retriever(index, files[bundle.STORE], embedder, retrieval)
-        self.counter = prompt.TokenCounter.from_file(files[bundle.TOKENIZER])
-        self.chat = prompt.ChatFormat.from_files(files[bundle.CHAT_TEMPLATE],
-                                                 files[bundle.TOKENIZER_CONFIG])
-        self.special = _special_tokens(files[bundle.TOKENIZER])
-        register_llm_kernels()
         self.verbose = verbose
-        with native_logs(verbose):
+        with native_logs(verbose):  # loading logs from C++ too (tokenizer regexes, metadata)
+            index = Index.restore(str(files[bundle.INDEX]))
+            self.chunks = {c.key: c for c in read_chunks(files[bundle.CHUNKS])}
+            self._placed = {(c.source, c.start): c for c in self.chunks.values()}
+            embedder = load_pte_files(files[bundle.EMBEDDER],
+                                      files[bundle.EMBEDDER_TOKENIZER], index.ndim)
+            self.retriever = Retriever(index, files[bundle.STORE], embedder, retrieval)
+            self.counter = prompt.TokenCounter.from_file(files[bundle.TOKENIZER])
+            self.chat = prompt.ChatFormat.from_files(files[bundle.CHAT_TEMPLATE],
+                                                     files[bundle.TOKENIZER_CONFIG])
+            self.special = _special_tokens(files[bundle.TOKENIZER])
+            register_llm_kernels()
             self.context_length = _context_length(files[bundle.LLM])
             self.runner = text_runner(files[bundle.LLM], files[bundle.TOKENIZER])
 
@@ -117,8 +117,9 @@ class Assistant:
             raise BadInput(f"--max-new-tokens={max_new_tokens} leaves no room for a prompt in "
                            f"the model's {self.context_length}-token context.")
         started = time.monotonic()
-        hits = [(self.chunks[key], round(score, 5))
-                for key, score in self.retriever.search(question, k)]
+        with native_logs(self.verbose):
+            found = self.retriever.search(question, k)
+        hits = [(self.chunks[key], round(score, 5)) for key, score in found]
         retrieval_ms = (time.monotonic() - started) * 1000.0
         fitted = prompt.fit(question, [(chunk.source, chunk.text) for chunk, _ in hits],
                             self.chat.render, self.counter, budget)
