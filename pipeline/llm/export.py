@@ -10,6 +10,7 @@ cache inside the program, ExecuTorch's custom SDPA op, and constant methods (`ge
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from omegaconf import OmegaConf
 from pipeline.errors import BadInput
 
 PROGRAM = "model.pt2"
+_ADDRESS = re.compile(r" at 0x[0-9a-f]+>")
 PARAMS = "params.json"
 METADATA = "metadata.json"
 
@@ -153,22 +155,41 @@ def load_interface(folder: Path) -> tuple[dict, dict]:
 
 def save_program(program: Any, path: Path) -> None:
     """torch.export.save, minus the node metadata that differs between two builds of the same
-    graph: stack traces (absolute paths of this checkout and venv), `from_node` provenance and
-    `nn_module_stack` keys (Python id()s of graphs and modules). They only serve debugging; with
-    them gone the archive's bytes depend on the graph and weights alone, so a rebuild of the
-    same model gives the same DVC hash and nothing downstream re-runs."""
+    graph: stack traces (absolute paths of this checkout and venv), the graph ids in `from_node`
+    provenance and the `nn_module_stack` keys (Python id()s of graphs and modules). Stack traces
+    only serve debugging and go; ids become stable ordinals. The archive's bytes then depend on
+    the graph and weights alone, so a rebuild of the same model gives the same DVC hash and
+    nothing downstream re-runs, and the lowered `.pte` is what it was before."""
+    ordinals: dict[int, int] = {}
     for module in program.graph_module.modules():
         if not isinstance(module, torch.fx.GraphModule):
             continue
         for node in module.graph.nodes:
             node.meta.pop("stack_trace", None)
-            node.meta.pop("from_node", None)
+            for source in node.meta.get("from_node") or []:
+                _stable_graph_ids(source, ordinals)
             stack = node.meta.get("nn_module_stack")
             if stack:
                 node.meta["nn_module_stack"] = {
                     f"{index}:{path}": (path, kind)
                     for index, (path, kind) in enumerate(stack.values())}
     torch.export.save(program, str(path))
+
+
+def _stable_graph_ids(source: Any, ordinals: dict[int, int]) -> None:
+    """Replace each provenance record's graph id (a Python id()) by its order of appearance.
+
+    ExecuTorch derives debug handles from (ancestor name, graph id) and only needs the ids to be
+    distinct, so the `.pte` is unchanged while the archive no longer depends on addresses (nor
+    do targets, which may print a function's address).
+    """
+    info = getattr(source, "node_info", None)
+    if info is not None:
+        info.graph_id = ordinals.setdefault(info.graph_id, len(ordinals))
+        info.target = _ADDRESS.sub(">", info.target)  # "<function f at 0x7f…>"
+        source._dict = None  # NodeSource caches its dict form
+    for parent in getattr(source, "from_node", []) or []:
+        _stable_graph_ids(parent, ordinals)
 
 
 def load_program(path: Path) -> Any:
