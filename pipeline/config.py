@@ -207,7 +207,7 @@ class RetrievalConfig:
     each list holding the `candidates` best; the top `k` go into the prompt.
     """
 
-    mode: str = "hybrid"
+    mode: str = "dense"
     k: int = 4
     candidates: int = 20
     rrf_k: int = 60
