@@ -187,9 +187,11 @@ def present(root: Path, candidates: list[Candidate]) -> list[Candidate]:
 
 
 def _has_file(fs: Any, path: str) -> bool:
+    from dvc.exceptions import DvcException
+
     try:
         fs.read_bytes(path)
-    except (FileNotFoundError, OSError):
+    except (OSError, DvcException):  # absent at that revision, or not in the local cache
         return False
     return True
 
