@@ -2,7 +2,8 @@
 
 The session's tiny build (`edgerag release` on a fresh clone, a random hash seed, torch's
 default threads) is compared with a second fresh clone built by `dvc repro` in another
-interpreter with hash seed 1 and one torch thread. Every file of every artifact directory is
+interpreter with hash seed 1, one torch thread and the opposite HF_HUB_OFFLINE (transformers
+writes that flag into a saved tokenizer_config.json unless told the files are local). Every file of every artifact directory is
 compared, manifests and torch.export archives included, and so are the output hashes in both
 `dvc.lock` files. Wall time and peak RSS live in the run records (data/runs/), which differ by
 nature; the evaluations time things and are not compared.
@@ -36,7 +37,8 @@ IDENTICAL = {"fetch_model": "model", "split": "split", "export": "export",
 def builds(tiny_release_build, tmp_path_factory):
     assert tiny_release_build.result.returncode == 0, tiny_release_build.result.stderr[-2000:]
     fresh = copy_repo(tmp_path_factory.mktemp("rebuild") / "repo", "experiment=tiny")
-    env = {**os.environ, "PYTHONHASHSEED": "1", "OMP_NUM_THREADS": "1",
+    offline = "0" if os.environ.get("HF_HUB_OFFLINE") == "1" else "1"  # the session's opposite
+    env = {**os.environ, "PYTHONHASHSEED": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": offline,
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     done = subprocess.run([sys.executable, "-m", "dvc", "repro", *IDENTICAL], cwd=fresh,
                           env=env, capture_output=True, text=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from unittest import mock
 from typing import Any
 
 from pipeline.config import Config
@@ -16,20 +17,20 @@ PTE, TOKENIZER, METRICS = "llm.pte", "tokenizer.json", "metrics.json"
 
 
 def _lm_eval(scorer: Any, tokenizer: Any, tasks_dir: Path, limit: int) -> dict[str, float]:
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-
     names = sorted(p.stem for p in tasks_dir.glob("*.yaml"))
-    result = simple_evaluate(
-        model=lm_eval_adapter.ScorerLM(scorer, tokenizer),
-        tasks=names,
-        task_manager=TaskManager(include_path=str(tasks_dir)),
-        limit=limit,
-        log_samples=False,
-        bootstrap_iters=0,
-    )
+    # Offline for this call only: a caller's later subprocesses keep the environment it had.
+    with mock.patch.dict(os.environ, {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}):
+        from lm_eval import simple_evaluate
+        from lm_eval.tasks import TaskManager
+
+        result = simple_evaluate(
+            model=lm_eval_adapter.ScorerLM(scorer, tokenizer),
+            tasks=names,
+            task_manager=TaskManager(include_path=str(tasks_dir)),
+            limit=limit,
+            log_samples=False,
+            bootstrap_iters=0,
+        )
     return {name: round(result["results"][name]["acc,none"], 4) for name in names}
 
 

@@ -59,14 +59,17 @@ def _check_gguf(path: Path) -> None:
 
 
 def load_tokenizer(payload: Path) -> Any:
+    """The payload is always local (sources materialized it). Saying so keeps the saved
+    tokenizer_config.json independent of HF_HUB_OFFLINE, which transformers records in it."""
     from transformers import AutoTokenizer
 
     if payload.is_file() and payload.suffix == ".gguf":
         _check_gguf(payload)
-        return AutoTokenizer.from_pretrained(payload.parent, gguf_file=payload.name)
+        return AutoTokenizer.from_pretrained(payload.parent, gguf_file=payload.name,
+                                             local_files_only=True)
     if not (payload / "tokenizer.json").is_file():
         raise BadInput(f"{payload} has no tokenizer.json.")
-    return AutoTokenizer.from_pretrained(payload)
+    return AutoTokenizer.from_pretrained(payload, local_files_only=True)
 
 
 def load_pretrained(payload: Path) -> Any:
