@@ -252,12 +252,22 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def inside(root: Path, rel: str) -> Path:
+    """`root / rel`, refused unless it stays in `root`: a manifest naming `../x`, `/etc/x` or a
+    symlink leading out would otherwise make verify hash (and ask open) any file on the machine."""
+    file = root / rel
+    if Path(rel).is_absolute() or ".." in Path(rel).parts or not file.resolve().is_relative_to(
+            root.resolve()):
+        raise BadInput(f"{root / MANIFEST} names {rel!r}, a path outside {root}; refusing it.")
+    return file
+
+
 def verify(path: str | Path) -> Artifact:
     """Re-hash every file the manifest lists; any difference is an error naming the file."""
     root = Path(path)
     manifest = read_manifest(root)
     for rel, entry in manifest.get("files", {}).items():
-        file = root / rel
+        file = inside(root, rel)
         if not file.is_file():
             raise BadInput(f"{file} is listed in {root / MANIFEST} but missing.")
         if file.stat().st_size != entry["bytes"] or sha256_file(file) != entry["sha256"]:

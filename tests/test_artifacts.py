@@ -99,6 +99,23 @@ def test_missing_and_extra_files_are_named(tmp_path):
         artifacts.verify(art.path)
 
 
+@pytest.mark.parametrize("entry", ["../outside.txt", "ABSOLUTE", "link.txt"])
+def test_a_manifest_naming_a_path_outside_its_folder_is_refused(tmp_path, entry):
+    """verify must not hash (nor ask open) a file the manifest points at outside the folder."""
+    art = _build(tmp_path / "a")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("secret")
+    if entry == "ABSOLUTE":
+        entry = str(outside)
+    if entry == "link.txt":
+        (art / "link.txt").symlink_to(outside)
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["files"][entry] = {"sha256": artifacts.sha256_file(outside), "bytes": 6}
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BadInput, match=r"a path outside .*; refusing it"):
+        artifacts.verify(art.path)
+
+
 def test_newer_format_version_is_refused(tmp_path):
     art = _build(tmp_path / "a")
     manifest = json.loads((art / "manifest.json").read_text())
