@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -265,7 +266,8 @@ def tiny_release(tiny_cfg, tiny_ptes, tiny_embedder, tiny_embedder_source, tiny_
     chunks = corpus.chunk_corpus(docs, tiny_cfg.corpus, model_dir / "tokenizer.json",
                                  tiny_cfg.embedder.max_seq_len)
     vectors = embedder.load_pte(compiled).embed([c.text for c in chunks])
-    index.build(IndexConfig(), vectors).save(str(indexed / "index.usearch"))
+    keys = np.array([c.key for c in chunks], dtype=np.uint64)
+    index.build(IndexConfig(), vectors, keys).save(str(indexed / "index.usearch"))
     corpus.write_chunks(indexed / "chunks.jsonl", chunks)
     keyword.write_store(indexed / "chunks.sqlite", chunks)
     (run / "data/eval/metrics.json").write_text(json.dumps(GOOD))

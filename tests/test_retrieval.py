@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 
 from pipeline.config import CorpusConfig, IndexConfig
 from pipeline.errors import BadInput
-from pipeline.retrieval import corpus, embedder, index
+from pipeline.retrieval import corpus, embedder, index, keyword, vectors
 
 SENTENCES = [
     "The for statement iterates over the elements of a sequence.",
@@ -49,7 +49,8 @@ def test_chunks_map_back_to_the_exact_text_and_fit_the_window(tiny_cfg, model_di
     tokenizer = Tokenizer.from_file(str(model_dir / embedder.TOKENIZER))
     tokenizer.no_truncation()
     tokenizer.no_padding()
-    assert [c.key for c in chunks] == list(range(len(chunks)))
+    assert [c.key for c in chunks] == [
+        corpus.chunk_key(c.source, c.text, 0) for c in chunks], "keys are the chunks' content"
     for chunk in chunks:
         assert texts[chunk.source][chunk.start:chunk.end] == chunk.text
         tokens = len(tokenizer.encode(chunk.text, add_special_tokens=False).ids)
@@ -123,8 +124,9 @@ def test_index_recall_and_parity_on_a_tiny_corpus(tiny_cfg, compiled, model_dir,
     chunks = _chunks(tiny_cfg, model_dir, pydoc_docs[:3])[:60]
     queries = index.held_out_queries([d.text for d in pydoc_docs[40:]], limit=24)
     pte = embedder.load_pte(out)
+    store = vectors.VectorStore(tmp_path / "vectors.sqlite", pte.dim)
     notes = index.run(IndexConfig(), chunks, pte, embedder.load_reference(model_dir, out),
-                      queries, tmp_path)
+                      queries, tmp_path, store, "here")
     assert notes["chunks"] == len(chunks) > 20 and notes["queries"] == 24
     assert notes["recall_at_10"] >= 0.99
     assert notes["embed_cosine_min"] >= 0.999
@@ -133,7 +135,71 @@ def test_index_recall_and_parity_on_a_tiny_corpus(tiny_cfg, compiled, model_dir,
 
     restored = Index.restore(str(tmp_path / index.INDEX))
     own = restored.search(pte.embed([chunks[3].text]), 1).keys[0]
-    assert int(own) == 3, "a chunk's own text finds that chunk first"
+    assert int(own) == chunks[3].key, "a chunk's own text finds that chunk first"
+
+
+class _Counting:
+    """The `.pte` embedder, recording every text it was asked to embed."""
+
+    def __init__(self, inner):
+        self.inner, self.dim, self.texts = inner, inner.dim, []
+
+    def embed(self, texts):
+        texts = list(texts)
+        self.texts += texts
+        return self.inner.embed(texts)
+
+
+def _build(tiny_cfg, model_dir, compiled, docs, store, out, pte=None):
+    out.mkdir(parents=True)
+    chunks = _chunks(tiny_cfg, model_dir, docs)
+    pte = pte or embedder.load_pte(compiled[0])
+    queries = ["How does a for loop iterate?", "What does assert check?"]
+    notes = index.run(IndexConfig(), chunks, pte, embedder.load_reference(model_dir, compiled[0]),
+                      queries, out, store, "workspace")
+    return chunks, notes
+
+
+def test_an_edited_document_reembeds_only_its_changed_chunks_and_matches_a_clean_build(
+        tiny_cfg, model_dir, compiled, pydoc_docs, tmp_path):
+    docs = pydoc_docs[:4]
+    store = vectors.VectorStore(tmp_path / "store.sqlite", 384)
+    before, _ = _build(tiny_cfg, model_dir, compiled, docs, store, tmp_path / "v1")
+    edited = [*docs[:1], corpus.Document(docs[1].source, docs[1].text.replace(
+        docs[1].text[-200:], " An edited ending, with words it never had. "))] + docs[2:]
+    counting = _Counting(embedder.load_pte(compiled[0]))
+    after, notes = _build(tiny_cfg, model_dir, compiled, edited, store, tmp_path / "v2", counting)
+
+    new_texts = {c.text for c in after} - {c.text for c in before}
+    assert 0 < len(new_texts) < len(after) // 3
+    assert sorted(counting.texts[:len(new_texts)]) == sorted(new_texts)  # then only queries
+    assert (notes["embedded"], notes["reused"]) == (len(new_texts), len(after) - len(new_texts))
+    assert notes["removed"] == len({c.key for c in before} - {c.key for c in after}) > 0
+    unchanged = [c for c in before if c.source != docs[1].source]
+    assert {c.key for c in unchanged} <= {c.key for c in after}, "untouched chunks keep keys"
+
+    clean, _ = _build(tiny_cfg, model_dir, compiled, edited,
+                      vectors.VectorStore(tmp_path / "fresh.sqlite", 384), tmp_path / "clean")
+    for name in (index.INDEX, corpus.CHUNKS, keyword.STORE):
+        assert (tmp_path / "v2" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes()
+
+
+def test_a_deleted_document_leaves_the_index_and_the_keyword_store(
+        tiny_cfg, model_dir, compiled, pydoc_docs, tmp_path):
+    import sqlite3
+
+    from usearch.index import Index
+
+    store = vectors.VectorStore(tmp_path / "store.sqlite", 384)
+    before, _ = _build(tiny_cfg, model_dir, compiled, pydoc_docs[:3], store, tmp_path / "v1")
+    after, notes = _build(tiny_cfg, model_dir, compiled, pydoc_docs[:2], store, tmp_path / "v2")
+    gone = [c.key for c in before if c.source == pydoc_docs[2].source]
+    assert notes["embedded"] == 0 and notes["removed"] == len(gone) > 0
+    restored = Index.restore(str(tmp_path / "v2" / index.INDEX))
+    assert len(restored) == len(after) and not any(restored.contains(k) for k in gone)
+    with sqlite3.connect(tmp_path / "v2" / keyword.STORE) as db:
+        keys = {row[0] for row in db.execute("SELECT key FROM chunks")}
+    assert keys == {c.key for c in after} and not keys & set(gone)
 
 
 def test_recall_counts_misses():

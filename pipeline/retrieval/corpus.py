@@ -9,6 +9,7 @@ or a data dump, not a document) are skipped and counted, never fatal: a user's f
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -194,16 +195,32 @@ def chunk_document(doc: Document, tokenizer: Tokenizer, size: int, overlap: int)
     return chunks
 
 
+def chunk_key(source: str, text: str, occurrence: int) -> int:
+    """A key made of what the chunk is, so an unchanged chunk keeps its key in every rebuild and
+    a device's index and a newer release agree on it: sha256 of the source, the text and which
+    repeat of that text in the source it is, cut to 63 bits (SQLite's INTEGER and usearch's
+    uint64 both hold it)."""
+    digest = hashlib.sha256(f"{source}\0{occurrence}\0{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
 def chunk_corpus(docs: list[Document], cfg: CorpusConfig, tokenizer_file: Path,
                  max_seq_len: int) -> list[Chunk]:
-    """All chunks, keyed 0…N-1 in document order."""
+    """All chunks in document order, each keyed by `chunk_key`."""
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
     tokenizer.no_padding()
     tokenizer.no_truncation()
     _check_window(cfg, tokenizer, max_seq_len)
     size, overlap = cfg.chunk_tokens, cfg.overlap_tokens
-    chunks = [c for doc in docs for c in chunk_document(doc, tokenizer, size, overlap)]
-    return [Chunk(key, c.source, c.start, c.end, c.text) for key, c in enumerate(chunks)]
+    chunks, seen = [], Counter()
+    for doc in docs:
+        for c in chunk_document(doc, tokenizer, size, overlap):
+            seen[c.source, c.text] += 1
+            chunks.append(Chunk(chunk_key(c.source, c.text, seen[c.source, c.text] - 1),
+                                c.source, c.start, c.end, c.text))
+    if len({c.key for c in chunks}) != len(chunks):  # 2^-63 per pair; never silently merge
+        raise BadInput("two different chunks drew the same 63-bit key; report this corpus.")
+    return chunks
 
 
 def write_chunks(path: Path, chunks: list[Chunk]) -> None:
