@@ -3,10 +3,10 @@
 The session's tiny build (`edgerag release` on a fresh clone, a random hash seed, torch's
 default threads) is compared with a second fresh clone built by `dvc repro` in another
 interpreter with hash seed 1, one torch thread and the opposite HF_HUB_OFFLINE (transformers
-writes that flag into a saved tokenizer_config.json unless told the files are local). Every file of every artifact directory is
-compared, manifests and torch.export archives included, and so are the output hashes in both
-`dvc.lock` files. Wall time and peak RSS live in the run records (data/runs/), which differ by
-nature; the evaluations time things and are not compared.
+writes that flag into a saved tokenizer_config.json unless told the files are local). Every file
+of every artifact directory is compared, manifests and torch.export archives included, and so
+are the output hashes in both `dvc.lock` files. Wall time and peak RSS live in the run records
+(data/runs/), which differ by nature; the evaluations time things and are not compared.
 """
 
 from __future__ import annotations

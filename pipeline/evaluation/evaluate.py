@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from unittest import mock
 from typing import Any
+from unittest import mock
 
 from pipeline.config import Config
 from pipeline.evaluation import lm_eval_adapter, perplexity, scorers, speed
