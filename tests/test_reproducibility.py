@@ -2,8 +2,9 @@
 
 The session's tiny build (`edgerag release` on a fresh clone, a random hash seed, torch's
 default threads) is compared with a second fresh clone built by `dvc repro` in another
-interpreter with hash seed 1, one torch thread and the opposite HF_HUB_OFFLINE (transformers
-writes that flag into a saved tokenizer_config.json unless told the files are local). Every file
+interpreter with hash seed 1, one torch thread, the opposite HF_HUB_OFFLINE (transformers
+writes that flag into a saved tokenizer_config.json unless told the files are local) and an
+empty vector store. Every file
 of every artifact directory is compared, manifests and torch.export archives included, and so
 are the output hashes in both `dvc.lock` files. Wall time and peak RSS live in the run records
 (data/runs/), which differ by nature; the evaluations time things and are not compared.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +40,10 @@ def builds(tiny_release_build, tmp_path_factory):
     assert tiny_release_build.result.returncode == 0, tiny_release_build.result.stderr[-2000:]
     fresh = copy_repo(tmp_path_factory.mktemp("rebuild") / "repo", "experiment=tiny")
     offline = "0" if os.environ.get("HF_HUB_OFFLINE") == "1" else "1"  # the session's opposite
+    cache = tmp_path_factory.mktemp("cache")  # the wheels, but no vectors: a clean index build
+    shutil.copytree(Path(os.environ["EDGERAG_CACHE"]) / "wheels", cache / "wheels")
     env = {**os.environ, "PYTHONHASHSEED": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": offline,
+           "EDGERAG_CACHE": str(cache),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     done = subprocess.run([sys.executable, "-m", "dvc", "repro", *IDENTICAL], cwd=fresh,
                           env=env, capture_output=True, text=True)
