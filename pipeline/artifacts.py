@@ -13,6 +13,7 @@ the next (wall time, peak RSS, thread count, seeds) goes to the stage's run reco
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -156,7 +157,7 @@ def _is_running(pid: int) -> bool:
     return True
 
 
-def _remove_abandoned(final: Path) -> None:
+def remove_abandoned(final: Path) -> None:
     """Delete temporary siblings left by writers of `final` that were killed (their pid is gone)."""
     for stale in final.parent.glob(f".{final.name}.*-*"):
         kind, _, rest = stale.name.removeprefix(f".{final.name}.").partition("-")
@@ -165,7 +166,22 @@ def _remove_abandoned(final: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def _replace_dir(new: Path, final: Path) -> None:
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux's renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def replace_dir(new: Path, final: Path) -> None:
+    """Put the finished directory `new` at `final`. Swapped in one step where the system can, so
+    a reader or a kill never finds `final` missing; elsewhere, two renames a moment apart."""
+    if final.exists() and _exchange(new, final):
+        shutil.rmtree(new, ignore_errors=True)  # it holds the previous contents now
+        return
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         os.replace(final, old)
@@ -195,7 +211,7 @@ def writer(
     """
     final = Path(out_dir)
     final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned(final)
+    remove_abandoned(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     started = time.monotonic()
@@ -213,7 +229,7 @@ def writer(
             "notes": out.notes,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        _replace_dir(tmp, final)
+        replace_dir(tmp, final)
         if record is not None:
             facts = {"stage": stage, "manifest_sha256": sha256_file(final / MANIFEST),
                      **process_facts(started), **out.timings}

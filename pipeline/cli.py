@@ -45,6 +45,16 @@ def _parser() -> argparse.ArgumentParser:
     pro.add_argument("--name", help="release name (default: release.name in params.yaml)")
     pro.add_argument("--run", help="a DVC experiment to ship (default: the release rule's pick)")
     pro.add_argument("--no-tag", action="store_true", help="no git commit and no GTO tag")
+    pro.add_argument("--delta-from", metavar="OLD_RELEASE",
+                     help="also write deltas/NAME-from-<old>/ for devices holding OLD_RELEASE "
+                     "(a release folder, e.g. from `dvc artifacts get . NAME --rev v0.0.1`)")
+    dlt = commands.add_parser("delta", help="what a device needs to go from one release to another")
+    dlt.add_argument("old")
+    dlt.add_argument("new")
+    dlt.add_argument("--out", required=True)
+    app = commands.add_parser("apply-delta", help="update an installed release with a delta")
+    app.add_argument("delta")
+    app.add_argument("--release", default="releases/default")
     rel = commands.add_parser("release", help="what `make release` runs: dvc repro, then "
                               "promote and verify the release")
     rel.add_argument("--no-tag", action="store_true", help="no git commit and no GTO tag")
@@ -85,7 +95,15 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "promote":
         from pipeline.release import promote
 
-        errors.run(lambda: promote.main(args.name, args.run, not args.no_tag))
+        errors.run(lambda: promote.main(args.name, args.run, not args.no_tag, args.delta_from))
+    elif args.command == "delta":
+        from pipeline.release import delta
+
+        errors.run(lambda: delta.main_write(args.old, args.new, args.out))
+    elif args.command == "apply-delta":
+        from pipeline.release import delta
+
+        errors.run(lambda: delta.main_apply(args.delta, args.release))
     elif args.command == "release":
         from pipeline.release import recipe
 

@@ -245,3 +245,41 @@ def tiny_embedder(tiny_cfg, tiny_embedder_source, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("embedder")
     return out, embedder.compile_embedder(tiny_cfg.embedder, tiny_embedder_source, out)
+
+
+def write_tiny_release(dest: Path, run: Path, cfg, llm_pte: Path, llm_tokenizer: Path,
+                       compiled_embedder: Path, embedder_source: Path, topics, metrics: dict,
+                       chat_template: str, index_cfg=None, edit=None) -> Path:
+    """A release of the tiny `.pte`s and an index of the named pydoc topics, written by
+    `bundle.write` from a stand-in run folder `run` (`edit`: Document -> Document, applied to
+    each topic first, to make a corpus that changed)."""
+    import json
+    import shutil
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from pipeline.config import IndexConfig
+    from pipeline.release import bundle
+    from pipeline.retrieval import corpus, embedder, index, keyword
+
+    index_cfg = index_cfg or IndexConfig()
+    lowered, compiled, indexed = (run / "data" / d for d in ("lowered", "embedder", "index"))
+    for folder in (lowered, indexed, run / "data/eval"):
+        folder.mkdir(parents=True)
+    shutil.copy(llm_pte, lowered / "llm.pte")
+    shutil.copy(llm_tokenizer / "tokenizer.json", lowered / "tokenizer.json")
+    (lowered / "chat_template.jinja").write_text(chat_template)
+    shutil.copytree(compiled_embedder, compiled)
+    docs = [(edit or (lambda d: d))(d) for d in corpus.pydoc_documents() if d.source in topics]
+    chunks = corpus.chunk_corpus(docs, cfg.corpus, embedder_source / "tokenizer.json",
+                                 cfg.embedder.max_seq_len)
+    vectors = embedder.load_pte(compiled).embed([c.text for c in chunks])
+    keys = np.array([c.key for c in chunks], dtype=np.uint64)
+    index.build(index_cfg, vectors, keys).save(str(indexed / "index.usearch"))
+    corpus.write_chunks(indexed / "chunks.jsonl", chunks)
+    keyword.write_store(indexed / "chunks.sqlite", chunks)
+    (run / "data/eval/metrics.json").write_text(json.dumps(metrics))
+    bundle.write(dest, run, {"experiment": "tiny", "index": asdict(index_cfg)},
+                 {"run": dest.name, "git_commit": None})
+    return dest

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,7 +18,7 @@ from pipeline import artifacts, cli
 from pipeline.config import ReleaseConfig
 from pipeline.errors import BadInput
 from pipeline.release import ask, bundle, promote, prompt, registry
-from tests.conftest import REPO
+from tests.conftest import REPO, write_tiny_release
 
 RULE = ReleaseConfig(name="default", max_ppl_delta_pct=10.0, min_recall_at_10=0.9)
 # Role-tagged turns: the shape of Llama-family templates, in a form the 512-token test BPE keeps
@@ -249,31 +248,10 @@ def test_add_artifact_keeps_comments_and_replaces_its_entry(tmp_path):
 def tiny_release(tiny_cfg, tiny_ptes, tiny_embedder, tiny_embedder_source, tiny_tokenizer,
                  tmp_path_factory):
     """The tiny Llama (fp32 .pte), the tiny embedder .pte, and an index of three pydoc topics."""
-    from pipeline.config import IndexConfig
-    from pipeline.retrieval import corpus, embedder, index, keyword
-
-    run = tmp_path_factory.mktemp("run")
-    lowered, compiled, indexed = (run / "data" / d for d in ("lowered", "embedder", "index"))
-    for folder in (lowered, indexed, run / "data/eval"):
-        folder.mkdir(parents=True)
-    shutil.copy(tiny_ptes["fp32"], lowered / "llm.pte")
-    shutil.copy(tiny_tokenizer[1] / "tokenizer.json", lowered / "tokenizer.json")
-    (lowered / "chat_template.jinja").write_text(PLAIN_TURNS)
-    model_dir = tiny_embedder_source
-    shutil.copytree(tiny_embedder[0], compiled)
-    docs = [d for d in corpus.pydoc_documents() if d.source in
-            ("pydoc:assert", "pydoc:for", "pydoc:with")]
-    chunks = corpus.chunk_corpus(docs, tiny_cfg.corpus, model_dir / "tokenizer.json",
-                                 tiny_cfg.embedder.max_seq_len)
-    vectors = embedder.load_pte(compiled).embed([c.text for c in chunks])
-    keys = np.array([c.key for c in chunks], dtype=np.uint64)
-    index.build(IndexConfig(), vectors, keys).save(str(indexed / "index.usearch"))
-    corpus.write_chunks(indexed / "chunks.jsonl", chunks)
-    keyword.write_store(indexed / "chunks.sqlite", chunks)
-    (run / "data/eval/metrics.json").write_text(json.dumps(GOOD))
-    release = tmp_path_factory.mktemp("releases") / "tiny"
-    bundle.write(release, run, {"experiment": "tiny"}, {})
-    return release
+    return write_tiny_release(
+        tmp_path_factory.mktemp("releases") / "tiny", tmp_path_factory.mktemp("run"),
+        tiny_cfg, tiny_ptes["fp32"], tiny_tokenizer[1], tiny_embedder[0], tiny_embedder_source,
+        ("pydoc:assert", "pydoc:for", "pydoc:with"), GOOD, PLAIN_TURNS)
 
 
 def _refuse_network(*_args, **_kwargs):

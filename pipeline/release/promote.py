@@ -264,6 +264,9 @@ def promote(root: Path, name: str | None = None, run: str | None = None,
     return released
 
 
+DELTAS = "deltas"  # beside releases/, ignored by git: a delta is derived, rebuilt on demand
+
+
 def report(released: dict[str, Any]) -> str:
     metrics = released["metrics"]
     lines = [f"promoted {released['run']} to {released['path']}/ "
@@ -281,5 +284,18 @@ def report(released: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(name: str | None, run: str | None, tag: bool) -> None:
-    print(report(promote(Path.cwd(), name, run, tag)))
+def main(name: str | None, run: str | None, tag: bool, delta_from: str | None = None) -> None:
+    root = Path.cwd()
+    if delta_from:  # before any work: a wrong path should not cost a promote
+        bundle.open_release(delta_from)
+    released = promote(root, name, run, tag)
+    print(report(released))
+    if delta_from:
+        from pipeline.release import delta
+
+        old = bundle.open_release(delta_from)
+        if old.manifest_sha256 == bundle.open_release(root / released["path"]).manifest_sha256:
+            print(f"no delta: {delta_from} is this very release")
+            return
+        out = root / DELTAS / f"{released['name']}-from-{old.manifest_sha256[:12]}"
+        delta.main_write(delta_from, str(root / released["path"]), str(out))

@@ -1,0 +1,131 @@
+"""Release deltas: an old release plus a delta is the new release, byte for byte; a delta for
+another release, one naming paths outside, or an apply killed mid-way changes nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipeline import artifacts
+from pipeline.config import IndexConfig
+from pipeline.errors import BadInput
+from pipeline.release import bundle, delta
+from pipeline.retrieval import corpus
+from tests.conftest import REPO, write_tiny_release
+
+OLD_TOPICS = ("pydoc:assert", "pydoc:for", "pydoc:with")
+NEW_TOPICS = ("pydoc:assert", "pydoc:for", "pydoc:if")  # `with` removed, `if` added
+METRICS = {"llm": {"pte_bytes": 9, "ppl_delta_pct": 3.0}, "retrieval": {"recall_at_10": 1.0}}
+TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+
+
+def _appended(doc: corpus.Document) -> corpus.Document:
+    if doc.source != "pydoc:for":
+        return doc
+    return corpus.Document(doc.source, doc.text + "\n\nA paragraph the new release added.\n")
+
+
+@pytest.fixture(scope="module", params=["f16", "i8"])
+def pair(request, tiny_cfg, tiny_ptes, tiny_embedder, tiny_embedder_source, tiny_tokenizer,
+         tmp_path_factory):
+    """An old and a new release of the same `.pte`s over a corpus that changed; and the delta."""
+    root = tmp_path_factory.mktemp(f"delta-{request.param}")
+    index_cfg = IndexConfig(dtype=request.param)
+
+    def release(name, topics, edit=None):
+        return write_tiny_release(root / name, root / f"run-{name}", tiny_cfg, tiny_ptes["fp32"],
+                                  tiny_tokenizer[1], tiny_embedder[0], tiny_embedder_source,
+                                  topics, METRICS, TEMPLATE, index_cfg, edit)
+
+    old, new = release("old", OLD_TOPICS), release("new", NEW_TOPICS, _appended)
+    notes = delta.write(old, new, root / "delta")
+    return old, new, root / "delta", notes
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_old_release_plus_delta_is_the_new_release(pair, tmp_path):
+    old, new, path, notes = pair
+    installed = tmp_path / "installed"
+    shutil.copytree(old, installed)
+    delta.apply(path, installed)
+    assert _files(installed) == _files(new)
+    bundle.open_release(installed)
+    before = {c.key for c in corpus.read_chunks(old / bundle.CHUNKS)}
+    after = {c.key for c in corpus.read_chunks(new / bundle.CHUNKS)}
+    assert (notes["added_chunks"], notes["removed_chunks"]) == (
+        len(after - before), len(before - after))
+    assert 0 < notes["added_chunks"] < len(after) and notes["removed_chunks"] > 0
+
+
+def test_the_delta_carries_only_what_changed(pair):
+    old, new, path, notes = pair
+    shipped = set(json.loads((path / delta.TARGET).read_text())["files"])
+    whole = set(notes["whole_files"])
+    assert bundle.LLM not in whole and bundle.EMBEDDER not in whole  # the .ptes did not change
+    rebuilt = json.loads((new / "manifest.json").read_text())["config"]["index"]["dtype"] != "i8"
+    assert (bundle.INDEX in whole) is not rebuilt  # an i8 index does not round-trip: whole
+    assert whole <= shipped and bundle.CHUNKS not in whole and bundle.STORE not in whole
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    full = sum(p.stat().st_size for p in new.rglob("*") if p.is_file())
+    assert size < full / 3
+
+
+def test_a_delta_for_another_base_is_refused_and_changes_nothing(pair, tmp_path):
+    _, new, path, _ = pair
+    installed = tmp_path / "installed"
+    shutil.copytree(new, installed)
+    with pytest.raises(BadInput, match=r"updates release old@.*, but .* holds new@"):
+        delta.apply(path, installed)
+    assert _files(installed) == _files(new)
+
+
+def test_a_delta_naming_a_path_outside_is_refused_before_writing(pair, tmp_path):
+    old, _, path, _ = pair
+    installed, evil = tmp_path / "installed", tmp_path / "evil"
+    shutil.copytree(old, installed)
+    shutil.copytree(path, evil)
+    target = json.loads((evil / delta.TARGET).read_text())
+    target["files"]["../planted"] = {"sha256": "0" * 64, "bytes": 1}
+    (evil / delta.TARGET).write_text(json.dumps(target))
+    manifest = json.loads((evil / "manifest.json").read_text())
+    entry = manifest["files"][delta.TARGET]
+    entry.update(sha256=artifacts.sha256_file(evil / delta.TARGET),
+                 bytes=(evil / delta.TARGET).stat().st_size)
+    (evil / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BadInput, match="a path outside"):
+        delta.apply(evil, installed)
+    assert not (tmp_path / "planted").exists() and _files(installed) == _files(old)
+
+
+def test_an_apply_killed_midway_leaves_the_old_release_verifying(pair, tmp_path):
+    old, new, path, _ = pair
+    installed = tmp_path / "installed"
+    shutil.copytree(old, installed)
+    stall = ("import time, sys\n"
+             "from pipeline.retrieval import keyword\n"
+             "keyword.write_store = lambda *a: time.sleep(120)\n"
+             "from pipeline.release import delta\n"
+             f"delta.apply({str(path)!r}, {str(installed)!r})\n")
+    proc = subprocess.Popen([sys.executable, "-c", stall], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".installed.tmp-*")) and time.monotonic() < deadline:
+        assert proc.poll() is None, "the apply ended before it could be killed"
+        time.sleep(0.05)
+    time.sleep(0.5)  # mid-way: files copied, documents being rebuilt
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert _files(installed) == _files(old)
+    bundle.open_release(installed)
+    delta.apply(path, installed)  # the next apply clears the dead one's folder and finishes
+    assert _files(installed) == _files(new) and not list(tmp_path.glob(".installed.*"))
