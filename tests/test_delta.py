@@ -129,3 +129,22 @@ def test_an_apply_killed_midway_leaves_the_old_release_verifying(pair, tmp_path)
     bundle.open_release(installed)
     delta.apply(path, installed)  # the next apply clears the dead one's folder and finishes
     assert _files(installed) == _files(new) and not list(tmp_path.glob(".installed.*"))
+
+
+def test_the_commands_write_and_apply_and_refuse_in_one_sentence(pair, tmp_path, capsys):
+    from pipeline import cli
+
+    old, new, _, _ = pair
+    installed, out = tmp_path / "installed", tmp_path / "d"
+    shutil.copytree(old, installed)
+    for argv in (["delta", str(old), str(new), "--out", str(out)],
+                 ["apply-delta", str(out), "--release", str(installed)]):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+        assert exit_.value.code == 0
+    said = capsys.readouterr().out
+    assert f"wrote {out}" in said and "is now new@" in said and _files(installed) == _files(new)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["apply-delta", str(out), "--release", str(installed)])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err.count("\n") == 0 and "updates release old@" in err
