@@ -276,7 +276,10 @@ def write_tiny_release(dest: Path, run: Path, cfg, llm_pte: Path, llm_tokenizer:
                                  cfg.embedder.max_seq_len)
     vectors = embedder.load_pte(compiled).embed([c.text for c in chunks])
     keys = np.array([c.key for c in chunks], dtype=np.uint64)
-    index.build(index_cfg, vectors, keys).save(str(indexed / "index.usearch"))
+    built = index.build(index_cfg, vectors, keys)
+    built.save(str(indexed / "index.usearch"))
+    built.expansion_search = 96  # not usearch's default: ask must read it from index.json
+    (indexed / "index.json").write_text(json.dumps(index.search_settings(built, index_cfg)))
     corpus.write_chunks(indexed / "chunks.jsonl", chunks)
     keyword.write_store(indexed / "chunks.sqlite", chunks)
     (run / "data/eval/metrics.json").write_text(json.dumps(metrics))

@@ -276,6 +276,13 @@ def test_ask_answers_from_the_release_with_sockets_disabled(tiny_release, monkey
     assert timings["retrieval_ms"] > 0 and timings["decode_tok_s"] >= 0
 
 
+def test_ask_opens_the_index_mapped_and_searches_as_wide_as_the_build_measured(tiny_release):
+    from pipeline.release.ask import Assistant
+
+    index = Assistant.from_release(tiny_release).retriever.index
+    assert index.expansion_search == 96 and index.memory_usage < index.serialized_length
+
+
 def test_ask_streams_one_piece_per_generated_token(tiny_release):
     assistant = ask.Assistant.from_release(tiny_release)
     pieces = []

@@ -211,6 +211,21 @@ def test_recall_counts_misses():
     assert index.recall_at_k(built, vectors, vectors[:20]) < 0.99
 
 
+def test_the_search_is_widened_to_the_narrowest_breadth_that_holds_recall():
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((4000, 32)).astype(np.float32)
+    keys = rng.integers(0, 2**62, len(vectors)).astype(np.uint64)
+    cfg = IndexConfig(dtype="f32", connectivity=4, expansion_add=16, expansion_search=2)
+    built = index.build(cfg, vectors, keys)
+    probes = vectors[:100]
+    chosen = index.widen_search(built, vectors, keys, probes, cfg)
+    assert chosen > 2 and built.expansion_search == chosen
+    assert index.recall_at_k(built, vectors, probes, keys=keys) >= 0.99
+    built.expansion_search = chosen // 2
+    assert index.recall_at_k(built, vectors, probes, keys=keys) < 0.99
+    assert index.search_settings(built, cfg)["expansion_search"] == chosen // 2
+
+
 @pytest.mark.slow
 def test_8bit_embedder_is_smaller_and_close(tiny_cfg, compiled, model_dir, tmp_path):
     _, fp32_notes = compiled

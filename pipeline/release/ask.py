@@ -77,7 +77,11 @@ class Assistant:
 
         self.verbose = verbose
         with native_logs(verbose):  # loading logs from C++ too (tokenizer regexes, metadata)
-            index = Index.restore(str(files[bundle.INDEX]))
+            # Memory-mapped, as a phone opens it: a large index is paged in as searched.
+            index = Index.restore(str(files[bundle.INDEX]), view=True)
+            if bundle.INDEX_SETTINGS in files:
+                settings = json.loads(files[bundle.INDEX_SETTINGS].read_text())
+                index.expansion_search = settings["expansion_search"]
             self.chunks = {c.key: c for c in read_chunks(files[bundle.CHUNKS])}
             self._placed = {(c.source, c.start): c for c in self.chunks.values()}
             embedder = load_pte_files(files[bundle.EMBEDDER],

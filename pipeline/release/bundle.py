@@ -20,6 +20,7 @@ RELEASES = "releases"
 LLM, TOKENIZER, EMBEDDER = "llm.pte", "tokenizer.json", "embedder.pte"
 EMBEDDER_TOKENIZER, INDEX, CHUNKS = "embedder_tokenizer.json", "index.usearch", "chunks.jsonl"
 STORE = "chunks.sqlite"  # the chunks with their FTS5 keyword index (retrieval/keyword.py)
+INDEX_SETTINGS = "index.json"  # the search breadth the build measured recall at
 METRICS, TOKENIZER_CONFIG = "metrics.json", "tokenizer_config.json"
 CHAT_TEMPLATE = "chat_template.jinja"
 
@@ -39,6 +40,7 @@ OPTIONAL = {
     "llm.ptd": ("data/lowered", "llm.ptd"),  # the LLM's weights when lowered to a separate file
     TOKENIZER_CONFIG: ("data/lowered", "tokenizer_config.json"),
     CHAT_TEMPLATE: ("data/lowered", "chat_template.jinja"),
+    INDEX_SETTINGS: ("data/index", "index.json"),  # older releases lack it: usearch's default
 }
 # Every run artifact promote reads: the shipped ones, plus the evaluations that tie metrics to them.
 RUN_DIRS = ("data/lowered", "data/embedder", "data/index", "data/eval_llm", "data/eval_rag",

@@ -9,6 +9,7 @@ cosine between the `.pte` and the eager fp32 embedder on a fixed sample of chunk
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -25,7 +26,8 @@ from pipeline.retrieval.corpus import CHUNKS, Chunk, write_chunks
 from pipeline.retrieval.embedder import Embedder
 from pipeline.retrieval.vectors import VectorStore, text_sha
 
-INDEX = "index.usearch"
+INDEX, META = "index.usearch", "index.json"
+MAX_EXPANSION = 4096
 DTYPES = ("f32", "f16", "i8")
 K = 10
 MAX_QUERIES = 256
@@ -43,6 +45,8 @@ def check(cfg: IndexConfig) -> None:
     for key in ("connectivity", "expansion_add", "expansion_search"):
         if getattr(cfg, key) < 2:
             raise BadInput(f"index.{key}={getattr(cfg, key)} must be at least 2.")
+    if not 0 < cfg.min_recall_at_10 <= 1:
+        raise BadInput(f"index.min_recall_at_10={cfg.min_recall_at_10} must be in (0, 1].")
 
 
 def build(cfg: IndexConfig, vectors: np.ndarray, keys: np.ndarray | None = None) -> Index:
@@ -99,6 +103,28 @@ def embed_chunks(chunks: list[Chunk], pte: Embedder, store: VectorStore) -> tupl
     return np.stack([have[sha] for sha in shas]) if shas else np.zeros((0, pte.dim)), len(missing)
 
 
+def widen_search(index: Index, matrix: np.ndarray, keys: np.ndarray, probes: np.ndarray,
+                 cfg: IndexConfig) -> int:
+    """The narrowest search breadth, from `cfg.expansion_search` doubling up to MAX_EXPANSION,
+    whose recall@10 on `probes` reaches `cfg.min_recall_at_10`; left set on `index`. The probes
+    are the index's own vectors, so the held-out queries that report recall stay untouched."""
+    expansion = cfg.expansion_search
+    while True:
+        index.expansion_search = expansion
+        if (expansion >= MAX_EXPANSION
+                or recall_at_k(index, matrix, probes, keys=keys) >= cfg.min_recall_at_10):
+            return expansion
+        expansion = min(2 * expansion, MAX_EXPANSION)
+
+
+def search_settings(index: Index, cfg: IndexConfig) -> dict[str, Any]:
+    """What a reader must set to search as the build measured (usearch's file keeps the graph,
+    not the search breadth): shipped as `index.json`."""
+    return {"ndim": index.ndim, "metric": "cos", "dtype": cfg.dtype, "count": len(index),
+            "connectivity": cfg.connectivity, "expansion_add": cfg.expansion_add,
+            "expansion_search": index.expansion_search}
+
+
 def parity_sample(chunks: list[Chunk], n: int = PARITY_CHUNKS) -> list[Chunk]:
     """The `n` chunks with the smallest keys: a spread (keys are hashes) that does not move
     when other chunks change."""
@@ -118,21 +144,25 @@ def run(cfg: IndexConfig, chunks: list[Chunk], pte: Embedder, reference: Embedde
     finished = time.monotonic()
     keys = np.array([c.key for c in chunks], dtype=np.uint64)
     index = build(cfg, matrix, keys)
+    sample = parity_sample(chunks)
+    rows = {c.key: i for i, c in enumerate(chunks)}
+    expansion = widen_search(index, matrix, keys, matrix[[rows[c.key] for c in sample]], cfg)
     index.save(str(out / INDEX))
+    settings = search_settings(index, cfg)
+    (out / META).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
     write_chunks(out / CHUNKS, chunks)
     keyword.write_store(out / keyword.STORE, chunks)
     built = time.monotonic()
     previous = store.previous_keys(workspace)
     store.remember_keys(workspace, [c.key for c in chunks])
-    sample = parity_sample(chunks)
     log(f"embedding {len(sample)} chunks in fp32 eager for parity")
-    rows = {c.key: i for i, c in enumerate(chunks)}
     fp32 = reference.embed([c.text for c in sample])
     queries = pte.embed(query_texts)
     return {
         "chunks": len(chunks),
         "queries": len(queries),
         "recall_at_10": recall_at_k(index, matrix, queries, keys=keys),
+        "expansion_search": expansion,
         "embed_cosine_min": min_cosine(matrix[[rows[c.key] for c in sample]], fp32),
         "parity_chunks": len(sample),
         "index_bytes": (out / INDEX).stat().st_size,
