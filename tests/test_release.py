@@ -291,6 +291,19 @@ def test_ask_streams_one_piece_per_generated_token(tiny_release):
     assert len(pieces) == answer.timings["generated_tokens"] >= 1
 
 
+def test_ask_says_when_the_context_could_not_hold_every_retrieved_chunk(tiny_release, capsys):
+    assistant = ask.Assistant.from_release(tiny_release)
+    whole = {"retrieved": 2, "placed": 2, "last_cut": False}
+    assert not ask.Answer("q", "a", [], [], {}, False, whole).context_cut
+    tight = assistant.ask("How does a for loop work?", 3, 4, lambda _p: None)  # 128-token .pte
+    assert tight.context_cut and tight.fit["retrieved"] == 3
+    assert tight.fit["placed"] == len(tight.sources) and (
+        tight.fit["placed"] < 3 or tight.fit["last_cut"])
+    ask._print_sources(tight)
+    assert "retrieved chunks" in capsys.readouterr().out
+    assert json.loads(tight.as_json())["fit"] == tight.fit
+
+
 def test_ask_streams_then_lists_sources_and_reads_stdin(tiny_release, monkeypatch, capsys):
     ask.main("How does a for loop work?", str(tiny_release), 2, 4, as_json=False)
     out = capsys.readouterr().out

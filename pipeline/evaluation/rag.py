@@ -17,6 +17,8 @@ Per question:
   cannot tell a right answer from a wrong one drawn from the sources, but it does catch words
   that came from nowhere;
 - `repeated`: the answer looped and was cut (`answer.Guard`);
+- `context_cut`: the prompt could not hold every retrieved chunk whole (the rate says whether
+  the release's context is long enough for its `retrieval.k`);
 - latency: retrieval ms, time to first token, decode tok/s and total ms (medians in the metrics).
 """
 
@@ -132,6 +134,7 @@ def ask_all(assistant: Any, questions: list[dict], k: int, depth: int,
             "question": record["question"], "split": record["split"],
             "expect": record["expect"], "retrieved": documents_in_order(deep)[:NDCG_DEPTH],
             "answer": answer.answer, "repeated": answer.repeated,
+            "context_cut": answer.context_cut,
             **retrieval_scores(documents_in_order(deep), record["expect"], shown),
             **answer_scores(answer.answer, record, context),
             "timings": answer.timings})
@@ -156,6 +159,8 @@ def summarize(records: list[dict], split: str) -> dict[str, Any]:
         summary[key] = _mean(chosen, key)
     summary["mrr"] = _mean(chosen, "reciprocal_rank")
     summary["repetition_rate"] = _mean([{"r": float(r["repeated"])} for r in chosen], "r")
+    summary["context_cut_rate"] = _mean([{"c": float(r.get("context_cut", False))}
+                                         for r in chosen], "c")
     for key in ("retrieval_ms", "time_to_first_token_ms", "decode_tok_s", "total_ms"):
         summary[f"median_{key}"] = _median(chosen, key)
     return {key: value for key, value in summary.items() if value is not None}

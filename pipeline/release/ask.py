@@ -43,6 +43,11 @@ class Answer:
     evidence: list[Evidence]
     timings: dict[str, float]
     repeated: bool  # the answer started over and was cut there
+    fit: dict[str, int | bool]  # retrieved vs placed chunks, and whether the last placed was cut
+
+    @property
+    def context_cut(self) -> bool:
+        return self.fit["placed"] < self.fit["retrieved"] or bool(self.fit["last_cut"])
 
     def as_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -128,6 +133,8 @@ class Assistant:
         fitted = prompt.fit(question, [(chunk.source, chunk.text) for chunk, _ in hits],
                             self.chat.render, self.counter, budget)
         placed = list(zip(hits[: len(fitted.texts)], fitted.texts, strict=True))
+        fit = {"retrieved": len(hits), "placed": len(placed),
+               "last_cut": bool(placed) and len(placed[-1][1]) < len(placed[-1][0][0].text)}
         sources = [Source(n, chunk.source, chunk.start, chunk.start + len(text), score)
                    for n, ((chunk, score), text) in enumerate(placed, start=1)]
         guard = Guard(self.special, on_piece, self.runner.stop)
@@ -143,7 +150,7 @@ class Assistant:
                                      for (chunk, _), text in placed])
         timings = _timings(retrieval_ms, fitted.tokens, stats[-1] if stats else None)
         timings["total_ms"] = round((time.monotonic() - started) * 1000.0, 1)
-        return Answer(question, guard.text(), sources, quoted, timings, guard.repeated)
+        return Answer(question, guard.text(), sources, quoted, timings, guard.repeated, fit)
 
 
 def _timings(retrieval_ms: float, prompt_tokens: int, stats: Any) -> dict[str, float]:
@@ -184,6 +191,11 @@ def _print_sources(answer: Answer) -> None:
     for source in answer.sources:
         print(f"[{source.n}] {source.source}, characters {source.start}-{source.end} "
               f"(score {source.score:.4f})")
+    if answer.context_cut:
+        fit = answer.fit
+        print(f"(the prompt held {fit['placed']} of the {fit['retrieved']} retrieved chunks"
+              + (", the last one cut short" if fit["last_cut"] else "")
+              + ": the model's context is full; a smaller --k or --max-new-tokens makes room)")
     if answer.evidence:
         print("\nEvidence:")
         for quote in answer.evidence:
