@@ -26,10 +26,14 @@ def main() -> None:
     pte = embedder.load_pte(compiled.path)
     store = vectors.VectorStore(
         vectors.store_path(vectors.embedder_identity(compiled.manifest["files"])), pte.dim)
-    with output(STAGE, OUT, cfg, inputs=inputs, byte_identical=True) as out:
+    workers = embedder.default_workers()
+    with (output(STAGE, OUT, cfg, inputs=inputs, byte_identical=True) as out,
+          embedder.pte_pool(compiled.path, workers) as embed):
         measured = index.run(
             cfg.index, chunks, pte, embedder.load_reference(source.path, compiled.path),
-            index.held_out_queries(held_out), out.path, store, str(Path.cwd().resolve()))
+            index.held_out_queries(held_out), out.path, store, str(Path.cwd().resolve()),
+            embed)
+        out.timings["embed_workers"] = workers
         out.timings.update({key: measured.pop(key) for key in index.RUN_FACTS})
         out.notes.update(measured)
     store.close()

@@ -235,3 +235,12 @@ def test_8bit_embedder_is_smaller_and_close(tiny_cfg, compiled, model_dir, tmp_p
     pte = embedder.load_pte(tmp_path).embed(SENTENCES)
     fp32 = embedder.load_reference(model_dir, tmp_path).embed(SENTENCES)
     assert index.min_cosine(pte, fp32) >= 0.99
+
+
+def test_two_embedding_processes_give_the_single_process_vectors(compiled, pydoc_docs,
+                                                                  tiny_cfg, model_dir):
+    texts = [c.text for c in _chunks(tiny_cfg, model_dir, pydoc_docs[:2])][:24]
+    alone = embedder.load_pte(compiled[0]).embed(texts)
+    with embedder.pte_pool(compiled[0], 2) as embed:
+        spread = embed(texts)
+    assert spread.tobytes() == alone.tobytes()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,8 @@ def held_out_queries(documents: list[str], limit: int = MAX_QUERIES) -> list[str
     return sentences[::max(1, len(sentences) // limit)][:limit]
 
 
-def embed_chunks(chunks: list[Chunk], pte: Embedder, store: VectorStore) -> tuple[np.ndarray, int]:
+def embed_chunks(chunks: list[Chunk], embed: Callable[[list[str]], np.ndarray], dim: int,
+                 store: VectorStore) -> tuple[np.ndarray, int]:
     """Every chunk's vector, row for row, embedding only texts the store lacks; and how many
     texts were embedded."""
     shas = [text_sha(c.text) for c in chunks]
@@ -98,9 +100,9 @@ def embed_chunks(chunks: list[Chunk], pte: Embedder, store: VectorStore) -> tupl
     missing = {sha: c.text for sha, c in zip(shas, chunks, strict=True) if sha not in have}
     if missing:
         store.fill(bar(missing.items(), desc="embedding (.pte)", total=len(missing),
-                       unit="chunk"), pte.embed)
+                       unit="chunk"), embed)
         have.update(store.lookup(list(missing)))
-    return np.stack([have[sha] for sha in shas]) if shas else np.zeros((0, pte.dim)), len(missing)
+    return np.stack([have[sha] for sha in shas]) if shas else np.zeros((0, dim)), len(missing)
 
 
 def widen_search(index: Index, matrix: np.ndarray, keys: np.ndarray, probes: np.ndarray,
@@ -132,15 +134,16 @@ def parity_sample(chunks: list[Chunk], n: int = PARITY_CHUNKS) -> list[Chunk]:
 
 
 def run(cfg: IndexConfig, chunks: list[Chunk], pte: Embedder, reference: Embedder,
-        query_texts: list[str], out: Path, store: VectorStore,
-        workspace: str) -> dict[str, Any]:
-    """Embed (what the store lacks), index and measure; writes `index.usearch`, `chunks.jsonl`
-    and the keyword store `chunks.sqlite` into `out`."""
+        query_texts: list[str], out: Path, store: VectorStore, workspace: str,
+        embed: Callable[[list[str]], np.ndarray] | None = None) -> dict[str, Any]:
+    """Embed (what the store lacks; through `embed`, by default `pte.embed`), index and measure;
+    writes `index.usearch`, `index.json`, `chunks.jsonl` and the keyword store `chunks.sqlite`
+    into `out`."""
     check(cfg)
     if not query_texts:
         raise BadInput("no held-out queries: the evaluation split has no usable sentence.")
     started = time.monotonic()
-    matrix, embedded = embed_chunks(chunks, pte, store)
+    matrix, embedded = embed_chunks(chunks, embed or pte.embed, pte.dim, store)
     finished = time.monotonic()
     keys = np.array([c.key for c in chunks], dtype=np.uint64)
     index = build(cfg, matrix, keys)

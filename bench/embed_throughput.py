@@ -1,0 +1,83 @@
+"""Embedding throughput: `python -m bench.embed_throughput FOLDER [--embedder DIR] [--chunks N]`.
+
+Chunks per second of the built embedder `.pte` (`build_index`'s own `Embedder.embed`, one text
+per call) on the first N chunks of a folder, in one process with ExecuTorch's threadpool at 1
+and at every core, and in 1 and 2 worker processes of one thread each. Workers are started and
+warmed before the clock starts; one outer clock per row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from pipeline.retrieval import corpus, embedder
+
+_WORKER: dict = {}
+
+
+def _threads(n: int) -> None:
+    from executorch.extension.pybindings import portable_lib
+
+    portable_lib._unsafe_reset_threadpool(n)
+
+
+def _start(folder: str, threads: int) -> None:
+    _threads(threads)
+    _WORKER["pte"] = embedder.load_pte(Path(folder))
+    _WORKER["pte"].embed(["warm up"])
+
+
+def _embed(texts: list[str]) -> int:
+    return len(_WORKER["pte"].embed(texts))
+
+
+def _texts(folder: Path, tokenizer_file: Path, n: int) -> list[str]:
+    """The first `n` chunks of the folder, cut as prepare_corpus cuts them by default."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    documents, _ = corpus.dir_documents(folder)
+    chunks: list[str] = []
+    for doc in documents:
+        chunks += [c.text for c in corpus.chunk_document(doc, tokenizer, 200, 40)]
+        if len(chunks) >= n:
+            break
+    return chunks[:n]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.embed_throughput", description=__doc__)
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--embedder", type=Path, default=Path("data/embedder"))
+    parser.add_argument("--chunks", type=int, default=256)
+    args = parser.parse_args(argv)
+    texts = _texts(args.folder, args.embedder / embedder.TOKENIZER, args.chunks)
+    cores = os.cpu_count() or 1
+    for threads in sorted({1, cores}):
+        _start(str(args.embedder), threads)
+        started = time.monotonic()
+        _embed(texts)
+        rate = len(texts) / (time.monotonic() - started)
+        print(json.dumps({"workers": 0, "threads": threads, "chunks": len(texts),
+                          "chunks_per_s": round(rate, 1)}), flush=True)
+    for workers in (1, 2):
+        with ProcessPoolExecutor(workers, initializer=_start,
+                                 initargs=(str(args.embedder), 1)) as pool:
+            list(pool.map(_embed, [["warm"]] * workers))
+            started = time.monotonic()
+            parts = [texts[i::workers] for i in range(workers)]
+            done = sum(pool.map(_embed, parts))
+            rate = done / (time.monotonic() - started)
+        print(json.dumps({"workers": workers, "threads": 1, "chunks": done,
+                          "chunks_per_s": round(rate, 1)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
