@@ -25,7 +25,7 @@ SOURCE_KINDS = ("pypi", "hf_hub", "local", "random")
 QUANT_METHODS = ("none", "torchao", "pt2e")
 ACTIVATIONS = ("none", "int8_dynamic")
 ALGORITHMS = ("affine", "hqq")
-SOURCE_GRIDS = ("none", "q4_1")
+SOURCE_GRIDS = ("none", "q4_1", "q4_0")
 BACKENDS = ("xnnpack", "qnn")
 PROGRAM_PPL = ("auto", "always")  # eval.program_ppl
 CALIBRATION_SOURCES = ("pydoc_topics",)
@@ -157,7 +157,7 @@ class QuantConfig:
     algorithm: str = "affine"
     embedding: TensorQuant | None = None
     head: TensorQuant | None = None
-    source_grid: str = "none"  # q4_1: keep the GGUF's own 4-bit grid (pipeline/llm/grid.py)
+    source_grid: str = "none"  # q4_1 | q4_0: keep the GGUF's own 4-bit grid (pipeline/llm/grid.py)
     exceptions: list[LayerException] = field(default_factory=list)
     mixed: MixedConfig | None = None
     # Input channels of the output head kept in fp32 beside its int8 activations: the final
@@ -401,9 +401,9 @@ def _check_quant(quant: QuantConfig, widths: list[int]) -> None:
         raise BadInput(f"quant.head_outliers={quant.head_outliers} must be between 0 and 64.")
     if quant.mixed is not None and quant.mixed.budget_mb <= 0:
         raise BadInput(f"quant.mixed.budget_mb={quant.mixed.budget_mb} must be positive.")
-    if quant.source_grid == "q4_1" and (quant.bits, quant.group_size) != (4, 32):
-        raise BadInput("quant.source_grid=q4_1 keeps 4-bit groups of 32; it needs quant.bits=4 "
-                       "and quant.group_size=32.")
+    if quant.source_grid != "none" and (quant.bits, quant.group_size) != (4, 32):
+        raise BadInput(f"quant.source_grid={quant.source_grid} keeps 4-bit groups of 32; it needs "
+                       "quant.bits=4 and quant.group_size=32.")
     for index, exception in enumerate(quant.exceptions):
         key = f"quant.exceptions[{index}]"
         try:

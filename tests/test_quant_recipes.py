@@ -25,8 +25,53 @@ def test_decompose_is_exact_on_a_q4_1_grid_and_refuses_other_weights():
     rebuilt = (codes.float().view(8, -1, 32) * scales.unsqueeze(-1) + offsets.unsqueeze(-1))
     assert torch.allclose(rebuilt.view_as(weight), weight, atol=1e-6)
     assert codes.min() >= -8 and codes.max() <= 7
-    with pytest.raises(BadInput, match="not on a 4-bit group-32 grid"):
+    with pytest.raises(BadInput, match="not on a 4-bit group-32 Q4_1 grid"):
         grid.decompose(torch.randn(8, 64), "w")
+
+
+def _q4_0(weight: torch.Tensor) -> torch.Tensor:
+    """A weight through llama.cpp's own Q4_0 quantizer (the gguf package's) and back."""
+    import gguf
+
+    kind = gguf.GGMLQuantizationType.Q4_0
+    data = gguf.quants.quantize(weight.numpy().astype("float32"), kind)
+    return torch.from_numpy(gguf.quants.dequantize(data, kind).reshape(weight.shape).copy())
+
+
+def test_decompose_keeps_q4_0_exactly_with_positive_scales_only():
+    """XNNPACK refuses negative scales; Q4_0's scale is negative wherever a group's peak is
+    positive, so those groups carry a one-step offset instead, and the rest none."""
+    torch.manual_seed(0)
+    weight = _q4_0(torch.randn(16, 64))
+    codes, scales, offsets = grid.decompose(weight, "w", "q4_0")
+    rebuilt = (codes.float().view(16, -1, 32) * scales.unsqueeze(-1) + offsets.unsqueeze(-1))
+    assert torch.equal(rebuilt.view_as(weight), weight)
+    assert codes.min() >= -8 and codes.max() <= 7 and (scales >= 0).all()
+    shifted = offsets != 0
+    assert 0 < shifted.sum() < shifted.numel() and torch.equal(offsets[shifted], scales[shifted])
+    with pytest.raises(BadInput, match="not on a 4-bit group-32 Q4_0 grid"):
+        grid.decompose(_q4_1(torch.randn(8, 64)), "w", "q4_0")
+
+
+def test_transformers_reads_a_q4_0_gguf_onto_the_grid_exactly(tiny_cfg, tmp_path):
+    """The loader's dequantized Q4_0 weights (tests/tiny_gguf.py, llama.cpp's quantizer)
+    decompose with no error; its Q4_1 weights are not taken for Q4_0."""
+    from pipeline import sources
+    from pipeline.llm import checkpoint
+    from tests import tiny_gguf
+
+    tokenizer = sources.materialize(tiny_cfg.model.tokenizer_source)
+    for kind, fits in (("Q4_0", True), ("Q4_1", False)):
+        model = checkpoint.load_pretrained(tiny_gguf.write(tmp_path / f"{kind}.gguf", tokenizer,
+                                                           linears=kind))
+        weight = model.model.layers[0].mlp.down_proj.weight
+        if fits:
+            codes, scales, offsets = grid.decompose(weight, "down_proj", "q4_0")
+            rebuilt = codes.float().view(weight.shape[0], -1, 32) * scales.unsqueeze(-1)
+            assert torch.equal((rebuilt + offsets.unsqueeze(-1)).view_as(weight), weight)
+        else:
+            with pytest.raises(BadInput, match="Q4_0 grid"):
+                grid.decompose(weight, "down_proj", "q4_0")
 
 
 def test_a_grid_linear_is_the_source_linear_with_group_sums_in_extra_rows():
@@ -46,11 +91,11 @@ def test_a_grid_linear_is_the_source_linear_with_group_sums_in_extra_rows():
     assert torch.allclose(wrapped(x), expected, atol=1e-5)
 
 
-def _grid_model(tiny_llm):
+def _grid_model(tiny_llm, on_grid=_q4_1):
     from pipeline.llm import export
 
     _, params, llm, weights = tiny_llm
-    weights = {k: _q4_1(v) if k.startswith("layers.") and v.dim() == 2 else v
+    weights = {k: on_grid(v) if k.startswith("layers.") and v.dim() == 2 else v
                for k, v in weights.items()}
     return lambda: export.build_eager(params, llm, weights)
 
@@ -83,8 +128,9 @@ def _logits(model, tokens):
     return out[0] if isinstance(out, tuple) else out
 
 
-def test_the_grid_recipe_is_closer_to_the_source_than_requantizing(tiny_llm):
-    build = _grid_model(tiny_llm)
+@pytest.mark.parametrize("kind", ["q4_1", "q4_0"])
+def test_the_grid_recipe_is_closer_to_the_source_than_requantizing(tiny_llm, kind):
+    build = _grid_model(tiny_llm, {"q4_1": _q4_1, "q4_0": _q4_0}[kind])
     tokens = torch.tensor([[5, 7, 9, 11, 13, 17]])
     reference = _logits(build(), tokens)
 
@@ -94,8 +140,8 @@ def test_the_grid_recipe_is_closer_to_the_source_than_requantizing(tiny_llm):
         return ((_logits(model, tokens) - reference).norm() / reference.norm()).item()
 
     common = dict(name="t", method="torchao", activations="none", bits=4, group_size=32)
-    kept = error(QuantConfig(**common, source_grid="q4_1"))
-    requantized = error(QuantConfig(**common, symmetric=False))
+    kept = error(QuantConfig(**common, source_grid=kind))
+    requantized = error(QuantConfig(**common, symmetric=kind == "q4_0"))
     assert kept < requantized / 4, (kept, requantized)
 
 

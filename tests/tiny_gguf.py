@@ -1,5 +1,6 @@
-"""A tiny Llama GGUF whose linears are real Q4_1 blocks, with SmolLM2's own tokenizer copied in:
-what `model=local` on a llama.cpp file looks like, small enough for a test's whole stage graph."""
+"""A tiny Llama GGUF whose linears are real Q4_1 (or Q4_0) blocks, with SmolLM2's own tokenizer
+copied in: what `model=local` on a llama.cpp file looks like, small enough for a test's whole
+stage graph."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import numpy as np
 DIM, LAYERS, HEADS, KV_HEADS, FFN, CONTEXT = 64, 2, 4, 2, 128, 128
 
 
-def write(path: Path, tokenizer_gguf: Path, seed: int = 0) -> Path:
+def write(path: Path, tokenizer_gguf: Path, seed: int = 0, linears: str = "Q4_1") -> Path:
+    """`linears`: the GGML type of every linear (Q4_1, Q4_0, Q8_0)."""
     import gguf
 
     source = gguf.GGUFReader(tokenizer_gguf)
@@ -39,7 +41,7 @@ def write(path: Path, tokenizer_gguf: Path, seed: int = 0) -> Path:
             data = gguf.quants.quantize(data, kind)
         writer.add_tensor(name, data, raw_dtype=kind)
 
-    q41, q80, f32 = (gguf.GGMLQuantizationType.Q4_1, gguf.GGMLQuantizationType.Q8_0,
+    q41, q80, f32 = (gguf.GGMLQuantizationType[linears], gguf.GGMLQuantizationType.Q8_0,
                      gguf.GGMLQuantizationType.F32)
     tensor("token_embd.weight", (vocab, DIM), q80)
     tensor("output_norm.weight", (DIM,), f32)

@@ -1,4 +1,4 @@
-"""Keep a GGUF's Q4_1 grid exactly instead of re-quantizing its dequantized floats.
+"""Keep a GGUF's Q4_1 (or Q4_0, `_q4_0`) grid exactly instead of re-quantizing its floats.
 
 Q4_1 stores each group of 32 weights as `w = d*q + m` (q in 0..15, a float scale d and a float
 minimum m). torchao's asymmetric 4-bit grid has an integer zero point, so re-quantizing moves
@@ -27,6 +27,7 @@ import torch
 from pipeline.errors import BadInput
 
 GROUP = 32
+KINDS = ("q4_1", "q4_0")  # the GGUF grids kept exactly (quant.source_grid)
 LEVELS = 15  # 4 bits, unsigned
 # Weights dequantized from Q4_1 land on the grid up to float rounding; anything further is not.
 TOLERANCE = 1e-3
@@ -79,27 +80,50 @@ class Sibling(torch.nn.Module):
         return self.shared.part(x, self.index)
 
 
-def decompose(weight: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(codes in -8..7, scale per group, offset per group) with `codes*scale + offset == weight`."""
+def decompose(weight: torch.Tensor, name: str,
+              kind: str = "q4_1") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes in -8..7, scale per group, offset per group) with `codes*scale + offset == weight`,
+    for weights dequantized from a GGUF grid of `kind` (q4_1 or q4_0)."""
     out_features, in_features = weight.shape
     if in_features % GROUP:
         raise BadInput(f"{name} has width {in_features}, which is not a multiple of {GROUP}: "
-                       "it cannot hold a Q4_1 grid.")
+                       f"it cannot hold a {kind.upper()} grid.")
     groups = weight.detach().double().view(out_features, -1, GROUP)
+    codes, step, offsets = (_q4_0 if kind == "q4_0" else _q4_1)(groups)
+    safe = torch.where(step > 0, step, torch.ones_like(step))
+    error = ((codes * step + offsets - groups).abs() / safe).max().item()
+    if error > TOLERANCE:
+        raise BadInput(
+            f"{name} is not on a 4-bit group-{GROUP} {kind.upper()} grid (off by {error:.2f} of "
+            f"a step): quant.source_grid={kind} only fits weights dequantized from a "
+            f"{kind.upper()} GGUF; use a re-quantizing recipe such as quant=8da4w_g32 for it."
+        )
+    return (codes.to(torch.int8).view(out_features, in_features),
+            step.squeeze(-1).float(), offsets.squeeze(-1).float())
+
+
+def _q4_1(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q4_1: `w = d*q + m`, q in 0..15, so `w = d*(q - 8) + (m + 8d)`."""
     low, high = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
     step = (high - low) / LEVELS
     safe = torch.where(step > 0, step, torch.ones_like(step))
     codes = ((groups - low) / safe).round().clamp(0, LEVELS)
-    error = ((codes * step + low - groups).abs() / safe).max().item()
-    if error > TOLERANCE:
-        raise BadInput(
-            f"{name} is not on a 4-bit group-{GROUP} grid (off by {error:.2f} of a step): "
-            "quant.source_grid=q4_1 only fits weights dequantized from a Q4_1 GGUF; use a "
-            "re-quantizing recipe such as quant=8da4w_g32 for this model."
-        )
-    offsets = (low + 8 * step).squeeze(-1)
-    return ((codes - 8).to(torch.int8).view(out_features, in_features),
-            step.squeeze(-1).float(), offsets.float())
+    return codes - 8, step, low + 8 * step
+
+
+def _q4_0(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q4_0: `w = d*k`, k in -8..7, with llama.cpp's `d = -peak/8` (the peak, the group's largest
+    magnitude, is code -8), so d is negative wherever the peak is positive. XNNPACK refuses
+    negative scales, and `|d|*(-k)` needs code 8 for the peak; so those groups become
+    `|d|*(-k - 1) + |d|`: codes in -8..7 at scale |d| plus an offset of one step, which the
+    Q4_1 machinery (main + corr) carries exactly. Groups with a negative peak need no offset."""
+    peak = groups.gather(-1, groups.abs().argmax(-1, keepdim=True))
+    d = -peak / 8
+    safe = torch.where(d != 0, d, torch.ones_like(d))
+    k = (groups / safe).round().clamp(-8, 7)
+    flipped = d < 0
+    step = d.abs()
+    return torch.where(flipped, -k - 1, k), step, torch.where(flipped, step, torch.zeros_like(d))
 
 
 # The pooling rows' grid: code 4 at scale 1/4 is exactly 1 (bf16 holds 1/4 exactly).
@@ -118,9 +142,10 @@ def _pool_rows(in_features: int) -> tuple[torch.Tensor, torch.Tensor]:
 SIBLINGS = (("wq", "wk", "wv"), ("w1", "w3"))
 
 
-def _grid_linear(linears: list[torch.nn.Linear], names: list[str]) -> GridLinear:
+def _grid_linear(linears: list[torch.nn.Linear], names: list[str], kind: str) -> GridLinear:
     """One GridLinear holding `linears` stacked (all read the same input)."""
-    parts = [decompose(linear.weight, name) for linear, name in zip(linears, names, strict=True)]
+    parts = [decompose(linear.weight, name, kind)
+             for linear, name in zip(linears, names, strict=True)]
     in_features = linears[0].in_features
     pool_codes, pool_scales = _pool_rows(in_features)
     codes = torch.cat([p[0] for p in parts] + [pool_codes])
@@ -135,7 +160,7 @@ def _grid_linear(linears: list[torch.nn.Linear], names: list[str]) -> GridLinear
     return GridLinear(main, corr, [linear.out_features for linear in linears], codes, scales)
 
 
-def split(model: torch.nn.Module, keep: Any) -> list[str]:
+def split(model: torch.nn.Module, keep: Any, kind: str = "q4_1") -> list[str]:
     """Replace every linear that `keep(fqn)` leaves to the grid; the names replaced.
 
     Siblings (SIBLINGS) all kept become one GridLinear registered on their parent as `wq_wk_wv`
@@ -152,13 +177,13 @@ def split(model: torch.nn.Module, keep: Any) -> list[str]:
         family = next((f for f in SIBLINGS if f[0] == attr), ())
         names = [f"{parent_name}.{a}" if parent_name else a for a in family]
         if len(names) > 1 and all(name in kept for name in names):
-            shared = _grid_linear([kept.pop(name) for name in names], names)
+            shared = _grid_linear([kept.pop(name) for name in names], names, kind)
             setattr(parent, "_".join(family), shared)
             for index, sibling in enumerate(family):
                 setattr(parent, sibling, Sibling(shared, index))
             replaced += names
             continue
-        setattr(parent, attr, _grid_linear([kept.pop(fqn)], [fqn]))
+        setattr(parent, attr, _grid_linear([kept.pop(fqn)], [fqn], kind))
         replaced.append(fqn)
     return replaced
 

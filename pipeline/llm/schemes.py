@@ -173,10 +173,10 @@ def quantize_eager(model: torch.nn.Module, quant: QuantConfig, plan: Any = None
                                         quant.algorithm),
                   filter_fn=lambda m, fqn, e=exception: body(m, fqn)
                   and _exception_for(quant, fqn) is e)
-    if quant.source_grid == "q4_1":
+    if quant.source_grid in grid.KINDS:
         on_grid = grid.split(model, lambda fqn: fqn != "output"
-                             and _exception_for(quant, fqn) is None)
-        log(f"q4_1 grid kept exactly in {len(on_grid)} linears")
+                             and _exception_for(quant, fqn) is None, quant.source_grid)
+        log(f"{quant.source_grid} grid kept exactly in {len(on_grid)} linears")
         quantize_(model, _weight_config(4, grid.GROUP, True, dynamic, "affine"),
                   filter_fn=lambda m, fqn: fqn.endswith(".main"))
         grid.pin(model)
