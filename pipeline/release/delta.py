@@ -17,6 +17,7 @@ apply leaves the installed release as it was.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -44,8 +45,11 @@ def _shas(release: artifacts.Artifact) -> dict[str, str]:
     return {name: entry["sha256"] for name, entry in release.manifest["files"].items()}
 
 
-def _index_config(release: artifacts.Artifact) -> IndexConfig:
-    return IndexConfig(**release.manifest["config"]["index"])
+def _index_config(manifest: dict[str, Any]) -> IndexConfig:
+    """The index settings a release was built with (only those this version knows)."""
+    settings = (manifest.get("config") or {}).get("index") or {}
+    known = {f.name for f in dataclasses.fields(IndexConfig)}
+    return IndexConfig(**{k: v for k, v in settings.items() if k in known})
 
 
 def label(release: artifacts.Artifact) -> str:
@@ -66,7 +70,7 @@ def write(old_path: Path, new_path: Path, dest: Path) -> dict[str, Any]:
     old, new = bundle.open_release(old_path), bundle.open_release(new_path)
     if old.manifest_sha256 == new.manifest_sha256:
         raise BadInput(f"{old_path} and {new_path} are the same release; there is no delta.")
-    rebuild = _index_config(new).dtype in REBUILDABLE_DTYPES
+    rebuild = _index_config(new.manifest).dtype in REBUILDABLE_DTYPES
     whole = [name for name, sha in _shas(new).items()
              if _shas(old).get(name) != sha
              and (name not in DOCUMENT_FILES or (name == bundle.INDEX and not rebuild))]
@@ -121,8 +125,7 @@ def _rebuild_documents(installed: artifacts.Artifact, delta: artifacts.Artifact,
                     else np.zeros((0, old_index.ndim), np.float32))
     matrix = np.concatenate([kept_vectors, np.load(delta / ADDED_VECTORS)])
     keys = np.concatenate([kept, np.array([c.key for c in added], dtype=np.uint64)])
-    cfg = IndexConfig(**target["config"]["index"])
-    index.build(cfg, matrix, keys).save(str(tmp / bundle.INDEX))
+    index.build(_index_config(target), matrix, keys).save(str(tmp / bundle.INDEX))
 
 
 def apply(delta_path: Path, release_path: Path) -> dict[str, Any]:
