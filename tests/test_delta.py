@@ -148,3 +148,22 @@ def test_the_commands_write_and_apply_and_refuse_in_one_sentence(pair, tmp_path,
         cli.main(["apply-delta", str(out), "--release", str(installed)])
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and err.count("\n") == 0 and "updates release old@" in err
+
+
+def test_a_new_embedder_sends_the_index_whole(pair, tmp_path):
+    """Kept chunks' vectors cannot come from the installed index when the embedder changed."""
+    old, new, _, _ = pair
+    changed = tmp_path / "changed"
+    shutil.copytree(new, changed)
+    tokenizer = changed / bundle.EMBEDDER_TOKENIZER
+    tokenizer.write_bytes(tokenizer.read_bytes() + b"\n")  # other bytes, same tokenizer
+    manifest = json.loads((changed / "manifest.json").read_text())
+    manifest["files"][bundle.EMBEDDER_TOKENIZER] = {
+        "sha256": artifacts.sha256_file(tokenizer), "bytes": tokenizer.stat().st_size}
+    (changed / "manifest.json").write_text(json.dumps(manifest))
+    notes = delta.write(old, changed, tmp_path / "delta")
+    assert {bundle.INDEX, bundle.EMBEDDER_TOKENIZER} <= set(notes["whole_files"])
+    installed = tmp_path / "installed"
+    shutil.copytree(old, installed)
+    delta.apply(tmp_path / "delta", installed)
+    assert _files(installed) == _files(changed)

@@ -10,9 +10,10 @@ Applying rebuilds the three document files the way `build_index` does (`chunks.j
 `chunks.sqlite` by key, the usearch index by key from the kept and added vectors). For f16 and
 f32 indexes a vector read back from an index and added again is stored identically, so the
 rebuilt index has the new release's exact bytes; an i8 index does not round-trip, so its delta
-carries the index whole. The result is checked against the target manifest file by file before
-it replaces the installed release, in a sibling folder and one rename: a failed or interrupted
-apply leaves the installed release as it was.
+carries the index whole, and so does a delta whose embedder changed (every vector did). The
+result is checked against the target manifest file by file before it replaces the installed
+release, in a sibling folder swapped in one step: a failed or interrupted apply leaves the
+installed release as it was.
 """
 
 from __future__ import annotations
@@ -70,7 +71,10 @@ def write(old_path: Path, new_path: Path, dest: Path) -> dict[str, Any]:
     old, new = bundle.open_release(old_path), bundle.open_release(new_path)
     if old.manifest_sha256 == new.manifest_sha256:
         raise BadInput(f"{old_path} and {new_path} are the same release; there is no delta.")
-    rebuild = _index_config(new.manifest).dtype in REBUILDABLE_DTYPES
+    same_embedder = all(_shas(old).get(name) == _shas(new).get(name)
+                        for name in (bundle.EMBEDDER, bundle.EMBEDDER_TOKENIZER))
+    # Kept chunks' vectors come from the installed index: only if they are still the vectors.
+    rebuild = same_embedder and _index_config(new.manifest).dtype in REBUILDABLE_DTYPES
     whole = [name for name, sha in _shas(new).items()
              if _shas(old).get(name) != sha
              and (name not in DOCUMENT_FILES or (name == bundle.INDEX and not rebuild))]
