@@ -157,7 +157,7 @@ def _is_running(pid: int) -> bool:
     return True
 
 
-def remove_abandoned(final: Path) -> None:
+def _remove_abandoned(final: Path) -> None:
     """Delete temporary siblings left by writers of `final` that were killed (their pid is gone)."""
     for stale in final.parent.glob(f".{final.name}.*-*"):
         kind, _, rest = stale.name.removeprefix(f".{final.name}.").partition("-")
@@ -209,13 +209,8 @@ def writer(
     `process_facts` and the stage's `timings` once the artifact is in place (a stage's
     `run_record`), tied to the artifact by its manifest's sha256.
     """
-    final = Path(out_dir)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned(final)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
     started = time.monotonic()
-    try:
+    with staged(Path(out_dir)) as tmp:
         out = Output(tmp)
         yield out
         manifest = {
@@ -229,11 +224,24 @@ def writer(
             "notes": out.notes,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    if record is not None:
+        facts = {"stage": stage, "manifest_sha256": sha256_file(Path(out_dir) / MANIFEST),
+                 **process_facts(started), **out.timings}
+        atomic_write_text(record, json.dumps(facts, indent=2, sort_keys=True) + "\n")
+
+
+@contextmanager
+def staged(final: Path) -> Iterator[Path]:
+    """A hidden sibling of `final` to fill; put at `final` in one step when the block ends,
+    removed if it raises (or left, named by this pid, for the next writer to clear if killed).
+    The manifest is the caller's to write: a stage's own, or a release's verbatim (deltas)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        yield tmp
         replace_dir(tmp, final)
-        if record is not None:
-            facts = {"stage": stage, "manifest_sha256": sha256_file(final / MANIFEST),
-                     **process_facts(started), **out.timings}
-            atomic_write_text(record, json.dumps(facts, indent=2, sort_keys=True) + "\n")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -71,12 +69,13 @@ def write(old_path: Path, new_path: Path, dest: Path) -> dict[str, Any]:
     old, new = bundle.open_release(old_path), bundle.open_release(new_path)
     if old.manifest_sha256 == new.manifest_sha256:
         raise BadInput(f"{old_path} and {new_path} are the same release; there is no delta.")
-    same_embedder = all(_shas(old).get(name) == _shas(new).get(name)
+    old_shas, new_shas = _shas(old), _shas(new)
+    same_embedder = all(old_shas.get(name) == new_shas.get(name)
                         for name in (bundle.EMBEDDER, bundle.EMBEDDER_TOKENIZER))
     # Kept chunks' vectors come from the installed index: only if they are still the vectors.
     rebuild = same_embedder and _index_config(new.manifest).dtype in REBUILDABLE_DTYPES
-    whole = [name for name, sha in _shas(new).items()
-             if _shas(old).get(name) != sha
+    whole = [name for name, sha in new_shas.items()
+             if old_shas.get(name) != sha
              and (name not in DOCUMENT_FILES or (name == bundle.INDEX and not rebuild))]
     before = {c.key: c for c in corpus.read_chunks(old / bundle.CHUNKS)}
     after = corpus.read_chunks(new / bundle.CHUNKS)
@@ -149,9 +148,7 @@ def apply(delta_path: Path, release_path: Path) -> dict[str, Any]:
     final = Path(release_path)
     for name in target.get("files", {}):  # before anything is written: nothing lands outside
         artifacts.inside(final, name)
-    artifacts.remove_abandoned(final)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
-    try:
+    with artifacts.staged(final) as tmp:
         for name in target["files"]:
             source = artifacts.inside(delta.path / FILES_DIR, name)
             if not source.is_file() and name not in DOCUMENT_FILES:
@@ -165,10 +162,6 @@ def apply(delta_path: Path, release_path: Path) -> dict[str, Any]:
         except BadInput as error:
             raise BadInput(f"applying {delta_path} did not give the release it names ({error}); "
                            f"{release_path} is unchanged.") from None
-        artifacts.replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return notes
 
 
