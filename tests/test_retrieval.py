@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 
 from pipeline.config import CorpusConfig, IndexConfig
 from pipeline.errors import BadInput
-from pipeline.retrieval import corpus, embedder, index, keyword, vectors
+from pipeline.retrieval import corpus, embedder, index, keyword, sections, vectors
 
 SENTENCES = [
     "The for statement iterates over the elements of a sequence.",
@@ -82,7 +82,99 @@ def test_messy_folder_skips_and_counts_bad_files(tmp_path):
     docs, skipped = corpus.documents(cfg)
     assert skipped == {"binary": 1, "empty": 1, "not_utf8": 1}
     assert [d.source for d in docs] == ["notes/good.md", "page.html"]
-    assert docs[1].text == "Hello\nWorld & friends"
+    assert docs[1].text == "# Hello\nWorld & friends", "an HTML heading reads as Markdown's"
+
+
+RST = """The "if" statement
+******************
+
+The "if" statement is used for conditional execution.
+
+   if_stmt ::= "if" expression ":" suite
+
+Elif clauses
+============
+
+Each elif is tried in turn.
+
+A second paragraph here.
+
+=======
+Notes
+=======
+
+Overlined titles are a style of their own.
+"""
+
+MARKDOWN = """Intro before any heading.
+
+# Build
+
+Run it.
+
+```sh
+make
+
+make test
+```
+
+## Options
+Setext title
+------------
+
+Body under setext.
+
+# Other
+Last words.
+"""
+
+
+def test_sections_read_headings_and_paragraph_spans():
+    blocks = sections.blocks(RST, sections.style_of("pydoc:if"))
+    got = [(b.path, RST[b.start:b.end]) for b in blocks]
+    assert got == [
+        (('The "if" statement',), 'The "if" statement is used for conditional execution.'),
+        (('The "if" statement',), '   if_stmt ::= "if" expression ":" suite'),
+        (('The "if" statement', "Elif clauses"), "Each elif is tried in turn."),
+        (('The "if" statement', "Elif clauses"), "A second paragraph here."),
+        (('The "if" statement', "Elif clauses", "Notes"),
+         "Overlined titles are a style of their own."),
+    ]
+    blocks = sections.blocks(MARKDOWN, sections.style_of("guide/README.md"))
+    got = [(b.path, MARKDOWN[b.start:b.end]) for b in blocks]
+    assert got == [
+        ((), "Intro before any heading."),
+        (("Build",), "Run it."),
+        (("Build",), "```sh\nmake\n\nmake test\n```"),  # a fence is one paragraph
+        (("Build", "Setext title"), "Body under setext."),
+        (("Other",), "Last words."),
+    ]
+    assert [b.path for b in sections.blocks(MARKDOWN, "plain")] == [()] * 8
+
+
+def test_section_chunks_follow_headings_and_carry_their_path(model_dir):
+    tokenizer = Tokenizer.from_file(str(model_dir / embedder.TOKENIZER))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    long_paragraph = " ".join(f"word{i}" for i in range(120))
+    doc = corpus.Document("guide.md", MARKDOWN + "\n## Long\n\n" + long_paragraph + "\n")
+    cfg = CorpusConfig(kind="dir", path="/", chunk_tokens=40, overlap_tokens=8,
+                       chunking="sections")
+    chunks = corpus.chunk_corpus([doc], cfg, model_dir / embedder.TOKENIZER, 64)
+    assert [c.heading for c in chunks[:4]] == [
+        "guide.md", "guide.md › Build", "guide.md › Build › Setext title", "guide.md › Other"]
+    assert chunks[1].text == "Run it.\n\n```sh\nmake\n\nmake test\n```", "paragraphs packed"
+    assert {c.heading for c in chunks[4:]} == {"guide.md › Other › Long"} and len(chunks) > 6
+    for c in chunks:
+        assert doc.text[c.start:c.end] == c.text and c.embeds_heading
+        assert corpus.embedding_text(c) == f"{c.heading}\n{c.text}"
+        assert len(tokenizer.encode(corpus.embedding_text(c), add_special_tokens=False).ids) <= 40
+    plain = corpus.chunk_corpus([doc], dataclasses.replace(cfg, heading_in_text=False),
+                                model_dir / embedder.TOKENIZER, 64)
+    assert plain[0].heading == "guide.md" and corpus.embedding_text(plain[0]) == plain[0].text
+    assert plain[0].key != chunks[0].key, "what the embedder saw is part of the key"
+    with pytest.raises(BadInput, match="corpus.chunking='pages' is not allowed"):
+        corpus.check(dataclasses.replace(cfg, chunking="pages"))
 
 
 def test_empty_or_missing_folder_is_bad_input(tmp_path):

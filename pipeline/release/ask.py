@@ -130,8 +130,8 @@ class Assistant:
             found = self.retriever.search(question, k)
         hits = [(self.chunks[key], round(score, 5)) for key, score in found]
         retrieval_ms = (time.monotonic() - started) * 1000.0
-        fitted = prompt.fit(question, [(chunk.source, chunk.text) for chunk, _ in hits],
-                            self.chat.render, self.counter, budget)
+        passages = [(chunk.heading or chunk.source, chunk.text) for chunk, _ in hits]
+        fitted = prompt.fit(question, passages, self.chat.render, self.counter, budget)
         placed = list(zip(hits[: len(fitted.texts)], fitted.texts, strict=True))
         fit = {"retrieved": len(hits), "placed": len(placed),
                "last_cut": bool(placed) and len(placed[-1][1]) < len(placed[-1][0][0].text)}

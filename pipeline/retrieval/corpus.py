@@ -3,6 +3,10 @@
 Chunks are cut with the embedder's own tokenizer so that none is truncated when embedded, and
 on word boundaries so that re-tokenizing a chunk's text gives back exactly its window of tokens.
 Each chunk keeps character offsets into its document, so an answer can cite the exact passage.
+Two ways to cut (`corpus.chunking`): `tokens`, fixed windows with overlap; `sections`, whole
+paragraphs packed under their heading (`pipeline/retrieval/sections.py`), each chunk carrying its
+heading path (`file › section › subsection`) and, with `corpus.heading_in_text`, embedding it
+before its text, so a paragraph that never names its topic is still found by it.
 Files that cannot be read as text (binary, not UTF-8, empty, or larger than `MAX_FILE_MB`: a log
 or a data dump, not a document) are skipped and counted, never fatal: a user's folder is messy.
 """
@@ -21,6 +25,7 @@ from tokenizers import Tokenizer
 from pipeline.config import CorpusConfig
 from pipeline.errors import BadInput
 from pipeline.progress import log
+from pipeline.retrieval import sections
 
 CHUNKS = "chunks.jsonl"
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
@@ -41,6 +46,13 @@ class Chunk:
     start: int
     end: int
     text: str
+    heading: str = ""  # `file › section › …` when cut by sections
+    embeds_heading: bool = False  # the embedder saw `heading` + newline + `text`
+
+
+def embedding_text(chunk: Chunk) -> str:
+    """What the embedder sees for this chunk (and what its stored vector is keyed by)."""
+    return f"{chunk.heading}\n{chunk.text}" if chunk.embeds_heading else chunk.text
 
 
 class _HtmlText(HTMLParser):
@@ -50,6 +62,7 @@ class _HtmlText(HTMLParser):
     _BLOCKS = frozenset("address article aside blockquote br dd div dl dt figcaption footer form "
                         "h1 h2 h3 h4 h5 h6 header hr li main nav ol p pre section table td th "
                         "title tr ul".split())
+    _HEADINGS = frozenset("h1 h2 h3 h4 h5 h6".split())
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -60,6 +73,8 @@ class _HtmlText(HTMLParser):
         self._hidden += tag in self._HIDDEN
         if tag in self._BLOCKS:
             self.parts.append("\n")
+        if tag in self._HEADINGS:  # as Markdown, so sections chunking sees the structure
+            self.parts.append("#" * int(tag[1]) + " ")
 
     def handle_endtag(self, tag: str) -> None:
         if tag in self._HIDDEN and self._hidden:
@@ -128,6 +143,7 @@ def dir_documents(root: str | Path) -> tuple[list[Document], dict[str, int]]:
 
 
 KINDS = ("pydoc_topics", "dir")
+CHUNKING = ("tokens", "sections")
 
 
 def check(cfg: CorpusConfig) -> None:
@@ -136,6 +152,9 @@ def check(cfg: CorpusConfig) -> None:
     if cfg.kind not in KINDS:
         raise BadInput(f"corpus.kind={cfg.kind!r} is not allowed; choose one of: "
                        f"{', '.join(KINDS)}.")
+    if cfg.chunking not in CHUNKING:
+        raise BadInput(f"corpus.chunking={cfg.chunking!r} is not allowed; choose one of: "
+                       f"{', '.join(CHUNKING)}.")
     if cfg.kind == "dir" and not cfg.path:
         raise BadInput("corpus.path must be set when corpus.kind=dir.")
     if cfg.kind == "dir" and not Path(cfg.path).expanduser().is_dir():
@@ -184,23 +203,79 @@ def _windows(word_starts: list[bool], size: int, overlap: int) -> list[tuple[int
     return spans
 
 
-def chunk_document(doc: Document, tokenizer: Tokenizer, size: int, overlap: int) -> list[Chunk]:
-    encoding = tokenizer.encode(doc.text, add_special_tokens=False)
+def _encode(tokenizer: Tokenizer, text: str):
+    encoding = tokenizer.encode(text, add_special_tokens=False)
     words = encoding.word_ids
-    word_starts = [i == 0 or words[i] != words[i - 1] for i in range(len(words))]
+    return encoding, [i == 0 or words[i] != words[i - 1] for i in range(len(words))]
+
+
+def chunk_document(doc: Document, tokenizer: Tokenizer, size: int, overlap: int,
+                   start: int = 0, end: int | None = None, heading: str = "",
+                   embeds_heading: bool = False) -> list[Chunk]:
+    """Token windows over `doc.text[start:end]` (all of it by default)."""
+    end = len(doc.text) if end is None else end
+    encoding, word_starts = _encode(tokenizer, doc.text[start:end])
     chunks = []
     for first, last in _windows(word_starts, size, overlap):
-        start, end = encoding.offsets[first][0], encoding.offsets[last - 1][1]
-        chunks.append(Chunk(-1, doc.source, start, end, doc.text[start:end]))
+        a, b = start + encoding.offsets[first][0], start + encoding.offsets[last - 1][1]
+        chunks.append(Chunk(-1, doc.source, a, b, doc.text[a:b], heading, embeds_heading))
     return chunks
 
 
-def chunk_key(source: str, text: str, occurrence: int) -> int:
+def _heading(doc: Document, path: tuple[str, ...], tokenizer: Tokenizer, size: int) -> str:
+    """`source › title › …`, cut to half the chunk's tokens so the text keeps the rest."""
+    if size < 2:
+        return ""
+    heading = " › ".join((doc.source, *path))
+    offsets = tokenizer.encode(heading, add_special_tokens=False).offsets
+    return heading if len(offsets) <= size // 2 else heading[: offsets[size // 2 - 1][1]]
+
+
+def section_chunks(doc: Document, tokenizer: Tokenizer, size: int, overlap: int,
+                   heading_in_text: bool) -> list[Chunk]:
+    """Paragraphs packed whole, in order, into chunks that never cross a heading; a paragraph
+    longer than a chunk is cut into token windows of its own."""
+
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+    chunks: list[Chunk] = []
+    group: list[sections.Block] = []
+
+    def flush() -> None:
+        if group:
+            a, b = group[0].start, group[-1].end
+            chunks.append(Chunk(-1, doc.source, a, b, doc.text[a:b], heading, heading_in_text))
+            group.clear()
+
+    path = None
+    for block in sections.blocks(doc.text, sections.style_of(doc.source)):
+        if block.path != path:
+            flush()
+            path = block.path
+            heading = _heading(doc, path, tokenizer, size)
+            budget = size - (count(heading) if heading_in_text else 0)
+        if count(doc.text[(group or [block])[0].start:block.end]) <= budget:
+            group.append(block)
+            continue
+        flush()
+        if count(doc.text[block.start:block.end]) <= budget:
+            group.append(block)
+        else:
+            chunks += chunk_document(doc, tokenizer, budget, min(overlap, budget - 1),
+                                     block.start, block.end, heading, heading_in_text)
+    flush()
+    return chunks
+
+
+def chunk_key(source: str, text: str, occurrence: int, heading: str = "",
+              embeds_heading: bool = False) -> int:
     """A key made of what the chunk is, so an unchanged chunk keeps its key in every rebuild and
-    a device's index and a newer release agree on it: sha256 of the source, the text and which
-    repeat of that text in the source it is, cut to 63 bits (SQLite's INTEGER and usearch's
-    uint64 both hold it)."""
-    digest = hashlib.sha256(f"{source}\0{occurrence}\0{text}".encode()).digest()
+    a device's index and a newer release agree on it: sha256 of the source, the text (with its
+    heading, when it has one) and which repeat of them in the source it is, cut to 63 bits
+    (SQLite's INTEGER and usearch's uint64 both hold it)."""
+    body = f"{heading}\0{int(embeds_heading)}\0{text}" if heading else text
+    digest = hashlib.sha256(f"{source}\0{occurrence}\0{body}".encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
 
 
@@ -214,19 +289,26 @@ def chunk_corpus(docs: list[Document], cfg: CorpusConfig, tokenizer_file: Path,
     size, overlap = cfg.chunk_tokens, cfg.overlap_tokens
     chunks, seen = [], Counter()
     for doc in docs:
-        for c in chunk_document(doc, tokenizer, size, overlap):
-            seen[c.source, c.text] += 1
-            chunks.append(Chunk(chunk_key(c.source, c.text, seen[c.source, c.text] - 1),
-                                c.source, c.start, c.end, c.text))
+        cut = (section_chunks(doc, tokenizer, size, overlap, cfg.heading_in_text)
+               if cfg.chunking == "sections" else chunk_document(doc, tokenizer, size, overlap))
+        for c in cut:
+            what = (c.source, c.heading, c.embeds_heading, c.text)
+            seen[what] += 1
+            key = chunk_key(c.source, c.text, seen[what] - 1, c.heading, c.embeds_heading)
+            chunks.append(Chunk(key, c.source, c.start, c.end, c.text, c.heading,
+                                c.embeds_heading))
     if len({c.key for c in chunks}) != len(chunks):  # 2^-63 per pair; never silently merge
         raise BadInput("two different chunks drew the same 63-bit key; report this corpus.")
     return chunks
 
 
 def write_chunks(path: Path, chunks: list[Chunk]) -> None:
+    """One JSON line per chunk; the section fields only where a chunk has them."""
     with open(path, "w", encoding="utf-8") as handle:
         for chunk in chunks:
-            handle.write(json.dumps(asdict(chunk), ensure_ascii=False, sort_keys=True) + "\n")
+            row = {k: v for k, v in asdict(chunk).items()
+                   if k not in ("heading", "embeds_heading") or v}
+            handle.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
 
 
 def read_chunks(path: Path) -> list[Chunk]:

@@ -23,7 +23,7 @@ from pipeline.config import IndexConfig
 from pipeline.errors import BadInput
 from pipeline.progress import bar, log
 from pipeline.retrieval import keyword
-from pipeline.retrieval.corpus import CHUNKS, Chunk, write_chunks
+from pipeline.retrieval.corpus import CHUNKS, Chunk, embedding_text, write_chunks
 from pipeline.retrieval.embedder import Embedder
 from pipeline.retrieval.vectors import VectorStore, text_sha
 
@@ -95,9 +95,10 @@ def embed_chunks(chunks: list[Chunk], embed: Callable[[list[str]], np.ndarray], 
                  store: VectorStore) -> tuple[np.ndarray, int]:
     """Every chunk's vector, row for row, embedding only texts the store lacks; and how many
     texts were embedded."""
-    shas = [text_sha(c.text) for c in chunks]
+    texts = [embedding_text(c) for c in chunks]
+    shas = [text_sha(t) for t in texts]
     have = store.lookup(shas)
-    missing = {sha: c.text for sha, c in zip(shas, chunks, strict=True) if sha not in have}
+    missing = {sha: t for sha, t in zip(shas, texts, strict=True) if sha not in have}
     if missing:
         store.fill(bar(missing.items(), desc="embedding (.pte)", total=len(missing),
                        unit="chunk"), embed)
@@ -159,7 +160,7 @@ def run(cfg: IndexConfig, chunks: list[Chunk], pte: Embedder, reference: Embedde
     previous = store.previous_keys(workspace)
     store.remember_keys(workspace, [c.key for c in chunks])
     log(f"embedding {len(sample)} chunks in fp32 eager for parity")
-    fp32 = reference.embed([c.text for c in sample])
+    fp32 = reference.embed([embedding_text(c) for c in sample])
     queries = pte.embed(query_texts)
     return {
         "chunks": len(chunks),
