@@ -2,8 +2,9 @@
 
 A phone reads it natively (Android and iOS ship SQLite with FTS5), and it holds each chunk's
 text, heading path, source and character offsets, so an app needs the `.pte`s, `index.usearch`
-and this one file. Headings and text are both searched. Keys are the usearch keys. The tokenizer keeps `_` inside words, so code identifiers
-(`add_subdirectory`, `__init__`) are single terms; a dotted name (`os.path.join`) is its parts.
+and this one file. Headings and text are both searched. Keys are the usearch keys. The
+tokenizer keeps `_` inside words, so code identifiers (`add_subdirectory`, `__init__`) are
+single terms; a dotted name (`os.path.join`) is its parts.
 Queries and ranking live with the on-device loop (`pipeline/release/retrieve.py`).
 """
 
