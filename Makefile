@@ -24,7 +24,14 @@ PROMOTE_ARGS ?=
 release: $(STAMP)
 	$(VENV)/bin/edgerag release $(PROMOTE_ARGS)
 
-test: $(STAMP)
+# The Node packages the portability test opens a release with (tests/node/package-lock.json);
+# without npm the test skips and says so.
+NODE_STAMP := tests/node/node_modules/.installed
+$(NODE_STAMP): tests/node/package-lock.json
+	if command -v npm >/dev/null; then npm ci --prefix tests/node --no-audit --no-fund --silent && touch $@; \
+	else echo "npm not found: tests/test_portability.py will skip"; fi
+
+test: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest -q --durations=20 $(if $(EDGERAG_SLOW),,-m "not slow")
 
 # The quick local loop: unit tests only, no end-to-end build (CI runs `make test`).

@@ -3,7 +3,8 @@
 Runs evaluate_rag's own loop (`pipeline.evaluation.rag.ask_all` over `ask.Assistant`) on the
 built artifacts in data/ once per retrieval mode (dense, keyword, hybrid by default; Hydra-style
 `retrieval.*` overrides apply to all) and prints one row per mode and half: choose on `tune`,
-report `test`. The build's params.yaml supplies the question set and generation length.
+report `test`. The build's params.yaml supplies the question set and generation length;
+`--retrieval-only` skips generation, for searching retrieval settings quickly.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def _settings(overrides: list[str]) -> dict[str, float | int]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.rag_modes", description=__doc__)
     parser.add_argument("--modes", default="dense,keyword,hybrid")
+    parser.add_argument("--retrieval-only", action="store_true",
+                        help="score retrieval alone (no generation: seconds, not minutes)")
     parser.add_argument("overrides", nargs="*", help="retrieval.KEY=VALUE for every mode")
     args = parser.parse_args(argv)
     cfg = config.load()
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         assistant.retriever.cfg = retrieval
         records = rag.ask_all(assistant, questions, retrieval.k,
                               max(retrieval.candidates, rag.NDCG_DEPTH),
-                              cfg.rag_eval.max_new_tokens)
+                              cfg.rag_eval.max_new_tokens, answers=not args.retrieval_only)
         for half in rag.SPLITS:
             row = rag.summarize(records, half)
             print(f"| {mode} | {half} ({row['questions']}) | "

@@ -80,6 +80,15 @@ class EmbedderConfig:
 
 
 @dataclass
+class RerankerConfig:
+    """An optional cross-encoder (`pipeline/retrieval/reranker.py`); no source, no reranker."""
+
+    name: str = "none"
+    source: Source | None = None
+    max_seq_len: int = 256
+
+
+@dataclass
 class CorpusConfig:
     kind: str = "pydoc_topics"
     path: str | None = None
@@ -218,6 +227,8 @@ class RetrievalConfig:
     rrf_k: int = 60
     dense_weight: float = 1.0
     keyword_weight: float = 1.0
+    rerank: bool = False  # rescore the fused top `rerank_candidates` with the reranker
+    rerank_candidates: int = 20
 
 
 @dataclass
@@ -244,6 +255,7 @@ class ReleaseConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+    reranker: RerankerConfig = field(default_factory=RerankerConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)

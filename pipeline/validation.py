@@ -9,13 +9,18 @@ this only calls them. (`config.validate` checks the schema and the LLM sections.
 from __future__ import annotations
 
 from pipeline.config import Config
+from pipeline.errors import BadInput
 
 
 def check(cfg: Config) -> None:
     from pipeline.release import retrieve
-    from pipeline.retrieval import corpus, embedder, index
+    from pipeline.retrieval import corpus, embedder, index, reranker
 
     embedder.check(cfg.embedder)
+    reranker.check(cfg.reranker)
+    if cfg.retrieval.rerank and not reranker.enabled(cfg.reranker):
+        raise BadInput("retrieval.rerank=true needs a reranker: choose one with reranker=… "
+                       "(conf/reranker/).")
     corpus.check(cfg.corpus)
     index.check(cfg.index)
     retrieve.check(cfg.retrieval)

@@ -16,7 +16,8 @@ STAGE, OUT = "evaluate_rag", "data/eval_rag"
 
 def main() -> None:
     cfg = config.load()
-    inputs = [artifacts.require(p) for p in ("data/lowered", "data/embedder", "data/index")]
+    inputs = [artifacts.require(p) for p in ("data/lowered", "data/embedder", "data/index",
+                                             "data/reranker")]
     sources = {chunk.source for chunk in read_chunks(inputs[2] / bundle.CHUNKS)}
     questions = rag.read_questions(Path(cfg.rag_eval.questions), sources)
     assistant = Assistant(bundle.run_sources(Path(".")), cfg.retrieval)

@@ -274,7 +274,7 @@ def write_tiny_release(dest: Path, run: Path, cfg, llm_pte: Path, llm_tokenizer:
     docs = [(edit or (lambda d: d))(d) for d in corpus.pydoc_documents() if d.source in topics]
     chunks = corpus.chunk_corpus(docs, cfg.corpus, embedder_source / "tokenizer.json",
                                  cfg.embedder.max_seq_len)
-    vectors = embedder.load_pte(compiled).embed([c.text for c in chunks])
+    vectors = embedder.load_pte(compiled).embed([corpus.embedding_text(c) for c in chunks])
     keys = np.array([c.key for c in chunks], dtype=np.uint64)
     built = index.build(index_cfg, vectors, keys)
     built.save(str(indexed / "index.usearch"))

@@ -153,3 +153,87 @@ def test_evidence_quotes_the_sentences_sharing_most_words_with_the_question():
     assert quoted[0].text == "The with statement calls __exit__ on the context manager."
     text = passages[0][2]
     assert text[quoted[0].start - 100 : quoted[0].end - 100] == quoted[0].text
+
+
+class _Reranker:
+    """Scores a passage by how often it says "the": a stand-in whose order is known."""
+
+    def __init__(self):
+        self.seen = []
+
+    def score(self, question, passages):
+        self.seen.append(passages)
+        return [float(p.lower().split().count("the")) for p in passages]
+
+
+def test_reranking_reorders_only_the_fused_head(tmp_path):
+    keyword.write_store(tmp_path / keyword.STORE, CHUNKS)
+    dense_order = [3, 2, 1, 0]
+    cfg = RetrievalConfig(mode="dense", k=4, rerank=True, rerank_candidates=3)
+    stub = _Reranker()
+    retriever = retrieve.Retriever(_Vectors(dense_order), tmp_path / keyword.STORE,
+                                   _Embedder(), cfg, stub)
+    found = retriever.search("anything")
+    # head [3, 2, 1] by "the" counts 0, 1, 1 → 1 and 2 tie (lower key first), then 3; 0 behind.
+    assert [key for key, _ in found] == [1, 2, 3, 0]
+    assert stub.seen == [[CHUNKS[3].text, CHUNKS[2].text, CHUNKS[1].text]]
+    plain = retrieve.Retriever(_Vectors(dense_order), tmp_path / keyword.STORE, _Embedder(),
+                               RetrievalConfig(mode="dense", k=4))
+    assert [key for key, _ in plain.search("anything")] == dense_order
+    no_model = retrieve.Retriever(_Vectors(dense_order), tmp_path / keyword.STORE, _Embedder(),
+                                  cfg)
+    with pytest.raises(BadInput, match="has no reranker"):
+        no_model.search("anything")
+
+
+def test_the_summary_says_what_reranking_gained():
+    records = [{"split": "test", "hit_at_1": 1.0, "hit_at_k": 1.0, "reciprocal_rank": 1.0,
+                "ndcg_at_10": 1.0, "grounded": 1.0, "repeated": False, "timings": {},
+                "hit_at_1_fused": 0.0, "reciprocal_rank_fused": 0.5},
+               {"split": "test", "hit_at_1": 0.0, "hit_at_k": 1.0, "reciprocal_rank": 0.5,
+                "ndcg_at_10": 0.5, "grounded": 1.0, "repeated": False, "timings": {},
+                "hit_at_1_fused": 0.0, "reciprocal_rank_fused": 0.5}]
+    summary = rag.summarize(records, "test")
+    assert summary["rerank_gain_hit_at_1"] == 0.5 and summary["rerank_gain_mrr"] == 0.25
+
+
+@pytest.fixture(scope="module")
+def tiny_cross_encoder(tiny_embedder_source, tmp_path_factory):
+    """A random two-layer BERT cross-encoder (one label) with MiniLM's tokenizer."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("cross_encoder")
+    BertForSequenceClassification(BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128, num_labels=1)).save_pretrained(folder)
+    shutil.copy(tiny_embedder_source / "tokenizer.json", folder / "tokenizer.json")
+    return folder
+
+
+def test_the_reranker_pte_scores_as_the_eager_model(tiny_cross_encoder, tmp_path):
+    from pipeline.config import RerankerConfig, Source
+    from pipeline.retrieval import reranker
+
+    cfg = RerankerConfig(name="tiny", source=Source(kind="local", path=str(tiny_cross_encoder)),
+                         max_seq_len=64)
+    notes = reranker.compile_reranker(cfg, tiny_cross_encoder, tmp_path)
+    assert notes["pte_bytes"] > 0
+    pte = reranker.load_pte_files(tmp_path / reranker.PTE, tmp_path / "tokenizer.json")
+    eager = reranker.load_reference(tiny_cross_encoder, 64)
+    passages = ["short.", CHUNKS[0].text, "a passage far longer than the window " * 20]
+    got, want = pte.score("what pulls in a folder?", passages), eager.score(
+        "what pulls in a folder?", passages)
+    assert got == pytest.approx(want, abs=1e-4) and len(set(got)) == 3
+
+
+def test_rerank_without_a_reranker_fails_at_configure(tmp_path):
+    from tests.conftest import edgerag_script, sh
+
+    done = sh([edgerag_script(), "configure", "retrieval.rerank=true"], tmp_path, check=False)
+    assert done.returncode == 2 and not (tmp_path / "params.yaml").exists()
+    assert done.stderr.strip() == ("edgerag: retrieval.rerank=true needs a reranker: choose one "
+                                   "with reranker=… (conf/reranker/).")

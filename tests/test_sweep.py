@@ -215,3 +215,22 @@ def test_promote_ships_exactly_the_row_the_rule_selects(swept):
             assert shipped["files"]["llm.pte"]["sha256"] == expected["llm_pte_sha256"], name
     finally:
         (repo / "params.yaml").write_text(params)
+
+
+@pytest.mark.e2e
+def test_a_retrieval_only_sweep_rebuilds_no_llm_stage(swept):
+    """Chunking and retrieval settings reach the corpus, index and RAG stages only: the LLM's
+    stages come from the baseline's lock, and the row still carries the answers' columns."""
+    repo, params, _ = swept
+    try:
+        sh([sys.executable, "-m", "pipeline.cli", "sweep", "-m", "experiment=tiny",
+            "corpus.chunking=sections", "retrieval.mode=keyword,hybrid", "--name", "r"], repo)
+    finally:
+        (repo / "params.yaml").write_text(params)
+    rows = list(csv.DictReader((repo / "sweeps/r/results.csv").open()))
+    assert [row["status"] for row in rows] == ["ok", "ok"], [row["reason"] for row in rows]
+    assert set(rows[0]["stages_run"].split()) == {"prepare_corpus", "build_index",
+                                                  "evaluate_rag", "evaluate"}
+    assert set(rows[1]["stages_run"].split()) == {"evaluate_rag", "evaluate"}
+    assert all(row["rag.hit_at_k"] != "" and row["rag.grounded"] != "" for row in rows)
+    assert rows[0]["llm_pte_sha256"] == rows[1]["llm_pte_sha256"] != ""

@@ -16,6 +16,8 @@ Per question:
   prompt carried (an answer with no content words counts 0) — a cheap faithfulness signal: it
   cannot tell a right answer from a wrong one drawn from the sources, but it does catch words
   that came from nowhere;
+- with `retrieval.rerank`, the same retrieval scores without the reranker (`*_fused`), so the
+  summary says what reranking gained (`rerank_gain_hit_at_1`, `rerank_gain_mrr`);
 - `repeated`: the answer looped and was cut (`answer.Guard`);
 - `context_cut`: the prompt could not hold every retrieved chunk whole (the rate says whether
   the release's context is long enough for its `retrieval.k`);
@@ -24,6 +26,7 @@ Per question:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -120,22 +123,43 @@ def answer_scores(answer: str, record: dict, context: str) -> dict[str, float | 
     }
 
 
-def ask_all(assistant: Any, questions: list[dict], k: int, depth: int,
-            max_new_tokens: int) -> list[dict]:
-    """One record per question: what was retrieved and answered, and its scores."""
+def _ranked(assistant: Any, question: str, depth: int, rerank: bool) -> list[str]:
+    """The sources of the `depth` best chunks, with or without the configured reranker."""
+    retriever = assistant.retriever
+    configured, retriever.cfg = retriever.cfg, dataclasses.replace(retriever.cfg, rerank=rerank)
+    try:
+        return [assistant.chunks[key].source for key, _ in retriever.search(question, depth)]
+    finally:
+        retriever.cfg = configured
+
+
+def ask_all(assistant: Any, questions: list[dict], k: int, depth: int, max_new_tokens: int,
+            answers: bool = True) -> list[dict]:
+    """One record per question: what was retrieved and answered, and its scores (`answers`
+    False: retrieval alone, the prompt's sources taken as the top `k` chunks)."""
     records = []
+    rerank = assistant.retriever.cfg.rerank
     for record in bar(questions, desc="questions", unit="q"):
-        deep = [assistant.chunks[key].source for key, _ in
-                assistant.retriever.search(record["question"], depth)]
+        deep = _ranked(assistant, record["question"], depth, rerank)
+        before = {}
+        if rerank:
+            fused = _ranked(assistant, record["question"], depth, False)
+            scores = retrieval_scores(documents_in_order(fused), record["expect"], [])
+            before = {f"{key}_fused": scores[key] for key in ("hit_at_1", "reciprocal_rank")}
+        row = {"question": record["question"], "split": record["split"],
+               "expect": record["expect"], "retrieved": documents_in_order(deep)[:NDCG_DEPTH]}
+        if not answers:
+            records.append({**row, "repeated": False, "timings": {}, **before,
+                            **retrieval_scores(documents_in_order(deep), record["expect"],
+                                               deep[:k])})
+            continue
         answer = assistant.ask(record["question"], k, max_new_tokens, lambda _piece: None)
         shown = [s.source for s in answer.sources]
         context = "\n".join(assistant.passage(s) for s in answer.sources)
         records.append({
-            "question": record["question"], "split": record["split"],
-            "expect": record["expect"], "retrieved": documents_in_order(deep)[:NDCG_DEPTH],
-            "answer": answer.answer, "repeated": answer.repeated,
+            **row, "answer": answer.answer, "repeated": answer.repeated,
             "context_cut": answer.context_cut,
-            **retrieval_scores(documents_in_order(deep), record["expect"], shown),
+            **retrieval_scores(documents_in_order(deep), record["expect"], shown), **before,
             **answer_scores(answer.answer, record, context),
             "timings": answer.timings})
     return records
@@ -158,6 +182,11 @@ def summarize(records: list[dict], split: str) -> dict[str, Any]:
                 "grounded"):
         summary[key] = _mean(chosen, key)
     summary["mrr"] = _mean(chosen, "reciprocal_rank")
+    if any("hit_at_1_fused" in r for r in chosen):
+        summary["rerank_gain_hit_at_1"] = round(
+            summary["hit_at_1"] - _mean(chosen, "hit_at_1_fused"), 4)
+        summary["rerank_gain_mrr"] = round(summary["mrr"] - _mean(chosen, "reciprocal_rank_fused"),
+                                           4)
     summary["repetition_rate"] = _mean([{"r": float(r["repeated"])} for r in chosen], "r")
     summary["context_cut_rate"] = _mean([{"c": float(r.get("context_cut", False))}
                                          for r in chosen], "c")

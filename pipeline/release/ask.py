@@ -84,14 +84,20 @@ class Assistant:
         with native_logs(verbose):  # loading logs from C++ too (tokenizer regexes, metadata)
             # Memory-mapped, as a phone opens it: a large index is paged in as searched.
             index = Index.restore(str(files[bundle.INDEX]), view=True)
-            if bundle.INDEX_SETTINGS in files:
+            if files.get(bundle.INDEX_SETTINGS, Path()).is_file():
                 settings = json.loads(files[bundle.INDEX_SETTINGS].read_text())
                 index.expansion_search = settings["expansion_search"]
             self.chunks = {c.key: c for c in read_chunks(files[bundle.CHUNKS])}
             self._placed = {(c.source, c.start): c for c in self.chunks.values()}
             embedder = load_pte_files(files[bundle.EMBEDDER],
                                       files[bundle.EMBEDDER_TOKENIZER], index.ndim)
-            self.retriever = Retriever(index, files[bundle.STORE], embedder, retrieval)
+            reranker = None
+            if retrieval.rerank and files.get(bundle.RERANKER, Path()).is_file():
+                from pipeline.retrieval import reranker as cross_encoder
+
+                reranker = cross_encoder.load_pte_files(files[bundle.RERANKER],
+                                                        files[bundle.RERANKER_TOKENIZER])
+            self.retriever = Retriever(index, files[bundle.STORE], embedder, retrieval, reranker)
             self.counter = prompt.TokenCounter.from_file(files[bundle.TOKENIZER])
             self.chat = prompt.ChatFormat.from_files(files[bundle.CHAT_TEMPLATE],
                                                      files[bundle.TOKENIZER_CONFIG])

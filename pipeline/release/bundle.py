@@ -23,6 +23,7 @@ STORE = "chunks.sqlite"  # the chunks with their FTS5 keyword index (retrieval/k
 INDEX_SETTINGS = "index.json"  # the search breadth the build measured recall at
 METRICS, TOKENIZER_CONFIG = "metrics.json", "tokenizer_config.json"
 CHAT_TEMPLATE = "chat_template.jinja"
+RERANKER, RERANKER_TOKENIZER = "reranker.pte", "reranker_tokenizer.json"
 
 # bundle file -> (run artifact directory, file name there); always present (README, "Releases").
 FILES = {
@@ -41,10 +42,13 @@ OPTIONAL = {
     TOKENIZER_CONFIG: ("data/lowered", "tokenizer_config.json"),
     CHAT_TEMPLATE: ("data/lowered", "chat_template.jinja"),
     INDEX_SETTINGS: ("data/index", "index.json"),  # older releases lack it: usearch's default
+    RERANKER: ("data/reranker", "reranker.pte"),  # built only when a reranker is configured
+    RERANKER_TOKENIZER: ("data/reranker", "tokenizer.json"),
 }
 # Every run artifact promote reads: the shipped ones, plus the evaluations that tie metrics to them.
 RUN_DIRS = ("data/lowered", "data/embedder", "data/index", "data/eval_llm", "data/eval_rag",
             "data/eval")
+OPTIONAL_RUN_DIRS = ("data/reranker",)  # runs from before the reranker stage lack it
 
 
 def run_sources(run_root: Path) -> dict[str, Path]:

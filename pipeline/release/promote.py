@@ -10,6 +10,7 @@ measured on exactly these files (the manifests' recorded inputs).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -134,6 +135,9 @@ def run_files(root: Path, run: str) -> Iterator[tuple[Path, str | None]]:
                 fs.get(folder, str(copy / folder), recursive=True)
             except FileNotFoundError:
                 raise BadInput(f"experiment {run} has no {folder}; was it built?") from None
+        for folder in bundle.OPTIONAL_RUN_DIRS:
+            with contextlib.suppress(FileNotFoundError):
+                fs.get(folder, str(copy / folder), recursive=True)
         yield copy, fs.repo.get_rev()
 
 

@@ -5,6 +5,11 @@
 - hybrid: reciprocal-rank fusion of the two lists, each cut to `candidates`:
   score(chunk) = dense_weight / (rrf_k + dense rank) + keyword_weight / (rrf_k + keyword rank),
   ranks counted from 1, a list that misses the chunk adding nothing; ties go to the lower key.
+
+With `retrieval.rerank`, the fused top `rerank_candidates` are then rescored by the cross-encoder
+`.pte` (the question paired with each chunk's heading and text, as `chunks.sqlite` holds them)
+and put in order of its logit, ties to the lower key; the rest keep their fused order behind
+them. The scores returned are then the reranker's logits for those, the fused score for the rest.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ def check(cfg: RetrievalConfig) -> None:
                        f"{cfg.candidates} at least k, and retrieval.rrf_k={cfg.rrf_k} at least 0.")
     if cfg.dense_weight < 0 or cfg.keyword_weight < 0:
         raise BadInput("retrieval.dense_weight and retrieval.keyword_weight must be ≥ 0.")
+    if cfg.rerank_candidates < 1:
+        raise BadInput(f"retrieval.rerank_candidates={cfg.rerank_candidates} must be at least 1.")
 
 
 def match_query(question: str) -> str | None:
@@ -70,6 +77,7 @@ class Retriever:
     store: Path
     embedder: Any
     cfg: RetrievalConfig
+    reranker: Any = None  # a `reranker.Reranker`, used when `cfg.rerank`
 
     def __post_init__(self) -> None:
         check(self.cfg)
@@ -86,4 +94,22 @@ class Retriever:
         n = max(self.cfg.candidates, k)
         dense = self.dense(question, n) if self.cfg.mode != "keyword" else []
         keyword = keyword_search(self.db, question, n) if self.cfg.mode != "dense" else []
-        return fuse(dense, keyword, self.cfg)[:k]
+        fused = fuse(dense, keyword, self.cfg)
+        if self.cfg.rerank:
+            fused = self.rerank(question, fused)
+        return fused[:k]
+
+    def passage(self, key: int) -> str:
+        """What the reranker reads of a chunk: its heading path, if any, then its text."""
+        heading, text = self.db.execute("SELECT heading, text FROM chunks WHERE key = ?",
+                                        (key,)).fetchone()
+        return f"{heading}\n{text}" if heading else text
+
+    def rerank(self, question: str, fused: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        if self.reranker is None:
+            raise BadInput("retrieval.rerank=true, but this build or release has no reranker.")
+        head = fused[: self.cfg.rerank_candidates]
+        scores = self.reranker.score(question, [self.passage(key) for key, _ in head])
+        rescored = sorted(((key, score) for (key, _), score in zip(head, scores, strict=True)),
+                          key=lambda item: (-item[1], item[0]))
+        return rescored + fused[len(head):]

@@ -1,0 +1,24 @@
+"""Fetch and compile the optional cross-encoder reranker to data/reranker/reranker.pte; with no
+reranker configured (the default), the artifact holds only its manifest saying so."""
+
+from pipeline import config, errors, sources
+from pipeline.retrieval import reranker
+from stages import output
+
+STAGE, OUT = "build_reranker", "data/reranker"
+
+
+def main() -> None:
+    cfg = config.load()
+    reranker.check(cfg.reranker)
+    model_dir = sources.materialize(cfg.reranker.source) if reranker.enabled(cfg.reranker) \
+        else None
+    with output(STAGE, OUT, cfg, byte_identical=True) as out:
+        if model_dir is None:
+            out.note("reranker", "none")
+        else:
+            out.notes.update(reranker.compile_reranker(cfg.reranker, model_dir, out.path))
+
+
+if __name__ == "__main__":
+    errors.run(main)
