@@ -95,7 +95,7 @@ class CorpusConfig:
     chunk_tokens: int = 200
     overlap_tokens: int = 40
     max_documents: int = 0  # 0 = every document; a small number keeps test builds quick
-    chunking: str = "tokens"  # tokens: fixed windows; sections: paragraphs under their heading
+    chunking: str = "sections"  # paragraphs under their heading; tokens: fixed windows
     heading_in_text: bool = True  # sections: embed `file › section` before the chunk's text
 
 

@@ -37,14 +37,15 @@ def pydoc_docs():
     return corpus.pydoc_documents()
 
 
-def _chunks(tiny_cfg, model_dir, docs):
-    return corpus.chunk_corpus(docs, tiny_cfg.corpus, model_dir / embedder.TOKENIZER,
+def _chunks(tiny_cfg, model_dir, docs, chunking=None):
+    cfg = dataclasses.replace(tiny_cfg.corpus, chunking=chunking or tiny_cfg.corpus.chunking)
+    return corpus.chunk_corpus(docs, cfg, model_dir / embedder.TOKENIZER,
                                tiny_cfg.embedder.max_seq_len)
 
 
 def test_chunks_map_back_to_the_exact_text_and_fit_the_window(tiny_cfg, model_dir, pydoc_docs):
     docs = pydoc_docs[:8]
-    chunks = _chunks(tiny_cfg, model_dir, docs)
+    chunks = _chunks(tiny_cfg, model_dir, docs, chunking="tokens")
     texts = {d.source: d.text for d in docs}
     tokenizer = Tokenizer.from_file(str(model_dir / embedder.TOKENIZER))
     tokenizer.no_truncation()
@@ -177,6 +178,25 @@ def test_section_chunks_follow_headings_and_carry_their_path(model_dir):
         corpus.check(dataclasses.replace(cfg, chunking="pages"))
 
 
+def test_section_chunks_cover_every_paragraph_of_the_reference(tiny_cfg, model_dir, pydoc_docs):
+    tokenizer = Tokenizer.from_file(str(model_dir / embedder.TOKENIZER))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    docs = pydoc_docs[:30]
+    chunks = _chunks(tiny_cfg, model_dir, docs, chunking="sections")
+    for doc in docs:
+        mine = [c for c in chunks if c.source == doc.source]
+        covered = set()
+        for c in mine:
+            assert doc.text[c.start:c.end] == c.text and c.heading.startswith(doc.source)
+            covered.update(range(c.start, c.end))
+            embedded = corpus.embedding_text(c)
+            assert len(tokenizer.encode(embedded, add_special_tokens=False).ids) <= 48
+        for block in sections.blocks(doc.text, "rst"):
+            text = {i for i in range(block.start, block.end) if not doc.text[i].isspace()}
+            assert text <= covered, f"{doc.source} lost a paragraph at {block.start}"
+
+
 def test_empty_or_missing_folder_is_bad_input(tmp_path):
     with pytest.raises(BadInput, match="has no readable documents"):
         corpus.documents(CorpusConfig(kind="dir", path=str(tmp_path)))
@@ -262,7 +282,8 @@ def test_an_edited_document_reembeds_only_its_changed_chunks_and_matches_a_clean
     counting = _Counting(embedder.load_pte(compiled[0]))
     after, notes = _build(tiny_cfg, model_dir, compiled, edited, store, tmp_path / "v2", counting)
 
-    new_texts = {c.text for c in after} - {c.text for c in before}
+    new_texts = ({corpus.embedding_text(c) for c in after}
+                 - {corpus.embedding_text(c) for c in before})
     assert 0 < len(new_texts) < len(after) // 3
     assert sorted(counting.texts[:len(new_texts)]) == sorted(new_texts)  # then only queries
     assert (notes["embedded"], notes["reused"]) == (len(new_texts), len(after) - len(new_texts))

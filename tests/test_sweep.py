@@ -224,7 +224,7 @@ def test_a_retrieval_only_sweep_rebuilds_no_llm_stage(swept):
     repo, params, _ = swept
     try:
         sh([sys.executable, "-m", "pipeline.cli", "sweep", "-m", "experiment=tiny",
-            "corpus.chunking=sections", "retrieval.mode=keyword,hybrid", "--name", "r"], repo)
+            "corpus.chunking=tokens", "retrieval.mode=keyword,hybrid", "--name", "r"], repo)
     finally:
         (repo / "params.yaml").write_text(params)
     rows = list(csv.DictReader((repo / "sweeps/r/results.csv").open()))
