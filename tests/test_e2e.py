@@ -166,17 +166,20 @@ def test_ask_shows_the_answer_and_sources_not_the_runners_log(built):
     assert timings["prompt_tokens"] + 8 <= 128 and timings["generated_tokens"] >= 1
 
 
-def test_ask_refuses_a_tampered_release(built, tmp_path):
+@pytest.mark.parametrize("name", ["index.usearch", "chunks.sqlite"])
+def test_ask_and_verify_refuse_a_tampered_release(built, tmp_path, name):
     repo = copy_built(built.repo, tmp_path / "repo")
-    with open(repo / "releases/default/index.usearch", "r+b") as handle:
+    with open(repo / "releases/default" / name, "r+b") as handle:
         handle.seek(64)
         byte = handle.read(1)
         handle.seek(64)
         handle.write(bytes([byte[0] ^ 0xFF]))
-    refused = _edgerag(repo, "ask", "What does assert do?", check=False)
-    assert refused.returncode == 2 and refused.stdout == ""
-    assert refused.stderr.strip() == ("edgerag: releases/default/index.usearch does not match "
-                                      "its sha256 in releases/default/manifest.json.")
+    sentence = (f"edgerag: releases/default/{name} does not match its sha256 in "
+                "releases/default/manifest.json.")
+    for command in (["ask", "What does assert do?"], ["verify", "releases/default"]):
+        refused = _edgerag(repo, *command, check=False)
+        assert refused.returncode == 2 and refused.stdout == "", command
+        assert refused.stderr.strip() == sentence, command
 
 
 def _stage_inputs() -> dict[str, list[str]]:
