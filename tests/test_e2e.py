@@ -16,6 +16,7 @@ pytestmark = pytest.mark.e2e
 
 ALL_STAGES = {"fetch_model", "split", "export", "calibrate", "quantize", "lower", "make_tasks",
               "evaluate_llm", "evaluate_quantized", "fetch_embedder", "compile_embedder",
+              "build_reranker",
               "prepare_corpus", "build_index", "evaluate_rag", "evaluate"}
 RELEASE_FILES = {"llm.pte", "tokenizer.json", "embedder.pte", "embedder_tokenizer.json",
                  "index.usearch", "chunks.jsonl", "chunks.sqlite", "metrics.json",

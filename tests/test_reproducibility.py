@@ -32,7 +32,7 @@ IDENTICAL = {"fetch_model": "model", "split": "split", "export": "export",
              "calibrate": "calibration", "quantize": "quantized", "lower": "lowered",
              "make_tasks": "tasks", "fetch_embedder": "embedder_src",
              "compile_embedder": "embedder", "prepare_corpus": "corpus",
-             "build_index": "index"}
+             "build_index": "index", "build_reranker": "reranker"}
 
 
 @pytest.fixture(scope="module")
