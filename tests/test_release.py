@@ -3,6 +3,7 @@ a real tiny release answering with sockets disabled."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -247,10 +248,14 @@ def test_add_artifact_keeps_comments_and_replaces_its_entry(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_release(tiny_cfg, tiny_ptes, tiny_embedder, tiny_embedder_source, tiny_tokenizer,
                  tmp_path_factory):
-    """The tiny Llama (fp32 .pte), the tiny embedder .pte, and an index of three pydoc topics."""
+    """The tiny Llama (fp32 .pte), the tiny embedder .pte, and an index of three pydoc topics,
+    cut in token windows: the tiny .pte's 128-token context holds no section chunk's heading
+    path with its text beside the question, so ask would have no source to test."""
+    windows = dataclasses.replace(tiny_cfg, corpus=dataclasses.replace(tiny_cfg.corpus,
+                                                                       chunking="tokens"))
     return write_tiny_release(
         tmp_path_factory.mktemp("releases") / "tiny", tmp_path_factory.mktemp("run"),
-        tiny_cfg, tiny_ptes["fp32"], tiny_tokenizer[1], tiny_embedder[0], tiny_embedder_source,
+        windows, tiny_ptes["fp32"], tiny_tokenizer[1], tiny_embedder[0], tiny_embedder_source,
         ("pydoc:assert", "pydoc:for", "pydoc:with"), GOOD, PLAIN_TURNS)
 
 

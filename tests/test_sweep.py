@@ -223,8 +223,11 @@ def test_a_retrieval_only_sweep_rebuilds_no_llm_stage(swept):
     stages come from the baseline's lock, and the row still carries the answers' columns."""
     repo, params, _ = swept
     try:
+        # quant=8da4w_g64: the workspace holds the last job's build (t-2), which the LLM
+        # stages must be served from.
         sh([sys.executable, "-m", "pipeline.cli", "sweep", "-m", "experiment=tiny",
-            "corpus.chunking=tokens", "retrieval.mode=keyword,hybrid", "--name", "r"], repo)
+            "quant=8da4w_g64", "corpus.chunking=tokens", "retrieval.mode=keyword,hybrid",
+            "--name", "r"], repo)
     finally:
         (repo / "params.yaml").write_text(params)
     rows = list(csv.DictReader((repo / "sweeps/r/results.csv").open()))
