@@ -26,7 +26,6 @@ Per question:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -125,12 +124,8 @@ def answer_scores(answer: str, record: dict, context: str) -> dict[str, float | 
 
 def _ranked(assistant: Any, question: str, depth: int, rerank: bool) -> list[str]:
     """The sources of the `depth` best chunks, with or without the configured reranker."""
-    retriever = assistant.retriever
-    configured, retriever.cfg = retriever.cfg, dataclasses.replace(retriever.cfg, rerank=rerank)
-    try:
-        return [assistant.chunks[key].source for key, _ in retriever.search(question, depth)]
-    finally:
-        retriever.cfg = configured
+    return [assistant.chunks[key].source
+            for key, _ in assistant.retriever.search(question, depth, rerank)]
 
 
 def ask_all(assistant: Any, questions: list[dict], k: int, depth: int, max_new_tokens: int,

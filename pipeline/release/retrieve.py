@@ -88,14 +88,18 @@ class Retriever:
         matches = self.index.search(self.embedder.embed([question])[0], n)
         return [int(key) for key in matches.keys]
 
-    def search(self, question: str, k: int | None = None) -> list[tuple[int, float]]:
-        """The top `k` (default `cfg.k`) keys with their fused (or single-list) scores."""
+    def search(self, question: str, k: int | None = None,
+               rerank: bool | None = None) -> list[tuple[int, float]]:
+        """The top `k` (default `cfg.k`) keys with their fused (or single-list) scores, reranked
+        if `rerank` (default `cfg.rerank`)."""
         k = k or self.cfg.k
         n = max(self.cfg.candidates, k)
         dense = self.dense(question, n) if self.cfg.mode != "keyword" else []
         keyword = keyword_search(self.db, question, n) if self.cfg.mode != "dense" else []
         fused = fuse(dense, keyword, self.cfg)
-        if self.cfg.rerank:
+        if rerank is None:
+            rerank = self.cfg.rerank
+        if rerank:
             fused = self.rerank(question, fused)
         return fused[:k]
 

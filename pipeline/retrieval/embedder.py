@@ -117,16 +117,18 @@ def _example(tokenizer: Tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor([encoding.ids]), torch.tensor([encoding.attention_mask])
 
 
-def to_pte(model: torch.nn.Module, example: tuple[torch.Tensor, torch.Tensor],
-           max_seq_len: int) -> bytes:
+def to_pte(model: torch.nn.Module, example: tuple[torch.Tensor, ...], max_seq_len: int) -> bytes:
+    """A token-sequence model (every input [1, T], T dynamic up to `max_seq_len`) lowered to
+    XNNPACK: the embedder, and the reranker's pair scorer."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     tokens = torch.export.Dim("tokens", min=MIN_SEQ_LEN, max=max_seq_len)
     with torch.no_grad():
-        program = torch.export.export(model, example, dynamic_shapes=({1: tokens}, {1: tokens}),
+        program = torch.export.export(model, example,
+                                      dynamic_shapes=tuple({1: tokens} for _ in example),
                                       strict=False)
-    log("lowering the embedder to XNNPACK")
+    log(f"lowering {type(model).__name__} to XNNPACK")
     edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
     return edge.to_executorch().buffer
 

@@ -21,7 +21,7 @@ from tokenizers import Tokenizer
 
 from pipeline.config import RerankerConfig
 from pipeline.errors import BadInput
-from pipeline.retrieval.embedder import MIN_SEQ_LEN, TOKENIZER
+from pipeline.retrieval.embedder import TOKENIZER, to_pte
 
 PTE, META = "reranker.pte", "reranker.json"
 Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -71,19 +71,11 @@ def load_tokenizer(path: Path, max_seq_len: int) -> Tokenizer:
 
 def compile_reranker(cfg: RerankerConfig, model_dir: Path, out: Path) -> dict[str, Any]:
     """The model folder → `reranker.pte`, `tokenizer.json` (pairs cut at L), `reranker.json`."""
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
-
     check(cfg)
     tokenizer = load_tokenizer(model_dir / TOKENIZER, cfg.max_seq_len)
     model = load_model(model_dir)
     example = _inputs(tokenizer.encode("what is a pair?", "A question and a passage."))
-    tokens = torch.export.Dim("tokens", min=MIN_SEQ_LEN + 1, max=cfg.max_seq_len)
-    with torch.no_grad():
-        program = torch.export.export(model, example, dynamic_shapes=({1: tokens},) * 3,
-                                      strict=False)
-    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
-    (out / PTE).write_bytes(edge.to_executorch().buffer)
+    (out / PTE).write_bytes(to_pte(model, example, cfg.max_seq_len))
     tokenizer.save(str(out / TOKENIZER))
     meta = {"max_seq_len": cfg.max_seq_len, "inputs": ["input_ids", "attention_mask",
                                                          "token_type_ids"]}
