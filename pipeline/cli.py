@@ -40,7 +40,12 @@ def _parser() -> argparse.ArgumentParser:
                      "the overrides may follow it")
     swp.add_argument("overrides", nargs="*",
                      help="Hydra overrides, e.g. quant=8da4w_g32,8da4w_g64 backend=xnnpack")
-    swp.add_argument("--name", help="sweeps/NAME and experiments NAME-<job> (default: the time)")
+    swp.add_argument("--name", help="sweeps/NAME and experiments NAME-<job> (default: the time); "
+                     "an existing NAME with the same overrides resumes it")
+    swp.add_argument("--jobs", type=int, default=1,
+                     help="jobs at once, each a DVC queue worker in its own workspace (default 1)")
+    swp.add_argument("--threads", type=int, default=None,
+                     help="threads per job (default: the cores divided by --jobs)")
     pro = commands.add_parser("promote", help="ship the best built run as releases/NAME/")
     pro.add_argument("--name", help="release name (default: release.name in params.yaml)")
     pro.add_argument("--run", help="a DVC experiment to ship (default: the release rule's pick)")
@@ -91,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "sweep":
         from pipeline.release import sweep
 
-        errors.run(lambda: sweep.run(args.overrides + args.multirun, args.name))
+        errors.run(lambda: sweep.run(args.overrides + args.multirun, args.name, args.jobs,
+                                      args.threads))
     elif args.command == "promote":
         from pipeline.release import promote
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -103,13 +105,38 @@ def test_objectives_match_the_optuna_sweepers_directions():
     assert sweep.objectives({"status": "failed", "reason": "x"}) is None
 
 
-def test_a_job_with_an_invalid_combination_fails_before_dvc(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # run_job must not get as far as writing params.yaml here
+def test_a_job_with_an_invalid_combination_fails_before_dvc(tmp_path):
     composed = config.compose(["experiment=tiny", "quant=qnn_16a4w"])
-    row = sweep.run_job(composed, ["quant=qnn_16a4w"], "s-0", tmp_path)
+    row = sweep.plan_job(composed, ["quant=qnn_16a4w"], tmp_path)
     assert row["status"] == "failed" and row["experiment"] == ""
     assert row["reason"] == "quant=qnn_16a4w quantizes for QNN; it needs backend=qnn."
-    assert not (tmp_path / config.PARAMS_FILE).exists()
+    assert not (tmp_path / config.PARAMS_FILE).exists()  # nothing for the queue to run
+
+
+def _params(*overrides):
+    typed = config.validate(config.compose(["experiment=tiny", *overrides]))
+    return OmegaConf.to_container(OmegaConf.create(config.params_text(typed, list(overrides))))
+
+
+def test_the_stages_every_job_builds_alike_are_built_once_before_the_fan_out():
+    llm_only = sweep.shared_stages([_params("quant=8da4w_g32"), _params("quant=8da4w_g64")])
+    assert {"fetch_model", "export", "compile_embedder", "build_index"} <= set(llm_only)
+    assert not {"quantize", "lower", "evaluate_llm", "evaluate"} & set(llm_only)
+    rag_only = sweep.shared_stages([_params("corpus.chunking=tokens"),
+                                    _params("corpus.chunking=sections")])
+    assert {"export", "quantize", "lower", "evaluate_llm"} <= set(rag_only)
+    assert not {"prepare_corpus", "build_index", "evaluate_rag"} & set(rag_only)
+    assert sweep.shared_stages([_params(), _params()]) == []  # identical jobs: nothing to seed
+
+
+@pytest.mark.parametrize("flag, value", [("--jobs", "0"), ("--jobs", "-2"), ("--threads", "0")])
+def test_jobs_and_threads_below_one_fail_in_one_sentence(tmp_path, flag, value):
+    done = sh([sys.executable, "-m", "pipeline.cli", "sweep", "-m", "quant=8da4w_g32",
+               flag, value, "--name", "n"], tmp_path, check=False)
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"edgerag: {flag} {value} must be 1 or more")
+    assert not (tmp_path / "sweeps").exists()
 
 
 @pytest.mark.skipif(sweep._has_optuna(), reason="the sweep-optuna extra is installed")
@@ -123,15 +150,16 @@ def test_optuna_without_the_extra_names_it(tmp_path):
 
 @pytest.fixture(scope="module")
 def swept(tiny_release_build, tmp_path_factory):
-    """A real sweep on experiment=tiny: two schemes, and a QNN scheme that cannot run here, in a
-    copy of the session's tiny build (its DVC cache serves what the sweep does not change)."""
+    """A real sweep on experiment=tiny, two jobs at once: two schemes, and a QNN scheme that
+    cannot run here, in a copy of the session's tiny build (its DVC cache and run cache serve what
+    the sweep does not change)."""
     assert tiny_release_build.result.returncode == 0, tiny_release_build.result.stderr[-2000:]
     repo = copy_built(tiny_release_build.repo, tmp_path_factory.mktemp("sweep") / "repo")
     sh(["git", "add", "-A"], repo)
     sh(["git", "commit", "-qm", "baseline", "--allow-empty"], repo)
     params = (repo / "params.yaml").read_text()
     sh([sys.executable, "-m", "pipeline.cli", "sweep", "-m", "experiment=tiny",
-        "quant=8da4w_g32,qnn_16a4w,8da4w_g64", "--name", "t"], repo)
+        "quant=8da4w_g32,qnn_16a4w,8da4w_g64", "--name", "t", "--jobs", "2"], repo)
     rows = list(csv.DictReader((repo / "sweeps/t/results.csv").open()))
     return repo, params, {int(row["job"]): row for row in rows}
 
@@ -165,7 +193,8 @@ def test_unchanged_stages_are_not_rebuilt(swept):
 @pytest.mark.e2e
 def test_rows_carry_the_artifact_hashes_and_dvc_lists_the_experiments(swept):
     repo, _, rows = swept
-    assert rows[2]["llm_pte_sha256"] == sha256_file(repo / "data/lowered/llm.pte")
+    # The queue never touches the workspace: it still holds the baseline, which job 0 restored.
+    assert rows[0]["llm_pte_sha256"] == sha256_file(repo / "data/lowered/llm.pte")
     assert rows[0]["llm_pte_sha256"] != rows[2]["llm_pte_sha256"]  # group 32 vs 64
     assert rows[0]["index_sha256"] == rows[2]["index_sha256"] == sha256_file(
         repo / "data/index/index.usearch")
@@ -199,7 +228,7 @@ def _values(tree, key):
 
 @pytest.mark.e2e
 def test_promote_ships_exactly_the_row_the_rule_selects(swept):
-    """Among the sweep's rows (and the workspace, which holds the last job's build), the rule's
+    """Among the sweep's rows (and the workspace, which holds job 0's build), the rule's
     pick is the smallest .pte within the bounds; a bound between the rows' deltas moves it."""
     repo, params, rows = swept
     ok = [rows[0], rows[2]]
@@ -223,8 +252,7 @@ def test_a_retrieval_only_sweep_rebuilds_no_llm_stage(swept):
     stages come from the baseline's lock, and the row still carries the answers' columns."""
     repo, params, _ = swept
     try:
-        # quant=8da4w_g64: the workspace holds the last job's build (t-2), which the LLM
-        # stages must be served from.
+        # quant=8da4w_g64: the LLM stages are served from the run cache t-2 filled.
         sh([sys.executable, "-m", "pipeline.cli", "sweep", "-m", "experiment=tiny",
             "quant=8da4w_g64", "corpus.chunking=tokens", "retrieval.mode=keyword,hybrid",
             "--name", "r"], repo)
@@ -237,3 +265,58 @@ def test_a_retrieval_only_sweep_rebuilds_no_llm_stage(swept):
     assert set(rows[1]["stages_run"].split()) == {"evaluate_rag", "evaluate"}
     assert all(row["rag.hit_at_k"] != "" and row["rag.grounded"] != "" for row in rows)
     assert rows[0]["llm_pte_sha256"] == rows[1]["llm_pte_sha256"] != ""
+
+
+@pytest.fixture(scope="module")
+def interrupted(tiny_release_build, tmp_path_factory):
+    """A sweep killed (SIGTERM) while its second job runs, then the same sweep run again."""
+    import signal
+    import subprocess
+    import time
+
+    repo = copy_built(tiny_release_build.repo, tmp_path_factory.mktemp("killed") / "repo")
+    sh(["git", "add", "-A"], repo)
+    sh(["git", "commit", "-qm", "baseline", "--allow-empty"], repo)
+    branch = sh(["git", "symbolic-ref", "--short", "HEAD"], repo).stdout.strip()
+    params = (repo / "params.yaml").read_text()
+    command = [sys.executable, "-m", "pipeline.cli", "sweep", "-m", "experiment=tiny",
+               "quant=8da4w_g32,4w_g32", "--name", "k"]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    sweep_run = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+    first = repo / "sweeps/k/jobs/0/result.json"
+    deadline = time.monotonic() + 900
+    while not (first.is_file() and json.loads(first.read_text())["status"] == "ok"):
+        assert sweep_run.poll() is None and time.monotonic() < deadline, sweep_run.stderr.read()
+        time.sleep(1)
+    time.sleep(10)  # job 1 is well into its stages
+    sweep_run.send_signal(signal.SIGTERM)
+    out, err = sweep_run.communicate(timeout=300)
+    killed = {"rc": sweep_run.returncode, "stderr": err, "first": first.read_text(),
+              "rows": list(csv.DictReader((repo / "sweeps/k/results.csv").open())),
+              "branch": sh(["git", "symbolic-ref", "--short", "HEAD"], repo).stdout.strip(),
+              "params": (repo / "params.yaml").read_text(),
+              "queue": sh([sys.executable, "-m", "dvc", "queue", "status"], repo).stdout}
+    resumed = sh(command, repo)
+    rows = list(csv.DictReader((repo / "sweeps/k/results.csv").open()))
+    return repo, branch, params, killed, resumed, rows
+
+
+@pytest.mark.e2e
+def test_a_killed_sweep_records_interrupted_jobs_and_leaves_the_workspace_as_it_was(interrupted):
+    _, branch, params, killed, _, _ = interrupted
+    assert killed["rc"] == 130 and killed["stderr"].strip().endswith("edgerag: interrupted.")
+    assert [(row["job"], row["status"]) for row in killed["rows"]] == [
+        ("0", "ok"), ("1", "interrupted")]
+    assert killed["branch"] == branch and killed["params"] == params
+    assert " Running" not in killed["queue"]  # its experiment was stopped, not left running
+
+
+@pytest.mark.e2e
+def test_a_resumed_sweep_runs_only_the_unfinished_jobs(interrupted):
+    repo, _, params, killed, resumed, rows = interrupted
+    assert "job 0 finished in an earlier run: k-0" in resumed.stdout
+    assert (repo / "sweeps/k/jobs/0/result.json").read_text() == killed["first"]
+    assert [(row["job"], row["status"]) for row in rows] == [("0", "ok"), ("1", "ok")]
+    assert "quantize" in rows[1]["stages_run"].split()
+    assert (repo / "params.yaml").read_text() == params

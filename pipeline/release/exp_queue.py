@@ -1,0 +1,125 @@
+"""DVC's experiment queue as `edgerag sweep` drives it.
+
+Each job is a queued experiment (`dvc exp run --queue`) that a queue worker runs in a temporary
+workspace of its own; every worker shares this repository's DVC cache and run cache, so a stage
+one job built is restored, never rebuilt, by the next. The user's workspace is never checked out
+(no detached HEAD, no params.yaml left behind), and N workers run N jobs at once.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from pipeline.errors import BadInput
+
+QUEUED, RUNNING, SUCCESS, FAILED = "Queued", "Running", "Success", "Failed"
+DONE = (SUCCESS, FAILED)
+POLL_S = 2.0
+
+
+def default_threads(jobs: int) -> int:
+    """Threads per job so that `jobs` jobs at once do not oversubscribe this machine's cores."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    """Stages call `python` and `dvc`: make them this interpreter's; cap each job's threads."""
+    capped = {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    return {**os.environ, **capped,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def _dvc(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True,
+                          env=env or worker_env(default_threads(1)))
+
+
+def enqueue(name: str, targets: Iterable[str] = ()) -> None:
+    """Queue the workspace as it is now (params.yaml included) as experiment `name`."""
+    done = _dvc("exp", "run", "--queue", "--name", name, *targets)
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or ["no message"])[-1].removeprefix("ERROR: ")
+        raise BadInput(f"DVC could not queue experiment {name}: {why}")
+
+
+def forget(names: Iterable[str]) -> None:
+    """Drop earlier queue entries and experiments of these names, so they can be queued again."""
+    names = list(names)
+    if names:
+        _dvc("queue", "remove", *names)
+        _dvc("exp", "remove", *names)
+
+
+def statuses(names: Iterable[str]) -> dict[str, str]:
+    """Each named experiment's queue status (Queued, Running, Success, Failed)."""
+    from dvc.repo import Repo
+
+    wanted = set(names)
+    with Repo(".") as repo:
+        return {entry["name"]: entry["status"] for entry in repo.experiments.celery_queue.status()
+                if entry.get("name") in wanted}
+
+
+def run(names: list[str], jobs: int, threads: int, on_change: Callable[[str, str], None],
+        first: Iterable[str] = ()) -> dict[str, str]:
+    """Run the named queued experiments `jobs` at a time (one worker alone until those in `first`
+    are done) and wait for all; their statuses. `on_change(name, status)` hears each change.
+    Interrupted, it kills what it started."""
+    first = [name for name in first if name in names]
+    seen: dict[str, str] = {}
+    try:
+        _start(1 if first else jobs, threads)
+        while True:
+            now = statuses(names)
+            for name, status in now.items():
+                if seen.get(name) != status:
+                    on_change(name, status)
+            if first and all(now.get(name) in DONE for name in first):
+                first = []
+                _start(jobs, threads)
+            seen = now
+            if all(now.get(name) in DONE for name in names):
+                return now
+            if not any(now.get(name) in (QUEUED, RUNNING) for name in names):
+                missing = ", ".join(n for n in names if n not in now)
+                raise BadInput(f"DVC's queue lost experiments {missing}; see `dvc queue status`.")
+            time.sleep(POLL_S)
+    except BaseException:
+        kill(names)
+        raise
+
+
+def _start(workers: int, threads: int) -> None:
+    """`dvc queue start`. Its workers are daemons that inherit the caller's stdout and stderr:
+    they get files, never our pipes, or waiting for `dvc queue start` would wait for them."""
+    with tempfile.TemporaryFile("w+") as errors:
+        started = subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "--jobs",
+                                  str(workers)], stdout=subprocess.DEVNULL, stderr=errors,
+                                 env=worker_env(threads))
+        errors.seek(0)
+        if started.returncode != 0:
+            raise BadInput(f"DVC could not start its queue workers: {errors.read().strip()}")
+
+
+def kill(names: Iterable[str]) -> None:
+    """Stop running experiments and drop queued ones, then stop the workers."""
+    names = list(names)
+    now = statuses(names)
+    running = [n for n in names if now.get(n) == RUNNING]
+    queued = [n for n in names if now.get(n) == QUEUED]
+    if running:
+        _dvc("queue", "kill", *running)
+    if queued:
+        _dvc("queue", "remove", *queued)
+    _dvc("queue", "stop")
+
+
+def log(name: str) -> str:
+    """What the experiment's `dvc exp run` printed (DVC keeps it with the queue entry)."""
+    return _dvc("queue", "logs", name).stdout
