@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="jobs at once, each a DVC queue worker in its own workspace (default 1)")
     swp.add_argument("--threads", type=int, default=None,
                      help="threads per job (default: the cores divided by --jobs)")
+    swp.add_argument("--cluster", metavar="ADDRESS",
+                     help="run the jobs on the Dask scheduler at ADDRESS (tcp://host:8786), "
+                     "sharing builds through origin and the default DVC remote")
     pro = commands.add_parser("promote", help="ship the best built run as releases/NAME/")
     pro.add_argument("--name", help="release name (default: release.name in params.yaml)")
     pro.add_argument("--run", help="a DVC experiment to ship (default: the release rule's pick)")
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         from pipeline.release import sweep
 
         errors.run(lambda: sweep.run(args.overrides + args.multirun, args.name, args.jobs,
-                                      args.threads))
+                                      args.threads, args.cluster))
     elif args.command == "promote":
         from pipeline.release import promote
 

@@ -21,6 +21,7 @@ from pipeline.errors import BadInput
 QUEUED, RUNNING, SUCCESS, FAILED = "Queued", "Running", "Success", "Failed"
 DONE = (SUCCESS, FAILED)
 POLL_S = 2.0
+KILL_WAIT_S = 60.0
 
 
 def default_threads(jobs: int) -> int:
@@ -118,6 +119,11 @@ def kill(names: Iterable[str]) -> None:
     if queued:
         _dvc("queue", "remove", *queued)
     _dvc("queue", "stop")
+    deadline = time.monotonic() + KILL_WAIT_S
+    while running and time.monotonic() < deadline:  # gone from the queue, not just signalled
+        time.sleep(POLL_S)
+        now = statuses(running)
+        running = [name for name in running if now.get(name) == RUNNING]
 
 
 def log(name: str) -> str:

@@ -40,7 +40,7 @@ METRICS = Path("data/eval/metrics.json")
 HASHES = {"llm_pte_sha256": ("data/lowered", "llm.pte"),
           "index_sha256": ("data/index", "index.usearch")}
 FIRST_COLUMNS = ("job", "experiment", "status", "reason", "overrides", "quant", "backend",
-                 "stages_run", "wall_s")
+                 "stages_run", "wall_s", "worker")
 # What a job returns to Hydra, in the order of `direction` in conf/hydra/sweeper/optuna_pareto.yaml.
 OBJECTIVES = (pareto.DELTA, pareto.SIZE)
 OPTUNA_EXTRA = "sweep-optuna"
@@ -327,12 +327,16 @@ def _rows(jobs_dir: Path) -> list[dict[str, Any]]:
 
 
 def run(overrides: list[str], name: str | None = None, jobs: int = 1,
-        threads: int | None = None) -> int:
+        threads: int | None = None, cluster_address: str | None = None) -> int:
     """Run the sweep (or resume it: jobs that finished are kept), `jobs` at a time through DVC's
     queue; write sweeps/<name>/{results.csv,pareto.*}. An interrupted sweep records its unfinished
     jobs as interrupted and leaves the workspace as it found it."""
     name = name or datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
     _check(overrides, name, jobs, threads)
+    if cluster_address and (jobs > 1 or any(o.startswith("hydra/sweeper=optuna")
+                                            for o in overrides)):
+        raise BadInput("--cluster runs a grid's jobs on as many workers as the cluster has; "
+                       "drop --jobs and the Optuna sweeper.")
     folder, params = SWEEPS / name, Path(config.PARAMS_FILE)
     resumed = folder.exists()
     optuna = any(o.startswith("hydra/sweeper=optuna") for o in overrides)
@@ -348,7 +352,12 @@ def run(overrides: list[str], name: str | None = None, jobs: int = 1,
                 shutil.rmtree(folder, ignore_errors=True)
             raise
         planned = [row for row in _rows(folder / "jobs") if row["status"] == PLANNED]
-        if planned:
+        if planned and cluster_address:
+            from pipeline.release import cluster
+
+            cluster.run(cluster_address, name, planned, threads,
+                        lambda row: _finished(folder / "jobs", row))
+        elif planned:
             _run_queue(name, planned, jobs, _SETTINGS["threads"])
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -358,6 +367,11 @@ def run(overrides: list[str], name: str | None = None, jobs: int = 1,
             artifacts.atomic_write_text(params, saved)
         _write_results(name, folder)
     return 0
+
+
+def _finished(jobs_dir: Path, row: dict[str, Any]) -> None:
+    _save_row(jobs_dir / str(row["job"]), row)
+    _say(row)
 
 
 def _interrupt(signum: int, _frame: Any) -> None:

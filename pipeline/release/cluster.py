@@ -1,0 +1,152 @@
+"""A sweep's jobs on many machines: Dask schedules them, a DVC remote shares what they build.
+
+Every Dask worker keeps a private clone of the sweep's git repository and a private DVC cache;
+workers share nothing but the git remote (each job's experiment is pushed there) and the DVC
+remote (outputs and the run cache). A job fetches the run cache before it runs, so a stage any
+worker pushed is restored, not rebuilt; the stages every job builds alike run first, as one task
+the jobs wait on. Workers declare `--resources edgerag=1` so each runs one job at a time with all
+of its threads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline import artifacts, config
+from pipeline.errors import BadInput
+from pipeline.release import sweep
+
+RESOURCE = "edgerag"
+CLUSTER_EXTRA = "sweep-cluster"
+
+
+def _git(*args: str, cwd: Path | str = ".") -> str:
+    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise BadInput(f"git {' '.join(args)} failed: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def remotes() -> tuple[str, str, str]:
+    """(git URL of origin, URL of DVC's default remote, HEAD's commit), checked: the workers can
+    only build a commit they can fetch."""
+    from dvc.repo import Repo
+
+    url = subprocess.run(["git", "remote", "get-url", "origin"], capture_output=True, text=True)
+    if url.returncode != 0:
+        raise BadInput("--cluster needs a git remote named origin that every worker can reach.")
+    with Repo(".") as repo:
+        name = repo.config["core"].get("remote")
+        if not name:
+            raise BadInput("--cluster needs a default DVC remote every worker can reach "
+                           "(`dvc remote add -d NAME URL`).")
+        dvc_url = repo.config["remote"][name]["url"]
+    head = _git("rev-parse", "HEAD")
+    _git("fetch", "-q", "origin")
+    if not _git("branch", "-r", "--contains", head):
+        raise BadInput(f"commit {head[:12]} is not on origin; push it first, the workers build "
+                       "from there.")
+    return url.stdout.strip(), dvc_url, head
+
+
+def _worker_repo(git_url: str, dvc_url: str, rev: str) -> Path:
+    """This worker's own clone at `rev`, its DVC default remote set to the shared one."""
+    from distributed import get_worker
+
+    clone = Path(get_worker().local_directory) / "edgerag-repo"
+    if not (clone / ".git").is_dir():
+        _git("clone", "-q", git_url, str(clone), cwd=clone.parent)
+    _git("fetch", "-q", "origin", cwd=clone)
+    _git("reset", "-q", "--hard", rev, cwd=clone)
+    _dvc(clone, "remote", "add", "--local", "--default", "--force", "shared", dvc_url)
+    return clone
+
+
+def _dvc(clone: Path, *args: str, threads: int = 1) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=clone, capture_output=True,
+                          text=True, env=env)
+
+
+def build(git_url: str, dvc_url: str, rev: str, experiment: str, params: str,
+          targets: list[str], threads: int | None, _after: Any = None) -> dict[str, Any]:
+    """One job on a worker: fetch the shared run cache, `dvc exp run` in the worker's clone,
+    push the experiment and its run cache; the job's row (what ran, metrics, artifact hashes)."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    threads = threads or worker.state.nthreads
+    row: dict[str, Any] = {"worker": f"{socket.gethostname()}:{worker.name}"}
+    clone = _worker_repo(git_url, dvc_url, rev)
+    _dvc(clone, "fetch", "--run-cache")  # what every other worker pushed, restored not rebuilt
+    artifacts.atomic_write_text(clone / config.PARAMS_FILE, params)
+    done = _dvc(clone, "exp", "run", "--pull", "--name", experiment, *targets, threads=threads)
+    row["stages_run"] = " ".join(sweep.stages_run(done.stdout))
+    if done.returncode != 0:
+        return {**row, "status": "failed", "reason": sweep.failure_reason(done.stderr)}
+    # The shared stages need only the run cache; a job's experiment goes to origin as well.
+    pushed = _dvc(clone, *(("push", "--run-cache") if targets else
+                           ("exp", "push", "--run-cache", "origin", experiment)))
+    if pushed.returncode != 0:
+        return {**row, "status": "failed",
+                "reason": f"built, but not pushed: {sweep.failure_reason(pushed.stderr)}"}
+    if targets:
+        return {**row, "status": "ok"}
+    try:
+        metrics = sweep.flatten(json.loads((clone / sweep.METRICS).read_text()))
+        hashes = {column: artifacts.read_manifest(clone / folder)["files"][file]["sha256"]
+                  for column, (folder, file) in sweep.HASHES.items()}
+    except (OSError, KeyError, ValueError, BadInput) as error:
+        return {**row, "status": "failed", "reason": f"built, but unreadable: {error}"}
+    return {**row, "status": "ok", "experiment": experiment, **metrics, **hashes}
+
+
+def run(address: str, sweep_name: str, rows: list[dict[str, Any]], threads: int | None,
+        on_done: Any) -> None:
+    """Submit the shared stages, then every planned row, to the Dask scheduler at `address`;
+    `on_done(row)` hears each finished row; the experiments are pulled here at the end."""
+    try:
+        from distributed import Client, as_completed
+    except ModuleNotFoundError:
+        raise BadInput(f"--cluster needs Dask: pip install -e '.[{CLUSTER_EXTRA}]'.") from None
+    git_url, dvc_url, rev = remotes()
+    jobs_dir = sweep.SWEEPS / sweep_name / "jobs"
+    params = {row["job"]: (jobs_dir / str(row["job"]) / config.PARAMS_FILE).read_text()
+              for row in rows}
+    from omegaconf import OmegaConf
+
+    shared = sweep.shared_stages([OmegaConf.to_container(OmegaConf.create(text))
+                                  for text in params.values()]) if len(rows) > 1 else []
+    names = {row["job"]: f"{sweep_name}-{row['job']}" for row in rows}
+    with Client(address, timeout="30s") as client:
+        if not any(RESOURCE in info.get("resources", {})
+                   for info in client.scheduler_info()["workers"].values()):
+            raise BadInput(f"no worker of {address} offers the {RESOURCE} resource; start "
+                           f"workers with `dask worker {address} --resources {RESOURCE}=1`.")
+        seed = None
+        if shared:
+            seed = client.submit(build, git_url, dvc_url, rev, f"{sweep_name}-shared",
+                                 next(iter(params.values())), shared, threads,
+                                 resources={RESOURCE: 1}, pure=False, key=f"{sweep_name}-shared")
+        futures = {client.submit(build, git_url, dvc_url, rev, names[row["job"]],
+                                 params[row["job"]], [], threads, seed,
+                                 resources={RESOURCE: 1}, pure=False,
+                                 key=names[row["job"]]): row for row in rows}
+        if seed is not None:
+            built = seed.result()
+            print(f"shared stages on {built['worker']} ({built['status']}; ran: "
+                  f"{built.get('stages_run') or 'nothing'})", flush=True)
+        for future in as_completed(futures):
+            on_done({**futures[future], "reason": "", **future.result()})
+    pulled = subprocess.run([sys.executable, "-m", "dvc", "exp", "pull", "origin",
+                             *names.values()], capture_output=True, text=True)
+    if pulled.returncode != 0:
+        print(f"edgerag: could not pull the experiments: {sweep.failure_reason(pulled.stderr)}",
+              file=sys.stderr)
