@@ -8,7 +8,7 @@ by the next writer of the same artifact). Readers call `require()`, which re-has
 The manifest describes the bytes (hashes, config, inputs, versions), so two builds of the same
 bytes write the same manifest and DVC sees the same output hash. What differs from one build to
 the next (wall time, peak RSS, thread count, seeds) goes to the stage's run record,
-`data/runs/<stage>.json`, which dvc.yaml declares apart (`cache: false`).
+`data/runs/<stage>.json`, a separate output in dvc.yaml.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def _file_table(root: Path) -> dict[str, dict[str, Any]]:
 
 
 def run_record(stage: str) -> Path:
-    """Where a stage's volatile facts go (declared in dvc.yaml as an uncached output)."""
+    """Where a stage's volatile facts go (a separate output in dvc.yaml, outside the artifact)."""
     return RUNS / f"{stage}.json"
 
 
