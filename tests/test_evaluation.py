@@ -157,3 +157,12 @@ def test_program_scorer_matches_the_runtime(tiny_program, tiny_ptes):
     ours = scorers.target_logprobs(scorers.ProgramScorer(copy.deepcopy(program), 128), ids, 2)
     runtime = scorers.target_logprobs(scorers.RuntimeScorer(tiny_ptes["fp32"]), ids, 2)
     assert (ours - runtime).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("loss", [800.0, float("inf"), float("nan")])
+def test_a_loss_whose_perplexity_overflows_is_one_sentence_about_broken_logits(loss):
+    from pipeline.errors import BadInput
+
+    assert perplexity.perplexity([2.0, 4.0]) == pytest.approx(2.718281828 ** 3)
+    with pytest.raises(BadInput, match="its logits are broken"):
+        perplexity.perplexity([loss, loss])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from pipeline.errors import BadInput
 from pipeline.evaluation.scorers import target_logprobs
 from pipeline.progress import bar
 
@@ -29,8 +30,18 @@ def nll(scorer: Any, window: list[int]) -> list[float]:
     return (-target_logprobs(scorer, window, 1)).tolist()
 
 
+# exp() of a mean loss above this overflows a float: no model that still predicts text gets there.
+MAX_MEAN_NLL = 700.0
+
+
 def perplexity(nlls: list[float]) -> float:
-    return math.exp(sum(nlls) / len(nlls))
+    """exp(mean loss); a loss that overflows (or is NaN) means broken logits, said in one line."""
+    mean = sum(nlls) / len(nlls)
+    if not mean < MAX_MEAN_NLL:
+        raise BadInput(f"the program scored a mean loss of {mean:.0f} nats per token on held-out "
+                       "text (its perplexity overflows): its logits are broken, not merely "
+                       "imprecise; try another quant recipe.")
+    return math.exp(mean)
 
 
 def score(pte: Any, reference: Any, chunks: list[list[int]]) -> dict[str, Any]:

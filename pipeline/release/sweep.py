@@ -181,9 +181,9 @@ def shared_stages(job_params: list[dict[str, Any]], dvc_file: Path = Path("dvc.y
     stages = OmegaConf.to_container(OmegaConf.load(dvc_file))["stages"]
     outs = {stage: [next(iter(o)) if isinstance(o, dict) else o for o in body.get("outs", [])]
             for stage, body in stages.items()}
+    views = [OmegaConf.create(params) for params in job_params]
     shared: list[str] = []
     for stage, body in stages.items():  # dvc.yaml lists a stage after the stages it reads
-        views = [OmegaConf.create(params) for params in job_params]
         same = all(len({json.dumps(OmegaConf.to_container(v, resolve=True)
                                    if OmegaConf.is_config(v) else v, sort_keys=True)
                         for v in (OmegaConf.select(view, key) for view in views)}) == 1
