@@ -54,3 +54,13 @@ def test_the_clusters_experiments_come_back_here(clustered):
     shown = json.loads(sh([sys.executable, "-m", "dvc", "exp", "show", "--json"], repo).stdout)
     text = json.dumps(shown)
     assert '"c-0"' in text and '"c-1"' in text
+
+
+def test_cluster_with_jobs_fails_in_one_sentence(tmp_path):
+    done = sh([sys.executable, "-m", "pipeline.cli", "sweep", "-m", "quant=8da4w_g32",
+               "--jobs", "2", "--cluster", "tcp://127.0.0.1:9", "--name", "n"], tmp_path,
+              check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "edgerag: --cluster runs a grid's jobs on as many workers as the cluster has; "
+        "drop --jobs and the Optuna sweeper."]

@@ -125,7 +125,11 @@ def run(address: str, sweep_name: str, rows: list[dict[str, Any]], threads: int 
     shared = sweep.shared_stages([OmegaConf.to_container(OmegaConf.create(text))
                                   for text in params.values()]) if len(rows) > 1 else []
     names = {row["job"]: f"{sweep_name}-{row['job']}" for row in rows}
-    with Client(address, timeout="30s") as client:
+    try:
+        client = Client(address, timeout="30s")
+    except OSError as error:
+        raise BadInput(f"could not reach the Dask scheduler at {address}: {error}") from None
+    with client:
         if not any(RESOURCE in info.get("resources", {})
                    for info in client.scheduler_info()["workers"].values()):
             raise BadInput(f"no worker of {address} offers the {RESOURCE} resource; start "

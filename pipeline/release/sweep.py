@@ -254,7 +254,8 @@ def _run_queue(sweep_name: str, rows: list[dict[str, Any]], jobs: int,
     return [done[name] for name in by_name]
 
 
-def _check(overrides: list[str], name: str, jobs: int, threads: int | None) -> None:
+def _check(overrides: list[str], name: str, jobs: int, threads: int | None,
+           cluster_address: str | None = None) -> None:
     """Everything that would make every job fail, before any job runs."""
     if not _NAME.fullmatch(name):
         raise BadInput(f"--name {name!r} may only use letters, digits, '.', '_' and '-' "
@@ -269,6 +270,9 @@ def _check(overrides: list[str], name: str, jobs: int, threads: int | None) -> N
     if optuna and jobs > 1:
         raise BadInput("the Optuna sweeper waits for each trial before it picks the next, so "
                        "its trials run one at a time; drop --jobs.")
+    if cluster_address and (jobs > 1 or optuna):
+        raise BadInput("--cluster runs a grid's jobs on as many workers as the cluster has; "
+                       "drop --jobs and the Optuna sweeper.")
     earlier = _read_plan(SWEEPS / name)
     if earlier is not None and earlier != overrides:
         raise BadInput(f"{SWEEPS / name} is a sweep over other overrides ({' '.join(earlier)}); "
@@ -332,11 +336,7 @@ def run(overrides: list[str], name: str | None = None, jobs: int = 1,
     queue; write sweeps/<name>/{results.csv,pareto.*}. An interrupted sweep records its unfinished
     jobs as interrupted and leaves the workspace as it found it."""
     name = name or datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
-    _check(overrides, name, jobs, threads)
-    if cluster_address and (jobs > 1 or any(o.startswith("hydra/sweeper=optuna")
-                                            for o in overrides)):
-        raise BadInput("--cluster runs a grid's jobs on as many workers as the cluster has; "
-                       "drop --jobs and the Optuna sweeper.")
+    _check(overrides, name, jobs, threads, cluster_address)
     folder, params = SWEEPS / name, Path(config.PARAMS_FILE)
     resumed = folder.exists()
     optuna = any(o.startswith("hydra/sweeper=optuna") for o in overrides)
