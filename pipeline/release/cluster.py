@@ -11,7 +11,6 @@ of its threads.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from typing import Any
 
 from pipeline import artifacts, config
 from pipeline.errors import BadInput
-from pipeline.release import sweep
+from pipeline.release import exp_queue, sweep
 
 RESOURCE = "edgerag"
 CLUSTER_EXTRA = "sweep-cluster"
@@ -69,10 +68,8 @@ def _worker_repo(git_url: str, dvc_url: str, rev: str) -> Path:
 
 
 def _dvc(clone: Path, *args: str, threads: int = 1) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=clone, capture_output=True,
-                          text=True, env=env)
+                          text=True, env=exp_queue.worker_env(threads))
 
 
 def build(git_url: str, dvc_url: str, rev: str, experiment: str, params: str,

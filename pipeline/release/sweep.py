@@ -21,6 +21,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from importlib.util import find_spec
 from pathlib import Path
@@ -208,19 +210,13 @@ def _run_queue(sweep_name: str, rows: list[dict[str, Any]], jobs: int,
                             for text in params_of.values()]) if jobs > 1 and len(rows) > 1 else []
     exp_queue.forget([*names.values(), seed])
     params = Path(config.PARAMS_FILE)
-    saved = params.read_text() if params.is_file() else None
-    try:
+    with _params_kept():  # `dvc exp run --queue` snapshots the workspace's params.yaml
         if shared:
             artifacts.atomic_write_text(params, next(iter(params_of.values())))
             exp_queue.enqueue(seed, shared)
         for job, name in names.items():
             artifacts.atomic_write_text(params, params_of[job])
             exp_queue.enqueue(name)
-    finally:
-        if saved is None:
-            params.unlink(missing_ok=True)
-        elif params.read_text() != saved:
-            artifacts.atomic_write_text(params, saved)
     by_name = {names[row["job"]]: row for row in rows}
     started: dict[str, float] = {}
     done: dict[str, dict[str, Any]] = {}
@@ -337,12 +333,11 @@ def run(overrides: list[str], name: str | None = None, jobs: int = 1,
     jobs as interrupted and leaves the workspace as it found it."""
     name = name or datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
     _check(overrides, name, jobs, threads, cluster_address)
-    folder, params = SWEEPS / name, Path(config.PARAMS_FILE)
+    folder = SWEEPS / name
     resumed = folder.exists()
     optuna = any(o.startswith("hydra/sweeper=optuna") for o in overrides)
     _SETTINGS.update(defer=not optuna, threads=threads or exp_queue.default_threads(jobs))
     artifacts.atomic_write_text(folder / PLAN, json.dumps({"overrides": overrides}) + "\n")
-    saved = params.read_text() if params.is_file() else None
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         try:
@@ -361,12 +356,22 @@ def run(overrides: list[str], name: str | None = None, jobs: int = 1,
             _run_queue(name, planned, jobs, _SETTINGS["threads"])
     finally:
         signal.signal(signal.SIGTERM, previous)
+        _write_results(name, folder)
+    return 0
+
+
+@contextmanager
+def _params_kept() -> Iterator[None]:
+    """params.yaml as it was before, whatever happens inside."""
+    params = Path(config.PARAMS_FILE)
+    saved = params.read_text() if params.is_file() else None
+    try:
+        yield
+    finally:
         if saved is None:
             params.unlink(missing_ok=True)
         elif params.read_text() != saved:
             artifacts.atomic_write_text(params, saved)
-        _write_results(name, folder)
-    return 0
 
 
 def _finished(jobs_dir: Path, row: dict[str, Any]) -> None:
