@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "verify":
         errors.run(lambda: verify(args.path))
     elif args.command == "sweep":
-        from pipeline.release import sweep
+        from pipeline.experiments import sweep
 
         errors.run(lambda: sweep.run(args.overrides + args.multirun, args.name, args.jobs,
                                       args.threads, args.cluster))

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from pipeline import config
 from pipeline.artifacts import sha256_file
-from pipeline.release import pareto, sweep
+from pipeline.experiments import pareto, sweep
 from tests.conftest import copy_built, edgerag_script, sh
 
 DVC_OUT = """\

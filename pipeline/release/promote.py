@@ -27,9 +27,9 @@ from omegaconf import OmegaConf
 from pipeline import artifacts, config
 from pipeline.config import ReleaseConfig
 from pipeline.errors import BadInput
+from pipeline.experiments.sweep import flatten
 from pipeline.progress import log
 from pipeline.release import bundle, registry
-from pipeline.release.sweep import flatten
 
 WORKSPACE = "workspace"
 PTE_BYTES, PPL_DELTA, RECALL = "llm.pte_bytes", "llm.ppl_delta_pct", "retrieval.recall_at_10"

@@ -32,7 +32,7 @@ from omegaconf import OmegaConf
 
 from pipeline import artifacts, config, validation
 from pipeline.errors import BadInput
-from pipeline.release import exp_queue, pareto
+from pipeline.experiments import exp_queue, pareto
 
 SWEEPS = Path("sweeps")
 RESULT, RESULTS, PLAN = "result.json", "results.csv", "sweep.json"
@@ -348,7 +348,7 @@ def run(overrides: list[str], name: str | None = None, jobs: int = 1,
             raise
         planned = [row for row in _rows(folder / "jobs") if row["status"] == PLANNED]
         if planned and cluster_address:
-            from pipeline.release import cluster
+            from pipeline.experiments import cluster
 
             cluster.run(cluster_address, name, planned, threads,
                         lambda row: _finished(folder / "jobs", row))

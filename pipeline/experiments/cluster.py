@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline import artifacts, config
 from pipeline.errors import BadInput
-from pipeline.release import exp_queue, sweep
+from pipeline.experiments import exp_queue, sweep
 
 RESOURCE = "edgerag"
 CLUSTER_EXTRA = "sweep-cluster"
