@@ -89,7 +89,7 @@ def build(git_url: str, dvc_url: str, rev: str, experiment: str, params: str,
     if done.returncode != 0:
         return {**row, "status": "failed", "reason": sweep.failure_reason(done.stderr)}
     # The shared stages need only the run cache; a job's experiment goes to origin as well.
-    pushed = _dvc(clone, *(("push", "--run-cache") if targets else
+    pushed = _dvc(clone, *(("push", "--run-cache", *targets) if targets else
                            ("exp", "push", "--run-cache", "origin", experiment)))
     if pushed.returncode != 0:
         return {**row, "status": "failed",
