@@ -14,6 +14,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,12 @@ def build(git_url: str, dvc_url: str, rev: str, experiment: str, params: str,
     clone = _worker_repo(git_url, dvc_url, rev)
     _dvc(clone, "fetch", "--run-cache")  # what every other worker pushed, restored not rebuilt
     artifacts.atomic_write_text(clone / config.PARAMS_FILE, params)
-    done = _dvc(clone, "exp", "run", "--pull", "--name", experiment, *targets, threads=threads)
+    started = time.monotonic()
+    # The shared stages are a plain `dvc repro` of those stages (an experiment would commit the
+    # whole lock, whose other outputs this clone never built); a job is a whole experiment.
+    done = _dvc(clone, *(("repro", "--pull", *targets) if targets else
+                         ("exp", "run", "--pull", "--name", experiment)), threads=threads)
+    row["wall_s"] = round(time.monotonic() - started, 1)
     row["stages_run"] = " ".join(sweep.stages_run(done.stdout))
     if done.returncode != 0:
         return {**row, "status": "failed", "reason": sweep.failure_reason(done.stderr)}
@@ -142,8 +148,9 @@ def run(address: str, sweep_name: str, rows: list[dict[str, Any]], threads: int 
                                  key=names[row["job"]]): row for row in rows}
         if seed is not None:
             built = seed.result()
-            print(f"shared stages on {built['worker']} ({built['status']}; ran: "
-                  f"{built.get('stages_run') or 'nothing'})", flush=True)
+            why = f": {built['reason']}" if built.get("reason") else ""
+            print(f"shared stages on {built['worker']} in {built['wall_s']}s, {built['status']}"
+                  f"{why} (ran: {built.get('stages_run') or 'nothing'})", flush=True)
         for future in as_completed(futures):
             on_done({**futures[future], "reason": "", **future.result()})
     pulled = subprocess.run([sys.executable, "-m", "dvc", "exp", "pull", "origin",

@@ -223,9 +223,11 @@ def _run_queue(sweep_name: str, rows: list[dict[str, Any]], jobs: int,
 
     def record(name: str, status: str) -> None:
         if name == seed:
-            if status in exp_queue.DONE:
-                print(f"shared stages built once ({status.lower()}): {' '.join(shared)}",
-                      flush=True)
+            if status == exp_queue.SUCCESS:
+                print(f"shared stages built once: {' '.join(shared)}", flush=True)
+            elif status == exp_queue.FAILED:
+                print(f"shared stages failed ({failure_reason(exp_queue.log(seed))}); each job "
+                      "builds what it needs.", flush=True)
             return
         if status == exp_queue.RUNNING:
             started[name] = time.monotonic()
