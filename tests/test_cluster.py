@@ -30,7 +30,7 @@ def clustered(tiny_release_build, tmp_path_factory):
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None, resources={"edgerag": 1}) as cluster:
         done = sh([sys.executable, "-m", "pipeline.cli", "sweep", "-m", "experiment=tiny",
-                   "quant=8da4w_g64,4w_g32", "--name", "c",
+                   "quant=8da4w_g64,stock_8da4w", "--name", "c",
                    "--cluster", cluster.scheduler_address], repo, check=False)
     rows = list(csv.DictReader((repo / "sweeps/c/results.csv").open()))
     return repo, done, rows

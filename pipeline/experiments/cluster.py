@@ -147,14 +147,20 @@ def run(address: str, sweep_name: str, rows: list[dict[str, Any]], threads: int 
                                  resources={RESOURCE: 1}, pure=False,
                                  key=names[row["job"]]): row for row in rows}
         if seed is not None:
-            built = seed.result()
-            why = f": {built['reason']}" if built.get("reason") else ""
-            print(f"shared stages on {built['worker']} in {built['wall_s']}s, {built['status']}"
-                  f"{why} (ran: {built.get('stages_run') or 'nothing'})", flush=True)
+            seeded = seed.result()
+            why = f": {seeded['reason']}" if seeded.get("reason") else ""
+            print(f"shared stages on {seeded['worker']} in {seeded['wall_s']}s, "
+                  f"{seeded['status']}{why} (ran: {seeded.get('stages_run') or 'nothing'})",
+                  flush=True)
+        built = []
         for future in as_completed(futures):
-            on_done({**futures[future], "reason": "", **future.result()})
-    pulled = subprocess.run([sys.executable, "-m", "dvc", "exp", "pull", "origin",
-                             *names.values()], capture_output=True, text=True)
+            row = {**futures[future], "reason": "", **future.result()}
+            on_done(row)
+            built += [row["experiment"]] if row["status"] == "ok" else []
+    if not built:
+        return
+    pulled = subprocess.run([sys.executable, "-m", "dvc", "exp", "pull", "origin", *built],
+                            capture_output=True, text=True)
     if pulled.returncode != 0:
         print(f"edgerag: could not pull the experiments: {sweep.failure_reason(pulled.stderr)}",
               file=sys.stderr)

@@ -51,20 +51,20 @@ def enqueue(name: str, targets: Iterable[str] = ()) -> None:
 
 def forget(names: Iterable[str]) -> None:
     """Drop earlier queue entries and experiments of these names, so they can be queued again."""
-    names = list(names)
-    if names:
-        _dvc("queue", "remove", *names)
-        _dvc("exp", "remove", *names)
+    for name in names:  # one at a time: DVC refuses the whole list if one name is unknown
+        _dvc("queue", "remove", name)
+        _dvc("exp", "remove", name)
 
 
 def statuses(names: Iterable[str]) -> dict[str, str]:
-    """Each named experiment's queue status (Queued, Running, Success, Failed)."""
+    """Each named experiment's queue status (Queued, Running, Success, Failed); of two entries
+    with one name (an old run DVC kept), the newer."""
     from dvc.repo import Repo
 
     wanted = set(names)
     with Repo(".") as repo:
-        return {entry["name"]: entry["status"] for entry in repo.experiments.celery_queue.status()
-                if entry.get("name") in wanted}
+        entries = [e for e in repo.experiments.celery_queue.status() if e.get("name") in wanted]
+    return {e["name"]: e["status"] for e in sorted(entries, key=lambda e: e["timestamp"])}
 
 
 def run(names: list[str], jobs: int, threads: int, on_change: Callable[[str, str], None],
