@@ -6,11 +6,13 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections import Counter
 
 import pytest
 
 from tests.conftest import copy_built, sh
+
+OWN_STAGES = {"calibrate", "quantize", "lower", "evaluate_llm", "evaluate_quantized",
+              "evaluate_rag", "evaluate"}
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +44,10 @@ def test_every_job_is_built_on_the_cluster_and_no_stage_twice(clustered):
     assert done.returncode == 0, done.stderr[-2000:]
     assert [(row["job"], row["status"]) for row in rows] == [("0", "ok"), ("1", "ok")]
     assert all(row["worker"] and row["llm_pte_sha256"] for row in rows)
-    ran = Counter(stage for row in rows for stage in row["stages_run"].split())
-    assert ran and max(ran.values()) == 1, ran  # nothing one worker built was built again
-    assert all({"quantize", "lower"} <= set(row["stages_run"].split()) for row in rows)
-    assert not {"fetch_model", "export", "build_index"} & set(ran)  # from the shared remote
+    # Each job built only the stages its own recipe changes; everything the two recipes share
+    # was built once (here: restored from the remote) before they fanned out.
+    for row in rows:
+        assert set(row["stages_run"].split()) == OWN_STAGES, row["stages_run"]
 
 
 @pytest.mark.e2e
