@@ -280,7 +280,7 @@ def interrupted(tiny_release_build, tmp_path_factory):
     branch = sh(["git", "symbolic-ref", "--short", "HEAD"], repo).stdout.strip()
     params = (repo / "params.yaml").read_text()
     command = [sys.executable, "-m", "pipeline.cli", "sweep", "-m", "experiment=tiny",
-               "quant=8da4w_g32,4w_g32", "--name", "k"]
+               "quant=8da4w_g32,stock_8da4w", "--name", "k"]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     sweep_run = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
