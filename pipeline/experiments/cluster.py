@@ -64,13 +64,8 @@ def _worker_repo(git_url: str, dvc_url: str, rev: str) -> Path:
         _git("clone", "-q", git_url, str(clone), cwd=clone.parent)
     _git("fetch", "-q", "origin", cwd=clone)
     _git("reset", "-q", "--hard", rev, cwd=clone)
-    _dvc(clone, "remote", "add", "--local", "--default", "--force", "shared", dvc_url)
+    exp_queue.dvc("remote", "add", "--local", "--default", "--force", "shared", dvc_url, cwd=clone)
     return clone
-
-
-def _dvc(clone: Path, *args: str, threads: int = 1) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=clone, capture_output=True,
-                          text=True, env=exp_queue.worker_env(threads))
 
 
 def build(git_url: str, dvc_url: str, rev: str, experiment: str, params: str,
@@ -83,20 +78,21 @@ def build(git_url: str, dvc_url: str, rev: str, experiment: str, params: str,
     threads = threads or worker.state.nthreads
     row: dict[str, Any] = {"worker": f"{socket.gethostname()}:{worker.name}"}
     clone = _worker_repo(git_url, dvc_url, rev)
-    _dvc(clone, "fetch", "--run-cache")  # what every other worker pushed, restored not rebuilt
+    exp_queue.dvc("fetch", "--run-cache", cwd=clone)  # what other workers pushed: restored
     artifacts.atomic_write_text(clone / config.PARAMS_FILE, params)
     started = time.monotonic()
     # The shared stages are a plain `dvc repro` of those stages (an experiment would commit the
     # whole lock, whose other outputs this clone never built); a job is a whole experiment.
-    done = _dvc(clone, *(("repro", "--pull", *targets) if targets else
-                         ("exp", "run", "--pull", "--name", experiment)), threads=threads)
+    done = exp_queue.dvc(*(("repro", "--pull", *targets) if targets else
+                         ("exp", "run", "--pull", "--name", experiment)),
+                         cwd=clone, threads=threads)
     row["wall_s"] = round(time.monotonic() - started, 1)
     row["stages_run"] = " ".join(sweep.stages_run(done.stdout))
     if done.returncode != 0:
         return {**row, "status": "failed", "reason": sweep.failure_reason(done.stderr)}
     # The shared stages need only the run cache; a job's experiment goes to origin as well.
-    pushed = _dvc(clone, *(("push", "--run-cache", *targets) if targets else
-                           ("exp", "push", "--run-cache", "origin", experiment)))
+    pushed = exp_queue.dvc(*(("push", "--run-cache", *targets) if targets else
+                           ("exp", "push", "--run-cache", "origin", experiment)), cwd=clone)
     if pushed.returncode != 0:
         return {**row, "status": "failed",
                 "reason": f"built, but not pushed: {sweep.failure_reason(pushed.stderr)}"}
@@ -159,8 +155,7 @@ def run(address: str, sweep_name: str, rows: list[dict[str, Any]], threads: int 
             built += [row["experiment"]] if row["status"] == "ok" else []
     if not built:
         return
-    pulled = subprocess.run([sys.executable, "-m", "dvc", "exp", "pull", "origin", *built],
-                            capture_output=True, text=True)
+    pulled = exp_queue.dvc("exp", "pull", "origin", *built)
     if pulled.returncode != 0:
         print(f"edgerag: could not pull the experiments: {sweep.failure_reason(pulled.stderr)}",
               file=sys.stderr)

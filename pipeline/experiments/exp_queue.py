@@ -36,14 +36,16 @@ def worker_env(threads: int) -> dict[str, str]:
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
-def _dvc(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True,
-                          env=env or worker_env(default_threads(1)))
+def dvc(*args: str, cwd: Path | str = ".", threads: int | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    """This interpreter's DVC, output captured; stages it runs get `threads` (default: all)."""
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True,
+                          text=True, env=worker_env(threads or default_threads(1)))
 
 
 def enqueue(name: str, targets: Iterable[str] = ()) -> None:
     """Queue the workspace as it is now (params.yaml included) as experiment `name`."""
-    done = _dvc("exp", "run", "--queue", "--name", name, *targets)
+    done = dvc("exp", "run", "--queue", "--name", name, *targets)
     if done.returncode != 0:
         why = (done.stderr.strip().splitlines() or ["no message"])[-1].removeprefix("ERROR: ")
         raise BadInput(f"DVC could not queue experiment {name}: {why}")
@@ -52,8 +54,8 @@ def enqueue(name: str, targets: Iterable[str] = ()) -> None:
 def forget(names: Iterable[str]) -> None:
     """Drop earlier queue entries and experiments of these names, so they can be queued again."""
     for name in names:  # one at a time: DVC refuses the whole list if one name is unknown
-        _dvc("queue", "remove", name)
-        _dvc("exp", "remove", name)
+        dvc("queue", "remove", name)
+        dvc("exp", "remove", name)
 
 
 def statuses(names: Iterable[str]) -> dict[str, str]:
@@ -115,10 +117,10 @@ def kill(names: Iterable[str]) -> None:
     running = [n for n in names if now.get(n) == RUNNING]
     queued = [n for n in names if now.get(n) == QUEUED]
     if running:
-        _dvc("queue", "kill", *running)
+        dvc("queue", "kill", *running)
     if queued:
-        _dvc("queue", "remove", *queued)
-    _dvc("queue", "stop")
+        dvc("queue", "remove", *queued)
+    dvc("queue", "stop")
     deadline = time.monotonic() + KILL_WAIT_S
     while running and time.monotonic() < deadline:  # gone from the queue, not just signalled
         time.sleep(POLL_S)
@@ -128,4 +130,4 @@ def kill(names: Iterable[str]) -> None:
 
 def log(name: str) -> str:
     """What the experiment's `dvc exp run` printed (DVC keeps it with the queue entry)."""
-    return _dvc("queue", "logs", name).stdout
+    return dvc("queue", "logs", name).stdout
