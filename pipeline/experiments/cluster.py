@@ -108,14 +108,14 @@ def build(git_url: str, dvc_url: str, rev: str, experiment: str, params: str,
 
 
 def run(address: str, sweep_name: str, rows: list[dict[str, Any]], threads: int | None,
-        on_done: Any) -> None:
+        on_done: Any, where: tuple[str, str, str]) -> None:
     """Submit the shared stages, then every planned row, to the Dask scheduler at `address`;
     `on_done(row)` hears each finished row; the experiments are pulled here at the end."""
     try:
         from distributed import Client, as_completed
     except ModuleNotFoundError:
         raise BadInput(f"--cluster needs Dask: pip install -e '.[{CLUSTER_EXTRA}]'.") from None
-    git_url, dvc_url, rev = remotes()
+    git_url, dvc_url, rev = where  # remotes(), checked before any job was planned
     jobs_dir = sweep.SWEEPS / sweep_name / "jobs"
     params = {row["job"]: (jobs_dir / str(row["job"]) / config.PARAMS_FILE).read_text()
               for row in rows}

@@ -335,6 +335,11 @@ def run(overrides: list[str], name: str | None = None, jobs: int = 1,
     jobs as interrupted and leaves the workspace as it found it."""
     name = name or datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
     _check(overrides, name, jobs, threads, cluster_address)
+    where = None
+    if cluster_address:  # no origin, remote or pushed commit: say so before planning anything
+        from pipeline.experiments import cluster
+
+        where = cluster.remotes()
     folder = SWEEPS / name
     resumed = folder.exists()
     optuna = any(o.startswith("hydra/sweeper=optuna") for o in overrides)
@@ -350,10 +355,8 @@ def run(overrides: list[str], name: str | None = None, jobs: int = 1,
             raise
         planned = [row for row in _rows(folder / "jobs") if row["status"] == PLANNED]
         if planned and cluster_address:
-            from pipeline.experiments import cluster
-
             cluster.run(cluster_address, name, planned, threads,
-                        lambda row: _finished(folder / "jobs", row))
+                        lambda row: _finished(folder / "jobs", row), where)
         elif planned:
             _run_queue(name, planned, jobs, _SETTINGS["threads"])
     finally:
