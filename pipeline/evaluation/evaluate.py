@@ -16,17 +16,25 @@ from pipeline.splits import EVALUATION, read_jsonl
 PTE, TOKENIZER, METRICS = "llm.pte", "tokenizer.json", "metrics.json"
 
 
-def _lm_eval(scorer: Any, tokenizer: Any, tasks_dir: Path, limit: int) -> dict[str, float]:
+def _task_manager(tasks_dir: Path) -> Any:
+    """Our tasks alone: they are self-contained YAMLs, and indexing lm-eval's thousands of
+    built-in task files cost more than the scoring itself on a small model (19 s a call)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(tasks_dir), include_defaults=False)
+
+
+def _lm_eval(scorer: Any, tokenizer: Any, tasks_dir: Path, limit: int,
+             manager: Any = None) -> dict[str, float]:
     names = sorted(p.stem for p in tasks_dir.glob("*.yaml"))
     # Offline for this call only: a caller's later subprocesses keep the environment it had.
     with mock.patch.dict(os.environ, {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}):
         from lm_eval import simple_evaluate
-        from lm_eval.tasks import TaskManager
 
         result = simple_evaluate(
             model=lm_eval_adapter.ScorerLM(scorer, tokenizer),
             tasks=names,
-            task_manager=TaskManager(include_path=str(tasks_dir)),
+            task_manager=manager or _task_manager(tasks_dir),
             limit=limit,
             log_samples=False,
             bootstrap_iters=0,
@@ -48,10 +56,11 @@ def run(cfg: Config, lowered: Path, model_dir: Path, split_dir: Path,
     windows = perplexity.windows(ids, min(cfg.eval.ppl_window, pte.max_context_len))
     log(f"perplexity: {len(ids)} held-out tokens in {len(windows)} windows")
     ppl = perplexity.score(pte, reference, windows)
+    manager = _task_manager(tasks_dir)
     log("lm-eval: .pte")
-    accuracy = _lm_eval(pte, tokenizer, tasks_dir, cfg.eval.tasks_limit)
+    accuracy = _lm_eval(pte, tokenizer, tasks_dir, cfg.eval.tasks_limit, manager)
     log("lm-eval: fp32 reference")
-    accuracy_ref = _lm_eval(reference, tokenizer, tasks_dir, cfg.eval.tasks_limit)
+    accuracy_ref = _lm_eval(reference, tokenizer, tasks_dir, cfg.eval.tasks_limit, manager)
     log("speed: the stock runner in a fresh process")
     timing = speed.measure(lowered / PTE, lowered / TOKENIZER, cfg.eval.speed_new_tokens,
                            cfg.eval.speed_repeats)
