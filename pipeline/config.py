@@ -307,24 +307,26 @@ def _one_of(key: str, value: object, allowed: tuple) -> None:
         raise BadInput(f"{key}={value!r} is not allowed; choose one of: {choices}.")
 
 
-def _check_llm_config(section: Any) -> None:
-    """The `model.executorch` section is ExecuTorch's own LlmConfig; let it validate itself."""
+def llm_config(section: Any) -> Any:
+    """ExecuTorch's own LlmConfig with our `model.executorch` values merged in: its dataclass
+    validates the section, and a bad key or value is one sentence."""
     from executorch.extension.llm.export.config.llm_config import LlmConfig
 
     try:
-        OmegaConf.merge(OmegaConf.structured(LlmConfig), section or {})
+        merged = OmegaConf.merge(OmegaConf.structured(LlmConfig), section or {})
     except (ConfigKeyError, ValidationError) as error:
         raise BadInput(
             f"model.executorch.{error.full_key} is not valid for ExecuTorch's LlmConfig: "
             f"{str(error.msg).splitlines()[0]}."
         ) from None
+    return OmegaConf.to_object(merged)
 
 
 def allowed_group_sizes(widths: list[int]) -> list[int]:
     return [g for g in GROUP_SIZES if g == 0 or all(w % g == 0 for w in widths)]
 
 
-def _check_semantics(cfg: Config) -> None:
+def _check_semantics(cfg: Config, executorch: bool) -> None:
     _one_of("model.source.kind", cfg.model.source.kind, SOURCE_KINDS)
     if cfg.model.source.kind == "random" and cfg.model.tokenizer_source is None:
         raise BadInput("model.tokenizer_source must be set when model.source.kind=random.")
@@ -340,7 +342,8 @@ def _check_semantics(cfg: Config) -> None:
     _one_of("eval.program_ppl", cfg.eval.program_ppl, PROGRAM_PPL)
     _check_quant(cfg.quant, cfg.model.linear_widths)
     _check_qnn(cfg)
-    _check_llm_config(cfg.model.executorch)
+    if executorch:
+        llm_config(cfg.model.executorch)
 
 
 def _check_pt2e(quant: QuantConfig, widths: list[int]) -> None:
@@ -431,21 +434,25 @@ def _check_quant(quant: QuantConfig, widths: list[int]) -> None:
                            f"linear width; allowed: {', '.join(map(str, allowed))}.")
 
 
-def validate(raw: DictConfig | dict) -> Config:
-    """Return the typed config, or raise BadInput naming the first bad key."""
+def validate(raw: DictConfig | dict, executorch: bool = True) -> Config:
+    """Return the typed config, or raise BadInput naming the first bad key. `executorch=False`
+    leaves `model.executorch` to the LLM stages, which check it as they read it."""
     if not isinstance(raw, DictConfig):
         raw = OmegaConf.create(raw)
     merged = _structured(raw)
     cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    _check_semantics(cfg)
+    _check_semantics(cfg, executorch)
     return cfg
 
 
 def load(path: str | Path = PARAMS_FILE) -> Config:
+    """params.yaml for a stage. ExecuTorch's LlmConfig is checked where it is read
+    (`llm_config`), so a stage that never touches the LLM does not import ExecuTorch
+    (2.5 s of torch, torchao and dynamo per stage)."""
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"{path} does not exist; run `edgerag configure` first.")
-    return validate(OmegaConf.load(path))
+    return validate(OmegaConf.load(path), executorch=False)
 
 
 def params_text(cfg: Config, overrides: list[str]) -> str:

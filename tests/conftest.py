@@ -67,11 +67,12 @@ def tiny_cfg():
 @pytest.fixture(scope="session")
 def tiny_llm(tiny_cfg):
     """(hf_model, params, llm_config, meta_state_dict) for a seeded random tiny Llama."""
-    from pipeline.llm import checkpoint, export
+    from pipeline import config
+    from pipeline.llm import checkpoint
 
     hf = checkpoint.random_model(tiny_cfg.model.source, vocab_size=512, bos_id=1, eos_id=2)
     params = checkpoint.meta_params(hf.config)
-    llm = export.llm_config(tiny_cfg.model.executorch)
+    llm = config.llm_config(tiny_cfg.model.executorch)
     return hf, params, llm, checkpoint.hf_to_meta(hf.state_dict())
 
 

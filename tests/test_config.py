@@ -70,11 +70,21 @@ def test_unknown_key_in_params_file_is_named(tmp_path):
         config.load(path)
 
 
-def test_executorch_section_is_checked_by_llmconfig():
+def test_executorch_section_is_checked_by_llmconfig(tmp_path):
+    raw = OmegaConf.create(OmegaConf.to_container(config.compose([])))
+    raw.model.executorch.export["max_seq_lenght"] = 5
     with pytest.raises(BadInput, match=r"model.executorch.*not valid for ExecuTorch's LlmConfig"):
-        raw = OmegaConf.create(OmegaConf.to_container(config.compose([])))
-        raw.model.executorch.export["max_seq_lenght"] = 5
-        config.validate(raw)
+        config.validate(raw)  # what configure and sweep run
+    # A stage loads params.yaml without importing ExecuTorch (seconds per stage); the LLM
+    # stages check the section where they read it.
+    OmegaConf.save(raw, tmp_path / "params.yaml")
+    probe = ("import sys; from pipeline import config; cfg = config.load(sys.argv[1]); "
+             "print(sorted(m for m in ('torch', 'executorch') if m in sys.modules)); "
+             "config.llm_config(cfg.model.executorch)")
+    done = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "params.yaml")], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.stdout == "[]\n" and done.returncode == 1
+    assert "BadInput: model.executorch.export.max_seq_lenght is not valid" in done.stderr
 
 
 def test_cli_exits_2_with_one_line(tmp_path):

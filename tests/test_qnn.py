@@ -26,7 +26,7 @@ def _cfg(*overrides: str) -> config.Config:
 def qnn_program(tiny_llm):
     """The tiny model exported for QNN: static one-token decode, QNN's source transforms."""
     _, params, _, weights = tiny_llm
-    llm = export.llm_config(_cfg("quant=fp32").model.executorch)
+    llm = config.llm_config(_cfg("quant=fp32").model.executorch)
     metadata = export.runner_metadata(params, llm, 1, [2])
     model = export.apply(export.build_eager(params, llm, weights),
                          export.runner_transforms(llm, "qnn"))
@@ -224,7 +224,7 @@ def outlier_program(tiny_llm):
     weights = dict(weights)
     weights["tok_embeddings.weight"] = weights["tok_embeddings.weight"].clone()
     weights["tok_embeddings.weight"][1, 0] = 1000.0
-    llm = export.llm_config(_cfg("quant=fp32").model.executorch)
+    llm = config.llm_config(_cfg("quant=fp32").model.executorch)
     metadata = export.runner_metadata(params, llm, 1, [2])
     model = export.apply(export.build_eager(params, llm, weights),
                          export.runner_transforms(llm, "qnn"))

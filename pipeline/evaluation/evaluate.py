@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+from pipeline import config
 from pipeline.config import Config
 from pipeline.evaluation import lm_eval_adapter, perplexity, scorers, speed
 from pipeline.progress import log
@@ -135,7 +136,7 @@ def run_program(cfg: Config, quantized: Path, model_dir: Path, split_dir: Path) 
 
     from pipeline.llm import export
 
-    llm = export.llm_config(cfg.model.executorch)
+    llm = config.llm_config(cfg.model.executorch)
     context = llm.export.max_context_length
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     program = scorers.ProgramScorer(export.load_program(quantized / export.PROGRAM), context)

@@ -16,22 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
+from pipeline import config
 from pipeline.errors import BadInput
 
 PROGRAM = "model.pt2"
 _ADDRESS = re.compile(r" at 0x[0-9a-f]+>")
 PARAMS = "params.json"
 METADATA = "metadata.json"
-
-
-def llm_config(section: Any) -> Any:
-    """ExecuTorch's LlmConfig with our `model.executorch` values merged in."""
-    from executorch.extension.llm.export.config.llm_config import LlmConfig
-
-    merged = OmegaConf.merge(OmegaConf.structured(LlmConfig), section or {})
-    return OmegaConf.to_object(merged)
 
 
 def register_runtime_ops() -> None:
@@ -220,7 +212,7 @@ def run(model_dir: Path, model_cfg: Any, out: Path, backend: str = "xnnpack") ->
     hf_config = AutoConfig.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     params = checkpoint.meta_params(hf_config)
-    llm = llm_config(model_cfg.executorch)
+    llm = config.llm_config(model_cfg.executorch)
     log("building ExecuTorch's Llama from the checkpoint")
     weights = checkpoint.hf_to_meta(load_file(model_dir / "model.safetensors"))
     model = apply(build_eager(params, llm, weights), runner_transforms(llm, backend))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from pipeline import config
 from pipeline.config import BackendConfig
 from pipeline.llm import export
 from pipeline.progress import log
@@ -99,7 +100,7 @@ def run(cfg: Any, quantized_dir: Any, model_dir: Any, out: Any) -> dict[str, Any
 
     check_backend_ready(cfg.backend)
     params, metadata = export.load_interface(quantized_dir)
-    llm = export.llm_config(cfg.model.executorch)
+    llm = config.llm_config(cfg.model.executorch)
     program = export.load_program(quantized_dir / export.PROGRAM)
     lowered = lower(program, llm, metadata, cfg.backend, "llm")
     (out / PTE).write_bytes(lowered.buffer)
