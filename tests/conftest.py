@@ -67,10 +67,16 @@ def tiny_cfg():
 @pytest.fixture(scope="session")
 def tiny_llm(tiny_cfg):
     """(hf_model, params, llm_config, meta_state_dict) for a seeded random tiny Llama."""
+    import dataclasses
+
     from pipeline import config
     from pipeline.llm import checkpoint
 
-    hf = checkpoint.random_model(tiny_cfg.model.source, vocab_size=512, bos_id=1, eos_id=2)
+    # Two layers, where experiment=tiny builds one: layer-indexed code (weight names, KV caches,
+    # per-layer plans) is checked here; the stage graph's mechanics need only one layer, and
+    # each layer costs about 20 s of lowering.
+    source = dataclasses.replace(tiny_cfg.model.source, n_layers=2)
+    hf = checkpoint.random_model(source, vocab_size=512, bos_id=1, eos_id=2)
     params = checkpoint.meta_params(hf.config)
     llm = config.llm_config(tiny_cfg.model.executorch)
     return hf, params, llm, checkpoint.hf_to_meta(hf.state_dict())

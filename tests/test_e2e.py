@@ -254,7 +254,8 @@ def test_a_grid_recipe_compiles_a_llama_cpp_file_through_the_stages(built, tiny_
     repo = copy_built(built.repo, tmp_path / "repo")
     (tmp_path / "model").mkdir()
     tiny_gguf.write(tmp_path / "model/tiny.gguf",
-                    sources.materialize(tiny_cfg.model.tokenizer_source), linears=kind.upper())
+                    sources.materialize(tiny_cfg.model.tokenizer_source), linears=kind.upper(),
+                    layers=1)
     _edgerag(repo, "configure", "experiment=tiny", "model=local",
              f"model.source.path={tmp_path / 'model'}", "+model.source.file=tiny.gguf",
              f"quant={kind}_grid", "model.linear_widths=[64,128]",

@@ -11,8 +11,10 @@ import numpy as np
 DIM, LAYERS, HEADS, KV_HEADS, FFN, CONTEXT = 64, 2, 4, 2, 128, 128
 
 
-def write(path: Path, tokenizer_gguf: Path, seed: int = 0, linears: str = "Q4_1") -> Path:
-    """`linears`: the GGML type of every linear (Q4_1, Q4_0, Q8_0)."""
+def write(path: Path, tokenizer_gguf: Path, seed: int = 0, linears: str = "Q4_1",
+          layers: int = LAYERS) -> Path:
+    """`linears`: the GGML type of every linear (Q4_1, Q4_0, Q8_0); `layers`: one is enough for
+    the stage graph (each costs about 20 s of lowering), two check layer-indexed names."""
     import gguf
 
     source = gguf.GGUFReader(tokenizer_gguf)
@@ -20,7 +22,7 @@ def write(path: Path, tokenizer_gguf: Path, seed: int = 0, linears: str = "Q4_1"
               if name.startswith("tokenizer.")}
     vocab = len(fields["tokenizer.ggml.tokens"].contents())
     writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(LAYERS)
+    writer.add_block_count(layers)
     writer.add_context_length(CONTEXT)
     writer.add_embedding_length(DIM)
     writer.add_feed_forward_length(FFN)
@@ -46,7 +48,7 @@ def write(path: Path, tokenizer_gguf: Path, seed: int = 0, linears: str = "Q4_1"
     tensor("token_embd.weight", (vocab, DIM), q80)
     tensor("output_norm.weight", (DIM,), f32)
     head_dim = DIM // HEADS
-    for layer in range(LAYERS):
+    for layer in range(layers):
         block = f"blk.{layer}"
         for name, shape in (("attn_q", (DIM, DIM)), ("attn_k", (KV_HEADS * head_dim, DIM)),
                             ("attn_v", (KV_HEADS * head_dim, DIM)), ("attn_output", (DIM, DIM)),
