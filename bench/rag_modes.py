@@ -14,9 +14,9 @@ import dataclasses
 from pathlib import Path
 
 from pipeline import config
+from pipeline.device.ask import Assistant
 from pipeline.evaluation import rag
 from pipeline.release import bundle
-from pipeline.release.ask import Assistant
 from pipeline.retrieval.corpus import read_chunks
 
 COLUMNS = ("hit_at_1", "hit_at_k", "mrr", "ndcg_at_10", "answer_terms_recall", "grounded",

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
 
         errors.run(lambda: recipe.main(not args.no_tag))
     elif args.command == "ask":
-        from pipeline.release import ask
+        from pipeline.device import ask
 
         errors.run(lambda: ask.main(args.question, args.release, args.k, args.max_new_tokens,
                                     args.json, args.verbose))

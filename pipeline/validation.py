@@ -13,7 +13,7 @@ from pipeline.errors import BadInput
 
 
 def check(cfg: Config) -> None:
-    from pipeline.release import retrieve
+    from pipeline.device import retrieve
     from pipeline.retrieval import corpus, embedder, index, reranker
 
     embedder.check(cfg.embedder)

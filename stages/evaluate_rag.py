@@ -5,9 +5,9 @@ import json
 from pathlib import Path
 
 from pipeline import artifacts, config, errors
+from pipeline.device.ask import Assistant
 from pipeline.evaluation import rag
 from pipeline.release import bundle
-from pipeline.release.ask import Assistant
 from pipeline.retrieval.corpus import read_chunks
 from stages import output
 

@@ -17,7 +17,7 @@ import pytest
 from usearch.index import Index
 
 from pipeline.config import CorpusConfig, IndexConfig, RetrievalConfig
-from pipeline.release import retrieve
+from pipeline.device import retrieve
 from pipeline.retrieval import corpus, embedder, index, keyword
 
 NODE_DIR = Path(__file__).parent / "node"

@@ -9,9 +9,9 @@ import sqlite3
 import pytest
 
 from pipeline.config import RetrievalConfig
+from pipeline.device import answer, retrieve
 from pipeline.errors import BadInput
 from pipeline.evaluation import rag
-from pipeline.release import answer, retrieve
 from pipeline.retrieval import keyword
 from pipeline.retrieval.corpus import Chunk
 from tests.conftest import REPO

@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 from pipeline import artifacts, cli
 from pipeline.config import ReleaseConfig
+from pipeline.device import ask, prompt
 from pipeline.errors import BadInput
-from pipeline.release import ask, bundle, promote, prompt, registry
+from pipeline.release import bundle, promote, registry
 from tests.conftest import REPO, write_tiny_release
 
 RULE = ReleaseConfig(name="default", max_ppl_delta_pct=10.0, min_recall_at_10=0.9)
@@ -282,7 +283,7 @@ def test_ask_answers_from_the_release_with_sockets_disabled(tiny_release, monkey
 
 
 def test_ask_opens_the_index_mapped_and_searches_as_wide_as_the_build_measured(tiny_release):
-    from pipeline.release.ask import Assistant
+    from pipeline.device.ask import Assistant
 
     index = Assistant.from_release(tiny_release).retriever.index
     assert index.expansion_search == 96 and index.memory_usage < index.serialized_length

@@ -35,9 +35,9 @@ from pathlib import Path
 from statistics import mean, median
 from typing import Any
 
+from pipeline.device.answer import content_words
 from pipeline.errors import BadInput
 from pipeline.progress import bar
-from pipeline.release.answer import content_words
 
 QUESTIONS = "questions.jsonl"  # the per-question records, beside metrics.json
 SPLITS = ("tune", "test")

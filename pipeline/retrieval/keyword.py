@@ -5,7 +5,7 @@ text, heading path, source and character offsets, so an app needs the `.pte`s, `
 and this one file. Headings and text are both searched. Keys are the usearch keys. The
 tokenizer keeps `_` inside words, so code identifiers (`add_subdirectory`, `__init__`) are
 single terms; a dotted name (`os.path.join`) is its parts.
-Queries and ranking live with the on-device loop (`pipeline/release/retrieve.py`).
+Queries and ranking live with the on-device loop (`pipeline/device/retrieve.py`).
 """
 
 from __future__ import annotations

@@ -19,10 +19,11 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from pipeline.config import RetrievalConfig
+from pipeline.device import prompt
+from pipeline.device.answer import Evidence, Guard, evidence
+from pipeline.device.retrieve import Retriever
 from pipeline.errors import BadInput
-from pipeline.release import bundle, prompt
-from pipeline.release.answer import Evidence, Guard, evidence
-from pipeline.release.retrieve import Retriever
+from pipeline.release import bundle
 from pipeline.runtime import context_length, native_logs, runner_rates
 
 

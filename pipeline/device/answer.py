@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pipeline.release.retrieve import STOPWORDS
+from pipeline.device.retrieve import STOPWORDS
 
 REPEAT_WORDS = 6
 _WORD = re.compile(r"\S+")
