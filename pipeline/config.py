@@ -449,10 +449,16 @@ def load(path: str | Path = PARAMS_FILE) -> Config:
     """params.yaml for a stage. ExecuTorch's LlmConfig is checked where it is read
     (`llm_config`), so a stage that never touches the LLM does not import ExecuTorch
     (2.5 s of torch, torchao and dynamo per stage)."""
+    from pipeline import declared
+
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"{path} does not exist; run `edgerag configure` first.")
-    return validate(OmegaConf.load(path), executorch=False)
+    cfg = validate(OmegaConf.load(path), executorch=False)
+    stage = declared.running_stage()
+    if stage is not None and declared.strict():
+        declared.restrict(cfg, stage, declared.params(stage))
+    return cfg
 
 
 def params_text(cfg: Config, overrides: list[str]) -> str:
@@ -510,11 +516,3 @@ def as_dict(section: Any) -> Any:
     if isinstance(section, float) and math.isnan(section):
         return None
     return section
-
-
-def stage_slice(cfg: Config, stage: str, dvc_file: str | Path = "dvc.yaml") -> dict[str, Any]:
-    """The config values a stage declares in dvc.yaml (`params:`), for its manifest."""
-    stages = OmegaConf.load(dvc_file).get("stages", {})
-    declared = stages.get(stage, {}).get("params", []) if stage in stages else []
-    view = OmegaConf.structured(cfg)
-    return {key: as_dict(OmegaConf.select(view, key)) for key in declared if isinstance(key, str)}

@@ -23,7 +23,7 @@ def pytest_sessionstart(session):
 
     from omegaconf import OmegaConf
 
-    from pipeline import config, sources
+    from pipeline import config, declared, sources
 
     owned = Path(tempfile.mkdtemp(prefix="edgerag-test-cache-"))
     session.config.stash[_OWNED_CACHE] = owned
@@ -38,6 +38,8 @@ def pytest_sessionstart(session):
                             ignore=shutil.ignore_patterns("extracted", ".*"))
         sources.materialize(source)
     os.environ["PIP_NO_INDEX"] = "1"
+    # Every stage any test runs reads only the params its dvc.yaml entry declares, or fails.
+    os.environ[declared.STRICT_ENV] = "1"
 
 
 def pytest_sessionfinish(session):
