@@ -3,7 +3,7 @@
 DVC re-runs a stage when a declared param changes, and only then: a stage that reads a value it
 does not declare serves stale artifacts when that value changes. `restrict` wraps the typed
 config so that reading any other value raises `UndeclaredParam`, naming the key; stages run so
-when `EDGERAG_STRICT_PARAMS=1` (the reproducibility test builds every stage this way).
+when `EDGERAG_STRICT_PARAMS=1` (the test suite runs every stage this way).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from typing import Any
 STRICT_ENV = "EDGERAG_STRICT_PARAMS"
 
 
-class UndeclaredParam(AttributeError):
-    """A stage read a config value its dvc.yaml entry does not list under `params:`."""
+class UndeclaredParam(RuntimeError):
+    """A stage read a config value its dvc.yaml entry does not list under `params:`. Not an
+    AttributeError, so `hasattr` and `getattr(..., default)` cannot swallow it."""
 
 
 def params(stage: str, dvc_file: str | Path = "dvc.yaml") -> list[str]:
