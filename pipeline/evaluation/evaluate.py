@@ -19,7 +19,7 @@ PTE, TOKENIZER, METRICS = "llm.pte", "tokenizer.json", "metrics.json"
 
 def _task_manager(tasks_dir: Path) -> Any:
     """Our tasks alone: they are self-contained YAMLs, and indexing lm-eval's thousands of
-    built-in task files cost more than the scoring itself on a small model (19 s a call)."""
+    built-in task files cost more than the scoring itself on a small model (about 9 s a call)."""
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=str(tasks_dir), include_defaults=False)
