@@ -1,9 +1,9 @@
 """Every section of a config checked before any work starts.
 
 `edgerag configure` and `edgerag sweep` (before its first job) call `check`, so a bad index,
-embedder or corpus value fails there in one sentence instead of in its stage after the LLM
-stages have spent many minutes. The rules live with the modules that own the allowed values;
-this only calls them. (`config.validate` checks the schema and the LLM sections.)
+embedder, corpus, retrieval or evaluation value fails there in one sentence instead of in its
+stage after the LLM stages have spent many minutes. The rules live with the modules that own the
+allowed values; this only calls them. (`config.validate` checks the schema and the LLM sections.)
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pipeline.errors import BadInput
 
 def check(cfg: Config) -> None:
     from pipeline.device import retrieve
+    from pipeline.evaluation import evaluate, rag
     from pipeline.retrieval import corpus, embedder, index, reranker
 
     embedder.check(cfg.embedder)
@@ -24,3 +25,5 @@ def check(cfg: Config) -> None:
     corpus.check(cfg.corpus)
     index.check(cfg.index)
     retrieve.check(cfg.retrieval)
+    evaluate.check(cfg.eval)
+    rag.check(cfg.rag_eval)

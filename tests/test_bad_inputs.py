@@ -372,6 +372,14 @@ CASES: dict[str, Case] = {
         "`edgerag configure corpus.overlap_tokens=500` (overlap past the chunk)",
         "corpus.overlap_tokens=500 must be ≥ 0 and less than corpus.chunk_tokens=48.",
         edgerag("configure", "experiment=tiny", "corpus.overlap_tokens=500")),
+    "configure-eval-window": Case(
+        "`edgerag configure eval.ppl_window=0` (would fail only in evaluate_llm)",
+        "eval.ppl_window=0 must be at least 2.",
+        edgerag("configure", "experiment=tiny", "eval.ppl_window=0")),
+    "configure-rag-tokens": Case(
+        "`edgerag configure rag_eval.max_new_tokens=0`",
+        "rag_eval.max_new_tokens=0 must be at least 1: evaluate_rag judges generated answers.",
+        edgerag("configure", "experiment=tiny", "rag_eval.max_new_tokens=0")),
     "disk-full": Case(
         "the disk fills up while a stage writes (ENOSPC)",
         "no space left on the device; free some space and run again.",

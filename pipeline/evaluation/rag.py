@@ -35,6 +35,7 @@ from pathlib import Path
 from statistics import mean, median
 from typing import Any
 
+from pipeline.config import RagEvalConfig
 from pipeline.device.answer import content_words
 from pipeline.errors import BadInput
 from pipeline.progress import bar
@@ -43,6 +44,12 @@ QUESTIONS = "questions.jsonl"  # the per-question records, beside metrics.json
 SPLITS = ("tune", "test")
 NDCG_DEPTH = 10
 _TOKEN = re.compile(r"[a-z0-9_]+")
+
+
+def check(cfg: RagEvalConfig) -> None:
+    if cfg.max_new_tokens < 1:
+        raise BadInput(f"rag_eval.max_new_tokens={cfg.max_new_tokens} must be at least 1: "
+                       "evaluate_rag judges generated answers.")
 
 
 def split_of(question: str) -> str:

@@ -159,9 +159,11 @@ def check(cfg: CorpusConfig) -> None:
         raise BadInput("corpus.path must be set when corpus.kind=dir.")
     if cfg.kind == "dir" and not Path(cfg.path).expanduser().is_dir():
         raise BadInput(f"corpus.path={str(Path(cfg.path).expanduser())!r} is not a folder.")
-    if cfg.chunk_tokens < 1 or cfg.max_documents < 0:
-        raise BadInput(f"corpus.chunk_tokens={cfg.chunk_tokens} must be at least 1 and "
-                       f"corpus.max_documents={cfg.max_documents} at least 0.")
+    if cfg.chunk_tokens < 1:
+        raise BadInput(f"corpus.chunk_tokens={cfg.chunk_tokens} must be at least 1.")
+    if cfg.max_documents < 0:
+        raise BadInput(f"corpus.max_documents={cfg.max_documents} must be at least 0 "
+                       "(0 reads every document).")
     if not 0 <= cfg.overlap_tokens < cfg.chunk_tokens:
         raise BadInput(f"corpus.overlap_tokens={cfg.overlap_tokens} must be ≥ 0 and less than "
                        f"corpus.chunk_tokens={cfg.chunk_tokens}.")
