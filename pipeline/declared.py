@@ -23,12 +23,19 @@ class UndeclaredParam(RuntimeError):
     AttributeError, so `hasattr` and `getattr(..., default)` cannot swallow it."""
 
 
-def params(stage: str, dvc_file: str | Path = "dvc.yaml") -> list[str]:
-    """The dotted keys `stage` lists under `params:` (a key covers everything below it)."""
+def all_params(dvc_file: str | Path = "dvc.yaml") -> dict[str, list[str]]:
+    """Every stage's dotted keys under `params:`, in dvc.yaml's order (a key covers everything
+    below it; a params file entry, which is a mapping, is not a key)."""
     import yaml
 
     stages = yaml.safe_load(Path(dvc_file).read_text()).get("stages", {})
-    return [key for key in (stages.get(stage) or {}).get("params") or [] if isinstance(key, str)]
+    return {stage: [key for key in (body or {}).get("params") or [] if isinstance(key, str)]
+            for stage, body in stages.items()}
+
+
+def params(stage: str, dvc_file: str | Path = "dvc.yaml") -> list[str]:
+    """The dotted keys `stage` lists under `params:`."""
+    return all_params(dvc_file).get(stage, [])
 
 
 def running_stage() -> str | None:

@@ -30,7 +30,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from pipeline import artifacts, config, validation
+from pipeline import artifacts, config, declared, validation
 from pipeline.errors import BadInput
 from pipeline.experiments import exp_queue, pareto
 
@@ -183,13 +183,14 @@ def shared_stages(job_params: list[dict[str, Any]], dvc_file: Path = Path("dvc.y
     stages = OmegaConf.to_container(OmegaConf.load(dvc_file))["stages"]
     outs = {stage: [next(iter(o)) if isinstance(o, dict) else o for o in body.get("outs", [])]
             for stage, body in stages.items()}
+    keys = declared.all_params(dvc_file)
     views = [OmegaConf.create(params) for params in job_params]
     shared: list[str] = []
     for stage, body in stages.items():  # dvc.yaml lists a stage after the stages it reads
         same = all(len({json.dumps(OmegaConf.to_container(v, resolve=True)
                                    if OmegaConf.is_config(v) else v, sort_keys=True)
                         for v in (OmegaConf.select(view, key) for view in views)}) == 1
-                   for key in body.get("params", []) if isinstance(key, str))
+                   for key in keys[stage])
         upstream = {other for dep in body.get("deps", []) for other, paths in outs.items()
                     if other != stage and any(dep == p or dep.startswith(f"{p}/") for p in paths)}
         if same and upstream <= set(shared):
