@@ -38,12 +38,13 @@ def prepare_checkpoint(model_dir: Path, work: Path) -> tuple[Path, Path]:
     from safetensors.torch import load_file
     from transformers import AutoConfig
 
-    from pipeline.llm import checkpoint
+    from pipeline.llm import families
 
     work.mkdir(parents=True, exist_ok=True)
-    params = checkpoint.meta_params(AutoConfig.from_pretrained(model_dir))
+    hf_config = AutoConfig.from_pretrained(model_dir)
+    params = families.model_args(hf_config)
     (work / PARAMS).write_text(json.dumps(params, indent=2) + "\n")
-    weights = checkpoint.hf_to_meta(load_file(str(model_dir / "model.safetensors")))
+    weights = families.to_meta(hf_config, load_file(str(model_dir / "model.safetensors")))
     torch.save(weights, work / CHECKPOINT)
     return work / CHECKPOINT, work / PARAMS
 

@@ -72,16 +72,16 @@ def tiny_llm(tiny_cfg):
     import dataclasses
 
     from pipeline import config
-    from pipeline.llm import checkpoint
+    from pipeline.llm import checkpoint, families
 
     # Two layers, where experiment=tiny builds one: layer-indexed code (weight names, KV caches,
     # per-layer plans) is checked here; the stage graph's mechanics need only one layer, and
     # each layer costs about 20 s of lowering.
     source = dataclasses.replace(tiny_cfg.model.source, n_layers=2)
     hf = checkpoint.random_model(source, vocab_size=512, bos_id=1, eos_id=2)
-    params = checkpoint.meta_params(hf.config)
+    params = families.model_args(hf.config)
     llm = config.llm_config(tiny_cfg.model.executorch)
-    return hf, params, llm, checkpoint.hf_to_meta(hf.state_dict())
+    return hf, params, llm, families.to_meta(hf.config, hf.state_dict())
 
 
 @pytest.fixture(scope="session")

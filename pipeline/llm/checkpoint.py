@@ -1,12 +1,12 @@
-"""Llama weights in, one normalized transformers folder out; and its mapping to ExecuTorch's Llama.
+"""Weights in, one normalized transformers folder out.
 
 Every source (GGUF, hub snapshot, local folder, random seed) becomes the same thing — a
 transformers folder with `tokenizer.json` — so the export stage has exactly one input format.
+Which families it may hold, and how each maps onto ExecuTorch's Llama, is `families`.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -14,27 +14,11 @@ import torch
 
 from pipeline.config import ModelConfig, Source
 from pipeline.errors import BadInput
+from pipeline.llm import families
 from pipeline.progress import log
 from pipeline.sources import materialize
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
-
-# transformers' Llama names → ExecuTorch's examples/models/llama Transformer names.
-_HF_TO_META = {
-    r"model\.embed_tokens\.weight": "tok_embeddings.weight",
-    r"model\.norm\.weight": "norm.weight",
-    r"lm_head\.weight": "output.weight",
-    r"model\.layers\.(\d+)\.self_attn\.q_proj\.weight": r"layers.\1.attention.wq.weight",
-    r"model\.layers\.(\d+)\.self_attn\.k_proj\.weight": r"layers.\1.attention.wk.weight",
-    r"model\.layers\.(\d+)\.self_attn\.v_proj\.weight": r"layers.\1.attention.wv.weight",
-    r"model\.layers\.(\d+)\.self_attn\.o_proj\.weight": r"layers.\1.attention.wo.weight",
-    r"model\.layers\.(\d+)\.mlp\.gate_proj\.weight": r"layers.\1.feed_forward.w1.weight",
-    r"model\.layers\.(\d+)\.mlp\.down_proj\.weight": r"layers.\1.feed_forward.w2.weight",
-    r"model\.layers\.(\d+)\.mlp\.up_proj\.weight": r"layers.\1.feed_forward.w3.weight",
-    r"model\.layers\.(\d+)\.input_layernorm\.weight": r"layers.\1.attention_norm.weight",
-    r"model\.layers\.(\d+)\.post_attention_layernorm\.weight": r"layers.\1.ffn_norm.weight",
-}
-
 
 def _check_gguf(path: Path) -> None:
     """Parse the GGUF header and tensor table so corrupt or truncated files fail clearly."""
@@ -52,7 +36,8 @@ def _check_gguf(path: Path) -> None:
                            f"the file ({type(error).__name__}).") from None
         raise BadInput(f"{path} is not a readable GGUF file ({type(error).__name__}).") from None
     if name != "llama":
-        raise BadInput(f"{path} holds a {name!r} model; edgerag compiles Llama-family models.")
+        raise BadInput(f"{path} holds a {name!r} model; edgerag reads Llama GGUFs, and the other "
+                       "families from a transformers folder or the hub.")
     end = max(t.data_offset + t.n_bytes for t in reader.tensors)
     if path.stat().st_size < end:
         raise BadInput(f"{path} is truncated: its tensors need {end} bytes.")
@@ -84,9 +69,7 @@ def load_pretrained(payload: Path) -> Any:
         )
     if not (payload / "config.json").is_file():
         raise BadInput(f"{payload} is neither a .gguf file nor a folder with config.json.")
-    model_type = AutoConfig.from_pretrained(payload).model_type
-    if model_type != "llama":
-        raise BadInput(f"{payload} holds a {model_type!r} model; edgerag compiles Llama models.")
+    families.of(AutoConfig.from_pretrained(payload))  # refuse before reading the weights
     return AutoModelForCausalLM.from_pretrained(payload, dtype=torch.float32)
 
 
@@ -152,34 +135,3 @@ def _save_fp32(model: Any, out: Path) -> None:
     model.config.save_pretrained(out)
     model.generation_config.do_sample = False
     model.generation_config.save_pretrained(out)
-
-
-def meta_params(hf_config: Any) -> dict[str, Any]:
-    """ExecuTorch ModelArgs (params.json) for a transformers LlamaConfig."""
-    rope = getattr(hf_config, "rope_parameters", None) or {}
-    return {
-        "dim": hf_config.hidden_size,
-        "n_layers": hf_config.num_hidden_layers,
-        "n_heads": hf_config.num_attention_heads,
-        "n_kv_heads": hf_config.num_key_value_heads,
-        "hidden_dim": hf_config.intermediate_size,
-        "vocab_size": hf_config.vocab_size,
-        "norm_eps": float(hf_config.rms_norm_eps),
-        "rope_theta": float(rope.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0))),
-        "use_hf_rope": True,  # transformers keeps q/k in "rotate half" layout; no permutation
-        "use_scaled_rope": False,
-    }
-
-
-def hf_to_meta(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    converted = {}
-    for key, value in state_dict.items():
-        for pattern, replacement in _HF_TO_META.items():
-            if re.fullmatch(pattern, key):
-                converted[re.sub(pattern, replacement, key)] = value
-                break
-        else:
-            if not key.endswith("rotary_emb.inv_freq"):
-                raise BadInput(f"weight {key} has no place in a Llama model.")
-    converted.setdefault("output.weight", converted["tok_embeddings.weight"])  # tied head
-    return converted

@@ -206,15 +206,15 @@ def run(model_dir: Path, model_cfg: Any, out: Path, backend: str = "xnnpack") ->
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoTokenizer
 
-    from pipeline.llm import checkpoint
+    from pipeline.llm import families
     from pipeline.progress import log
 
     hf_config = AutoConfig.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    params = checkpoint.meta_params(hf_config)
+    params = families.model_args(hf_config)
     llm = config.llm_config(model_cfg.executorch)
-    log("building ExecuTorch's Llama from the checkpoint")
-    weights = checkpoint.hf_to_meta(load_file(model_dir / "model.safetensors"))
+    log(f"building ExecuTorch's Llama from the {hf_config.model_type} checkpoint")
+    weights = families.to_meta(hf_config, load_file(model_dir / "model.safetensors"))
     model = apply(build_eager(params, llm, weights), runner_transforms(llm, backend))
     eos_ids = sorted({tokenizer.eos_token_id, *_as_list(hf_config.eos_token_id)} - {None})
     metadata = runner_metadata(params, llm, tokenizer.bos_token_id, eos_ids)

@@ -80,6 +80,9 @@ def _candidates(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
 def measure(model: torch.nn.Module, samples: list[torch.Tensor], quant: QuantConfig
             ) -> dict[str, dict[str, Any]]:
     """Per-candidate KL divergence from fp32 when only that tensor is at the recipe's 4 bits."""
+    if model.config.model_type != "llama":  # the candidates are named by Llama's layout
+        raise BadInput(f"quant=mixed_auto measures Llama-family models; this one is "
+                       f"{model.config.model_type!r}: use a fixed recipe such as quant=8da4w_g32.")
     if model.get_output_embeddings() is not None:  # untie: the head is judged on its own
         head = model.get_output_embeddings()
         head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=False)

@@ -1,0 +1,124 @@
+"""Every small-LLM family ExecuTorch's LLM export builds, on a tiny random instance of its real
+config: mapped by ExecuTorch's own converter, equal to transformers in eager and in the runtime,
+or refused in one sentence naming what is missing."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from pipeline.errors import BadInput
+from pipeline.llm import export, families
+from tests import tiny_families
+
+COMPILED = [f for f in tiny_families.FAMILIES if f != "smollm3"]
+# SmolLM2 is the tiny Llama every other test compiles (tests/test_llm.py).
+LOWERED = [f for f in COMPILED if f != "smollm2"]
+TOLERANCE = 1e-5  # fp32 eager against fp32 eager: a wrong RoPE or norm is ≥ 1e-4 here
+
+
+def _logits_along(model, tokens: torch.Tensor, prefill: int) -> torch.Tensor:
+    """Last-position logits after a prefill, then one decode step per remaining token."""
+    steps = [model(tokens[:, :prefill], {"input_pos": torch.tensor([0])})]
+    for pos in range(prefill, tokens.shape[1]):
+        steps.append(model(tokens[:, pos:pos + 1], {"input_pos": torch.tensor([pos])}))
+    return torch.stack([(s[0] if isinstance(s, tuple) else s).reshape(-1) for s in steps])
+
+
+def _max_error(family: str, llm, extras=None) -> float:
+    hf = tiny_families.model(family, vocab_size=512)
+    params = {**families.model_args(hf.config), **(extras or {})}
+    weights = families.to_meta(hf.config, hf.state_dict())
+    model = export.apply(export.build_eager(params, llm, weights), export.runner_transforms(llm))
+    tokens = torch.randint(0, 512, (1, 104), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = hf(tokens).logits[0, 99:]
+        ours = _logits_along(model, tokens, prefill=100)
+    return (ours - reference).abs().max().item()
+
+
+@pytest.mark.parametrize("family", COMPILED)
+def test_each_family_matches_transformers_through_the_runner_transforms(family, tiny_llm):
+    """A 100-token prefill and four decode steps through the KV cache and custom SDPA."""
+    _, _, llm, _ = tiny_llm
+    assert _max_error(family, llm) < TOLERANCE
+
+
+def test_the_parity_check_sees_a_wrong_rope(tiny_llm):
+    """Llama 3.2 without its RoPE scaling, and Phi-4-mini without LongRoPE, miss the bound."""
+    _, _, llm, _ = tiny_llm
+    plain = {"use_hf_rope": True, "use_scaled_rope": False}
+    assert _max_error("llama3_2", llm, plain) > 10 * TOLERANCE
+    assert _max_error("phi4_mini", llm, {"rope_scaling_short_factor": None,
+                                         "rope_scaling_long_factor": None}) > 10 * TOLERANCE
+
+
+@pytest.mark.parametrize("family, change, words", [
+    ("smollm3", {}, "NoPE layers"),
+    ("llama3_2", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "RoPE scaling"),
+    ("lfm2", {"conv_L_cache": 4}, "3-tap convolution"),
+])
+def test_a_config_executorch_cannot_build_is_refused_in_one_sentence(family, change, words):
+    hf_config = tiny_families.config(family, vocab_size=512)
+    for key, value in change.items():
+        setattr(hf_config, key, value)
+        if key == "rope_scaling":
+            hf_config.rope_parameters = {**value, "rope_theta": 500000.0}
+    with pytest.raises(BadInput, match=words) as refused:
+        families.model_args(hf_config)
+    assert str(refused.value).count(". ") == 0 and str(refused.value).endswith(".")
+
+
+def test_a_family_outside_the_table_is_refused_naming_the_known_ones():
+    from transformers import AutoConfig
+
+    with pytest.raises(BadInput, match=r"'gpt2' model: the families it compiles are lfm2, "
+                                       r"llama, phi3, qwen2, qwen3, smollm3\.$"):
+        families.of(AutoConfig.for_model("gpt2"))
+    with pytest.raises(BadInput, match="gated-DeltaNet"):
+        families.of(AutoConfig.for_model("qwen3_5_text"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_cfg):
+    from pipeline import sources
+    from pipeline.llm import checkpoint
+
+    return checkpoint.load_tokenizer(sources.materialize(tiny_cfg.model.tokenizer_source))
+
+
+@pytest.mark.parametrize("family", LOWERED)
+def test_each_family_pte_runs_in_the_stock_runner_like_eager(family, tiny_llm, tokenizer,
+                                                            tmp_path):
+    """Export → XNNPACK `.pte` (fp32): runtime logits equal eager's; TextLLMRunner generates."""
+    from executorch.extension.llm.runner import GenerationConfig
+
+    from pipeline import runtime
+    from pipeline.config import BackendConfig
+    from pipeline.llm import lower
+
+    _, _, llm, _ = tiny_llm
+    hf = tiny_families.write_folder(family, tmp_path, tokenizer,
+                                    layers=tiny_families.DEPTH.get(family, 1))
+    params = families.model_args(hf.config)
+    weights = families.to_meta(hf.config, hf.state_dict())
+    model = export.apply(export.build_eager(params, llm, weights), export.runner_transforms(llm))
+    metadata = export.runner_metadata(params, llm, tokenizer.bos_token_id,
+                                      [tokenizer.eos_token_id])
+    program = export.export_program(model, llm, metadata, family)
+    pte = tmp_path / "llm.pte"
+    pte.write_bytes(lower.to_pte(copy.deepcopy(program), llm, metadata,
+                                 BackendConfig(name="xnnpack"), family))
+    prompt = tokenizer("Python's reference manual")["input_ids"]
+    with torch.no_grad():
+        reference = hf(torch.tensor([prompt])).logits[0, -1]
+    got = runtime.llm_logits(runtime.Program(pte), prompt, 0)
+    assert torch.allclose(got, reference, atol=1e-4), (got - reference).abs().max()
+    pieces = []
+    runtime.text_runner(pte, tmp_path / "tokenizer.json").generate(
+        "Python's reference manual", GenerationConfig(max_new_tokens=4, temperature=0.0,
+                                                      echo=False),
+        pieces.append, lambda _stats: None)
+    assert len(pieces) == 4
