@@ -270,3 +270,39 @@ def test_a_grid_recipe_compiles_a_llama_cpp_file_through_the_stages(built, tiny_
         "The Python language reference says", GenerationConfig(
             max_new_tokens=4, temperature=0.0, echo=False), pieces.append, lambda _stats: None)
     assert len(pieces) == 4
+
+
+def test_a_qwen3_from_the_hub_runs_through_every_stage(built, tiny_cfg, tmp_path, monkeypatch):
+    """A non-Llama family from a pinned hub revision (a hub cache laid out here, offline): a tiny
+    random instance of Qwen 3's config, with no BOS token as Qwen's tokenizers have none."""
+    from pipeline import sources
+    from pipeline.llm import checkpoint
+    from tests import tiny_families
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    cache = tmp_path / "hf" / "hub" / "models--edgerag--tiny-qwen3"
+    tokenizer = checkpoint.load_tokenizer(sources.materialize(tiny_cfg.model.tokenizer_source))
+    tokenizer.bos_token = None
+    tiny_families.write_folder("qwen3", cache / "snapshots" / commit, tokenizer, layers=1)
+    (cache / "refs").mkdir()
+    (cache / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repo = copy_built(built.repo, tmp_path / "repo")
+    _edgerag(repo, "configure", "experiment=tiny", "model=qwen3_0_6b",
+             "model.source.repo_id=edgerag/tiny-qwen3", f"model.source.revision={commit}",
+             "model.linear_widths=[64,128]", "model.executorch.export.max_seq_length=128",
+             "model.executorch.export.max_context_length=128")
+    ran = repro(repo)
+    assert {"fetch_model", "export", "calibrate", "quantize", "lower", "evaluate_llm",
+            "evaluate_rag", "evaluate"} <= ran
+    assert not {"compile_embedder", "build_index"} & ran  # the retrieval side is unchanged
+    notes = json.loads((repo / "data/model/manifest.json").read_text())["notes"]
+    assert notes["architecture"] == "qwen3" and notes["bos_id"] is None
+    metrics = json.loads((repo / "data/eval/metrics.json").read_text())
+    assert metrics["llm"]["ppl"] > 0 and 0 < abs(metrics["llm"]["ppl_delta_pct"]) < 100
+    assert _edgerag(repo, "promote").returncode == 0
+    answer = json.loads(_edgerag(repo, "ask", "What does the with statement do?", "--k", "3",
+                                 "--max-new-tokens", "8", "--json").stdout)
+    assert answer["sources"] and answer["timings"]["generated_tokens"] >= 1
+    assert answer["timings"]["prompt_tokens"] == answer["timings"]["runner_prompt_tokens"]

@@ -217,12 +217,21 @@ def run(model_dir: Path, model_cfg: Any, out: Path, backend: str = "xnnpack") ->
     weights = families.to_meta(hf_config, load_file(model_dir / "model.safetensors"))
     model = apply(build_eager(params, llm, weights), runner_transforms(llm, backend))
     eos_ids = sorted({tokenizer.eos_token_id, *_as_list(hf_config.eos_token_id)} - {None})
-    metadata = runner_metadata(params, llm, tokenizer.bos_token_id, eos_ids)
+    metadata = runner_metadata(params, llm, _bos_id(tokenizer, hf_config, eos_ids), eos_ids)
     log("torch.export (strict, KV cache, dynamic prompt length)")
     program = export_program(model, llm, metadata, model_cfg.name)
     save_program(program, out / PROGRAM)
     save_interface(out, params, metadata)
     return {"parameters": sum(p.numel() for p in model.parameters()), "metadata": metadata}
+
+
+def _bos_id(tokenizer: Any, hf_config: Any, eos_ids: list[int]) -> int:
+    """Qwen's tokenizers have no BOS token; the runner's `get_bos_id` then takes the model
+    config's (Qwen's `<|endoftext|>`), as ExecuTorch's Qwen examples do, else the first EOS."""
+    for candidate in (tokenizer.bos_token_id, hf_config.bos_token_id, *eos_ids):
+        if candidate is not None:
+            return candidate
+    raise BadInput("the tokenizer and the model config name neither a BOS nor an EOS token.")
 
 
 def _as_list(value: Any) -> list:
