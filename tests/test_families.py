@@ -123,3 +123,13 @@ def test_each_family_pte_runs_in_the_stock_runner_like_eager(family, tiny_llm, t
                                                       echo=False),
         pieces.append, lambda _stats: None)
     assert len(pieces) == 4
+
+
+def test_mixed_auto_says_it_measures_llama_layouts_only():
+    from pipeline.config import QuantConfig
+    from pipeline.llm import sensitivity
+
+    with pytest.raises(BadInput, match="mixed_auto measures Llama-family models; this one is "
+                                       "'qwen2'"):
+        sensitivity.measure(tiny_families.model("qwen2_5", vocab_size=512), [],
+                            QuantConfig(name="mixed_auto"))
