@@ -260,3 +260,22 @@ def test_the_default_recipe_wraps_the_head_on_the_grid_path(tiny_llm):
         model = schemes.quantize_eager(_grid_model(tiny_llm)(), quant, {"head_outliers": [5]})
     assert isinstance(model.output, outliers.OutlierHead)
     assert model.output.mask[5] == 0 and model.output.mask.sum() == model.output.mask.numel() - 1
+
+
+def test_a_gguf_says_which_of_its_grids_are_kept_and_which_are_rounded_again(tiny_cfg, tmp_path):
+    """Q4_1/Q4_0 matrices are kept by their grid recipes; Q8_0 (and K-quants) are rounded again,
+    because ExecuTorch 1.5.1's XNNPACK delegate takes grouped weights at 4 bits only."""
+    from pipeline import sources
+    from pipeline.llm import checkpoint
+    from tests import tiny_gguf
+
+    tokenizer = sources.materialize(tiny_cfg.model.tokenizer_source)
+    q8 = tiny_gguf.write(tmp_path / "q8.gguf", tokenizer, linears="Q8_0", layers=1)
+    assert checkpoint.gguf_types(q8) == {"Q8_0": 8}  # seven linears and the embedding
+    q41 = tiny_gguf.write(tmp_path / "q41.gguf", tokenizer, linears="Q4_1", layers=1)
+    note = checkpoint.grid_note(checkpoint.gguf_types(q41))
+    assert "Kept exactly by quant=q4_1_grid: Q4_1." in note and note.endswith(": Q8_0 ×1.")
+    assert "rounded a second time" in checkpoint.grid_note({"Q4_K": 7, "Q6_K": 1})
+    weight = checkpoint.load_pretrained(q8).model.layers[0].mlp.down_proj.weight
+    with pytest.raises(BadInput, match="Q4_1 grid"):
+        grid.decompose(weight, "down_proj", "q4_1")

@@ -7,6 +7,7 @@ Which families it may hold, and how each maps onto ExecuTorch's Llama, is `famil
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 
 from pipeline.config import ModelConfig, Source
 from pipeline.errors import BadInput
-from pipeline.llm import families
+from pipeline.llm import families, grid
 from pipeline.progress import log
 from pipeline.sources import materialize
 
@@ -43,6 +44,31 @@ def _check_gguf(path: Path) -> None:
         raise BadInput(f"{path} is truncated: its tensors need {end} bytes.")
 
 
+def gguf_types(path: Path) -> dict[str, int]:
+    """How many of the GGUF's matrices (linears, embedding) each GGML type holds."""
+    from gguf import GGUFReader
+
+    counts = Counter(t.tensor_type.name for t in GGUFReader(str(path)).tensors
+                     if sum(int(d) > 1 for d in t.shape) == 2)
+    return dict(sorted(counts.items()))
+
+
+def grid_note(types: dict[str, int]) -> str:
+    """One line on what loading these GGML types costs: only grids a recipe keeps are free."""
+    kept = [t for t in types if t.lower() in grid.KINDS]
+    rounded = [f"{t} ×{n}" for t, n in types.items()
+               if t not in kept and t not in ("F32", "F16", "BF16")]
+    line = f"GGUF matrices: {', '.join(f'{t} ×{n}' for t, n in types.items())}."
+    if kept:
+        recipes = " or ".join(f"quant={t.lower()}_grid" for t in kept)
+        line += f" Kept exactly by {recipes}: {', '.join(kept)}."
+    if rounded:
+        line += (" Dequantized exactly to fp32, then rounded a second time by the recipe (XNNPACK"
+                 " has no 8-bit grouped or K-quant weight type to keep them): "
+                 f"{', '.join(rounded)}.")
+    return line
+
+
 def load_tokenizer(payload: Path) -> Any:
     """The payload is always local (sources materialized it). Saying so keeps the saved
     tokenizer_config.json independent of HF_HUB_OFFLINE, which transformers records in it."""
@@ -64,6 +90,7 @@ def load_pretrained(payload: Path) -> Any:
     if payload.is_file() and payload.suffix == ".gguf":
         _check_gguf(payload)
         log(f"dequantizing {payload.name} to fp32 (transformers)")
+        log(grid_note(gguf_types(payload)))
         return AutoModelForCausalLM.from_pretrained(
             payload.parent, gguf_file=payload.name, dtype=torch.float32
         )
@@ -110,7 +137,9 @@ def fetch(model_cfg: ModelConfig, out: Path) -> dict[str, Any]:
     _save_fp32(model, out)
     tokenizer.save_pretrained(out)
     config = model.config
+    source_types = gguf_types(weights) if weights is not None and weights.suffix == ".gguf" else {}
     return {
+        **({"gguf_types": source_types} if source_types else {}),
         "architecture": config.model_type,
         "parameters": sum(p.numel() for p in model.parameters()),
         "layers": config.num_hidden_layers,
