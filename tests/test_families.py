@@ -60,6 +60,8 @@ def test_the_parity_check_sees_a_wrong_rope(tiny_llm):
     ("smollm3", {}, "NoPE layers"),
     ("llama3_2", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "RoPE scaling"),
     ("lfm2", {"conv_L_cache": 4}, "3-tap convolution"),
+    ("qwen2_5", {"use_sliding_window": True}, "sliding-window attention"),
+    ("qwen3", {"hidden_act": "gelu"}, "activation 'gelu'"),
 ])
 def test_a_config_executorch_cannot_build_is_refused_in_one_sentence(family, change, words):
     hf_config = tiny_families.config(family, vocab_size=512)

@@ -68,6 +68,12 @@ def _qwen2(config: Any) -> dict[str, Any]:
     return {"attention_qkv_bias": True}
 
 
+def _qwen2_refusal(config: Any) -> str | None:
+    if getattr(config, "use_sliding_window", False):
+        return "its sliding-window attention (use_sliding_window) is not in ExecuTorch's Llama"
+    return None
+
+
 def _qwen3(config: Any) -> dict[str, Any]:
     return {"use_qk_norm": True, "qk_norm_before_rope": True,
             "attention_qkv_bias": bool(config.attention_bias)}
@@ -127,7 +133,7 @@ def _smollm3_refusal(config: Any) -> str | None:
 FAMILIES = {family.model_type: family for family in (
     Family("llama", None, _llama, _llama_refusal),
     Family("qwen2", "executorch.examples.models.qwen2_5.convert_weights:qwen_2_5_hf_to_meta",
-           _qwen2),
+           _qwen2, _qwen2_refusal),
     Family("qwen3", "executorch.examples.models.qwen3.convert_weights:qwen_3_tune_to_meta",
            _qwen3),
     Family("phi3", "executorch.examples.models.phi_4_mini.convert_weights:phi_4_hf_to_meta",
@@ -156,6 +162,9 @@ def of(config: Any) -> Family:
         raise BadInput(f"edgerag cannot compile a {config.model_type!r} model: the families it "
                        f"compiles are {known}.")
     reason = family.refuse(config)
+    activation = getattr(config, "hidden_act", "silu")
+    if activation != "silu":  # ExecuTorch's FeedForward and ShortConvBlock gate with SiLU
+        reason = f"its MLP activation {activation!r} is not the SiLU of ExecuTorch's FeedForward"
     if reason:
         raise BadInput(f"edgerag cannot compile this {config.model_type!r} model: {reason}.")
     return family
