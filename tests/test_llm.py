@@ -102,3 +102,35 @@ def test_fp32_pte_in_the_runtime_matches_the_program(tiny_llm, tiny_program, tin
         ref = _run(copy.deepcopy(program), PROMPT)
     got = runtime.llm_logits(loaded, PROMPT, 0)
     assert torch.allclose(got, ref, atol=1e-3, rtol=1e-3), (got - ref).abs().max()
+
+
+def test_8da8w_puts_every_linear_in_xnnpack_and_stays_closer_than_4_bits(tiny_llm, tiny_program,
+                                                                         tmp_path):
+    """quant=8da8w (the home of a Q8_0 source): int8 weights per row, which XNNPACK's qc8w
+    kernels run, where 8 bits in groups of 32 (Q8_0's own grid) fail lowering."""
+    from pipeline import config, runtime
+    from pipeline.config import BackendConfig
+    from pipeline.llm import lower
+
+    _, params, llm, _ = tiny_llm
+    program, metadata = tiny_program
+    recipe = config.validate(config.compose(["experiment=tiny", "quant=8da8w"])).quant
+    eight = schemes.scheme(recipe).quantize(recipe, copy.deepcopy(program), params, llm,
+                                            metadata, None)
+    four = schemes.scheme(_torchao()).quantize(_torchao(), copy.deepcopy(program), params, llm,
+                                               metadata, None)
+    backend = BackendConfig(name="xnnpack")
+    backend.xnnpack.weights_file = False
+    lowered = lower.lower(copy.deepcopy(eight), llm, metadata, backend, "q8")
+    left = {str(n.target) for n in lowered.exported_program().graph.nodes
+            if n.op == "call_function" and "embedding" not in str(n.target)
+            and any(word in str(n.target) for word in ("linear", "quant", "qparams", "mm"))}
+    assert not left, left  # every linear and its (de)quantization inside XNNPACK
+    (tmp_path / "q8.pte").write_bytes(lowered.buffer)
+    with torch.no_grad():
+        ref, out8, out4 = (_run(copy.deepcopy(program), PROMPT), _run(eight, PROMPT),
+                           _run(four, PROMPT))
+    got = runtime.llm_logits(runtime.Program(tmp_path / "q8.pte"), PROMPT, 0)
+    error = {name: ((out - ref).norm() / ref.norm()).item()
+             for name, out in (("8", out8), ("4", out4), ("pte", got))}
+    assert 0 < error["8"] < error["4"] / 4 and error["pte"] < error["4"] / 4, error

@@ -274,7 +274,8 @@ def test_a_gguf_says_which_of_its_grids_are_kept_and_which_are_rounded_again(tin
     assert checkpoint.gguf_types(q8) == {"Q8_0": 8}  # seven linears and the embedding
     q41 = tiny_gguf.write(tmp_path / "q41.gguf", tokenizer, linears="Q4_1", layers=1)
     note = checkpoint.grid_note(checkpoint.gguf_types(q41))
-    assert "Kept exactly by quant=q4_1_grid: Q4_1." in note and note.endswith(": Q8_0 ×1.")
+    assert "Kept exactly by quant=q4_1_grid: Q4_1." in note and ": Q8_0 ×1." in note
+    assert note.endswith("Q8_0's nearest XNNPACK grid is quant=8da8w (8 bits per row).")
     assert "rounded a second time" in checkpoint.grid_note({"Q4_K": 7, "Q6_K": 1})
     weight = checkpoint.load_pretrained(q8).model.layers[0].mlp.down_proj.weight
     with pytest.raises(BadInput, match="Q4_1 grid"):

@@ -66,6 +66,8 @@ def grid_note(types: dict[str, int]) -> str:
         line += (" Dequantized exactly to fp32, then rounded a second time by the recipe (XNNPACK"
                  " has no 8-bit grouped or K-quant weight type to keep them): "
                  f"{', '.join(rounded)}.")
+    if "Q8_0" in types:
+        line += " Q8_0's nearest XNNPACK grid is quant=8da8w (8 bits per row)."
     return line
 
 
