@@ -53,7 +53,7 @@ def pytest_sessionfinish(session):
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("EDGERAG_SLOW") == "1":
         return
-    skip = pytest.mark.skip(reason="slow: set EDGERAG_SLOW=1 to run the real default model")
+    skip = pytest.mark.skip(reason="slow: set EDGERAG_SLOW=1 to run it")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)

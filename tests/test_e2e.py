@@ -306,3 +306,28 @@ def test_a_qwen3_from_the_hub_runs_through_every_stage(built, tiny_cfg, tmp_path
                                  "--max-new-tokens", "8", "--json").stdout)
     assert answer["sources"] and answer["timings"]["generated_tokens"] >= 1
     assert answer["timings"]["prompt_tokens"] == answer["timings"]["runner_prompt_tokens"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llama3_2", "qwen2_5", "phi4_mini", "lfm2"])
+def test_each_family_from_a_local_folder_runs_the_llm_stages(built, tiny_cfg, tmp_path, family):
+    """model=local on a tiny random instance of the family's real config: fetch_model through
+    evaluate_llm, under the tiny config's 8da4w recipe (Qwen 3 runs every stage above)."""
+    from pipeline import sources
+    from pipeline.llm import checkpoint
+    from tests import tiny_families
+
+    tokenizer = checkpoint.load_tokenizer(sources.materialize(tiny_cfg.model.tokenizer_source))
+    tiny_families.write_folder(family, tmp_path / "model", tokenizer,
+                               layers=tiny_families.DEPTH.get(family, 1))
+    repo = copy_built(built.repo, tmp_path / "repo")
+    _edgerag(repo, "configure", "experiment=tiny", "model=local",
+             f"model.source.path={tmp_path / 'model'}", "model.linear_widths=[64,128]",
+             "model.executorch.export.max_seq_length=128",
+             "model.executorch.export.max_context_length=128")
+    assert {"fetch_model", "export", "quantize", "lower", "evaluate_llm"} <= repro(
+        repo, "evaluate_llm")
+    notes = json.loads((repo / "data/model/manifest.json").read_text())["notes"]
+    assert notes["architecture"] == tiny_families.config(family, 512).model_type
+    llm = json.loads((repo / "data/eval_llm/metrics.json").read_text())["llm"]
+    assert llm["ppl"] > 0 and 0 < abs(llm["ppl_delta_pct"]) < 100 and llm["decode_tok_s"] > 0
