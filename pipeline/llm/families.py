@@ -229,16 +229,22 @@ _LLAMA_TO_META = {
 }
 
 
+def llama_weight_name(key: str) -> str | None:
+    """ExecuTorch's name for one transformers Llama weight, or None if it has no place."""
+    for pattern, replacement in _LLAMA_TO_META.items():
+        if re.fullmatch(pattern, key):
+            return re.sub(pattern, replacement, key)
+    return None
+
+
 def _llama_to_meta(state_dict: StateDict) -> StateDict:
     converted = {}
     for key, value in state_dict.items():
-        for pattern, replacement in _LLAMA_TO_META.items():
-            if re.fullmatch(pattern, key):
-                converted[re.sub(pattern, replacement, key)] = value
-                break
-        else:
-            if not key.endswith("rotary_emb.inv_freq"):
-                raise BadInput(f"weight {key} has no place in a Llama model.")
+        name = llama_weight_name(key)
+        if name is not None:
+            converted[name] = value
+        elif not key.endswith("rotary_emb.inv_freq"):
+            raise BadInput(f"weight {key} has no place in a Llama model.")
     return converted
 
 

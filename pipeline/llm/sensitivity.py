@@ -8,35 +8,22 @@ fp32's, over calibration windows only, is its sensitivity. The most sensitive ar
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
 
 from pipeline.config import MixedConfig, QuantConfig
 from pipeline.errors import BadInput
+from pipeline.llm import families
 from pipeline.progress import bar
 
 EMBEDDING, HEAD = "tok_embeddings", "output"
-# HF module names → the ExecuTorch Llama's (the same renaming as checkpoint.hf_to_meta's keys).
-_NAMES = {
-    r"model\.embed_tokens": EMBEDDING,
-    r"lm_head": HEAD,
-    r"model\.layers\.(\d+)\.self_attn\.q_proj": r"layers.\1.attention.wq",
-    r"model\.layers\.(\d+)\.self_attn\.k_proj": r"layers.\1.attention.wk",
-    r"model\.layers\.(\d+)\.self_attn\.v_proj": r"layers.\1.attention.wv",
-    r"model\.layers\.(\d+)\.self_attn\.o_proj": r"layers.\1.attention.wo",
-    r"model\.layers\.(\d+)\.mlp\.gate_proj": r"layers.\1.feed_forward.w1",
-    r"model\.layers\.(\d+)\.mlp\.down_proj": r"layers.\1.feed_forward.w2",
-    r"model\.layers\.(\d+)\.mlp\.up_proj": r"layers.\1.feed_forward.w3",
-}
 
 
 def executorch_name(hf_name: str) -> str | None:
-    for pattern, replacement in _NAMES.items():
-        if re.fullmatch(pattern, hf_name):
-            return re.sub(pattern, replacement, hf_name)
-    return None
+    """The ExecuTorch Llama's module name for a transformers Llama module (families' renaming)."""
+    name = families.llama_weight_name(f"{hf_name}.weight")
+    return None if name is None else name.removesuffix(".weight")
 
 
 def tensor_bytes(shape: tuple[int, int], bits: int, group_size: int) -> int:
