@@ -309,7 +309,7 @@ def test_a_qwen3_from_the_hub_runs_through_every_stage(built, tiny_cfg, tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["llama3_2", "qwen2_5", "phi4_mini", "lfm2"])
+@pytest.mark.parametrize("family", ["llama3_2", "qwen2_5", "qwen3_5", "phi4_mini", "lfm2"])
 def test_each_family_from_a_local_folder_runs_the_llm_stages(built, tiny_cfg, tmp_path, family):
     """model=local on a tiny random instance of the family's real config: fetch_model through
     evaluate_llm, under the tiny config's 8da4w recipe (Qwen 3 runs every stage above)."""

@@ -78,10 +78,9 @@ def test_a_family_outside_the_table_is_refused_naming_the_known_ones():
     from transformers import AutoConfig
 
     with pytest.raises(BadInput, match=r"'gpt2' model: the families it compiles are lfm2, "
-                                       r"llama, phi3, qwen2, qwen3, smollm3\.$"):
+                                       r"llama, phi3, qwen2, qwen3, qwen3_5_text, smollm3\.$"):
         families.of(AutoConfig.for_model("gpt2"))
-    with pytest.raises(BadInput, match="gated-DeltaNet"):
-        families.of(AutoConfig.for_model("qwen3_5_text"))
+
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +134,25 @@ def test_mixed_auto_says_it_measures_llama_layouts_only():
                                        "'qwen2'"):
         sensitivity.measure(tiny_families.model("qwen2_5", vocab_size=512), [],
                             QuantConfig(name="mixed_auto"))
+
+
+def test_qwen3_5s_multimodal_checkpoint_loads_as_its_text_model(tmp_path):
+    """The hub's Qwen 3.5 checkpoints are image-text models; the causal LM edgerag compiles is
+    their text model, with the same logits."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from pipeline.llm import checkpoint
+
+    text = tiny_families.config("qwen3_5", vocab_size=512)
+    vision = {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+              "out_hidden_size": 64}
+    torch.manual_seed(0)
+    full = AutoModelForImageTextToText.from_config(
+        AutoConfig.for_model("qwen3_5", text_config=text.to_dict(), vision_config=vision)).eval()
+    full.save_pretrained(tmp_path)
+    loaded = checkpoint.load_pretrained(tmp_path)
+    assert loaded.config.model_type == "qwen3_5_text"
+    tokens = torch.randint(0, 512, (1, 9))
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens).logits, full(input_ids=tokens).logits)
+    assert families.model_args(loaded.config)["layer_types"] == text.layer_types

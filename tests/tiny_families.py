@@ -40,6 +40,13 @@ REAL = {
              "rope_theta": 1000000.0, "conv_L_cache": 3, "conv_bias": False,
              "block_auto_adjust_ff_dim": True, "block_ffn_dim_multiplier": 1.0,
              "block_multiple_of": 256, "layer_types": ["conv", "full_attention"]},
+    # Qwen/Qwen3.5-0.8B's text model (three gated-DeltaNet layers to one attention layer; the
+    # attention gated on q, QK-norm, a quarter of each head rotated)
+    "qwen3_5": {"model_type": "qwen3_5_text", "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
+                "head_dim": 32, "linear_conv_kernel_dim": 4, "linear_key_head_dim": 16,
+                "linear_value_head_dim": 16, "linear_num_key_heads": 2,
+                "linear_num_value_heads": 2,
+                "layer_types": ["linear_attention", "full_attention"]},
     # HuggingFaceTB/SmolLM3-3B (every fourth layer has no RoPE)
     "smollm3": {"model_type": "smollm3", "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
                 "rope_theta": 5000000.0, "no_rope_layer_interval": 4},
@@ -48,7 +55,8 @@ REAL = {
 FAMILIES = tuple(REAL)
 SHRUNK = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
           "num_key_value_heads": 2, "num_hidden_layers": 2, "max_position_embeddings": 2048}
-DEPTH = {"smollm3": 4, "lfm2": 2}  # enough layers to hold a NoPE layer / both block kinds
+# Enough layers to hold a NoPE layer, or both block kinds of a hybrid.
+DEPTH = {"smollm3": 4, "lfm2": 2, "qwen3_5": 2}
 BLOCK_FF_DIM = 384  # LFM2: 2/3 of it rounded up to 256 → an FFN 256 wide
 
 

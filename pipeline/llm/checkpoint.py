@@ -98,7 +98,9 @@ def load_pretrained(payload: Path) -> Any:
         )
     if not (payload / "config.json").is_file():
         raise BadInput(f"{payload} is neither a .gguf file nor a folder with config.json.")
-    families.of(AutoConfig.from_pretrained(payload))  # refuse before reading the weights
+    # Refuse before reading the weights. A multimodal checkpoint (Qwen 3.5's) is judged by its
+    # text model, which is what transformers loads for a causal LM.
+    families.of(AutoConfig.from_pretrained(payload).get_text_config())
     return AutoModelForCausalLM.from_pretrained(payload, dtype=torch.float32)
 
 

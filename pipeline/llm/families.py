@@ -1,10 +1,11 @@
 """The decoder families edgerag compiles: each maps a transformers config onto ExecuTorch's Llama.
 
 ExecuTorch 1.5.1 builds every text-only small LLM it exports (Llama 3.x, SmolLM2, Qwen 2.5,
-Qwen 3, Phi-4-mini, LFM2) with one `llama_transformer`, switched by `ModelArgs` fields, and
-ships a weight converter per family in `executorch.examples.models.<family>`. A family here is
-the one place that says which converter applies and which `ModelArgs` a transformers config
-implies; a config it cannot represent is refused in one sentence naming what is missing.
+Qwen 3, Qwen 3.5, Phi-4-mini, LFM2) with one `llama_transformer`, switched by `ModelArgs`
+fields, and ships a weight converter per family in `executorch.examples.models.<family>`. A
+family here is the one place that says which converter applies and which `ModelArgs` a
+transformers config implies; a config it cannot represent is refused in one sentence naming
+what is missing.
 """
 
 from __future__ import annotations
@@ -79,6 +80,18 @@ def _qwen3(config: Any) -> dict[str, Any]:
             "attention_qkv_bias": bool(config.attention_bias)}
 
 
+def _qwen3_5(config: Any) -> dict[str, Any]:
+    """Qwen 3.5: gated-DeltaNet layers between q-gated attention layers."""
+    rope = _rope_parameters(config)
+    return {"use_qk_norm": True, "qk_norm_before_rope": True, "use_q_gate": True,
+            "rms_norm_add_unit_offset": True,
+            "partial_rotary_factor": float(rope.get("partial_rotary_factor", 0.25)),
+            "layer_types": list(config.layer_types),
+            **{key: getattr(config, key) for key in (
+                "linear_conv_kernel_dim", "linear_key_head_dim", "linear_value_head_dim",
+                "linear_num_key_heads", "linear_num_value_heads")}}
+
+
 def _phi3(config: Any) -> dict[str, Any]:
     """Phi-4-mini: partial rotary embeddings with LongRoPE factors."""
     rope = _rope_parameters(config)
@@ -140,23 +153,15 @@ FAMILIES = {family.model_type: family for family in (
            _phi3, _phi3_refusal),
     Family("lfm2", "executorch.examples.models.lfm2.convert_weights:lfm_2_to_meta",
            _lfm2, _lfm2_refusal),
+    Family("qwen3_5_text", "executorch.examples.models.qwen3_5.convert_weights:qwen_3_5_to_meta",
+           _qwen3_5),
     Family("smollm3", "executorch.examples.models.smollm3.convert_weights:smollm_to_meta",
            _no_extras, _smollm3_refusal),
 )}
 
-# Families ExecuTorch 1.5.1 exports that edgerag does not compile yet, and why.
-NOT_YET = dict.fromkeys(
-    ("qwen3_5", "qwen3_5_text"),
-    "its gated-DeltaNet layers keep a recurrent state that edgerag's KV-cache and custom-SDPA "
-    "transforms for the stock runner do not handle yet")
-
-
 def of(config: Any) -> Family:
     """The family of a transformers config, or a one-sentence refusal."""
     family = FAMILIES.get(config.model_type)
-    if config.model_type in NOT_YET:
-        raise BadInput(f"edgerag cannot compile this {config.model_type!r} model: "
-                       f"{NOT_YET[config.model_type]}.")
     if family is None:
         known = ", ".join(sorted(FAMILIES))
         raise BadInput(f"edgerag cannot compile a {config.model_type!r} model: the families it "
