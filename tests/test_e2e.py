@@ -310,9 +310,9 @@ def test_a_qwen3_from_the_hub_runs_through_every_stage(built, tiny_cfg, tmp_path
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama3_2", "qwen2_5", "qwen3_5", "phi4_mini", "lfm2"])
-def test_each_family_from_a_local_folder_runs_the_llm_stages(built, tiny_cfg, tmp_path, family):
-    """model=local on a tiny random instance of the family's real config: fetch_model through
-    evaluate_llm, under the tiny config's 8da4w recipe (Qwen 3 runs every stage above)."""
+def test_each_family_from_a_local_folder_runs_every_stage(built, tiny_cfg, tmp_path, family):
+    """model=local on a tiny random instance of the family's real config, under the tiny
+    config's 8da4w recipe (Qwen 3, from the hub, runs in every suite above)."""
     from pipeline import sources
     from pipeline.llm import checkpoint
     from tests import tiny_families
@@ -325,8 +325,8 @@ def test_each_family_from_a_local_folder_runs_the_llm_stages(built, tiny_cfg, tm
              f"model.source.path={tmp_path / 'model'}", "model.linear_widths=[64,128]",
              "model.executorch.export.max_seq_length=128",
              "model.executorch.export.max_context_length=128")
-    assert {"fetch_model", "export", "quantize", "lower", "evaluate_llm"} <= repro(
-        repo, "evaluate_llm")
+    assert {"fetch_model", "export", "quantize", "lower", "evaluate_llm", "evaluate_rag",
+            "evaluate"} <= repro(repo)
     notes = json.loads((repo / "data/model/manifest.json").read_text())["notes"]
     assert notes["architecture"] == tiny_families.config(family, 512).model_type
     llm = json.loads((repo / "data/eval_llm/metrics.json").read_text())["llm"]
