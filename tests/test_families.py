@@ -50,8 +50,7 @@ def test_each_family_matches_transformers_through_the_runner_transforms(family, 
 def test_the_parity_check_sees_a_wrong_rope(tiny_llm):
     """Llama 3.2 without its RoPE scaling, and Phi-4-mini without LongRoPE, miss the bound."""
     _, _, llm, _ = tiny_llm
-    plain = {"use_hf_rope": True, "use_scaled_rope": False}
-    assert _max_error("llama3_2", llm, plain) > 10 * TOLERANCE
+    assert _max_error("llama3_2", llm, {"use_scaled_rope": False}) > 10 * TOLERANCE
     assert _max_error("phi4_mini", llm, {"rope_scaling_short_factor": None,
                                          "rope_scaling_long_factor": None}) > 10 * TOLERANCE
 
