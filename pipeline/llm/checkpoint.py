@@ -92,7 +92,6 @@ def load_pretrained(payload: Path) -> Any:
     if payload.is_file() and payload.suffix == ".gguf":
         _check_gguf(payload)
         log(f"dequantizing {payload.name} to fp32 (transformers)")
-        log(grid_note(gguf_types(payload)))
         return AutoModelForCausalLM.from_pretrained(
             payload.parent, gguf_file=payload.name, dtype=torch.float32
         )
@@ -142,6 +141,8 @@ def fetch(model_cfg: ModelConfig, out: Path) -> dict[str, Any]:
     tokenizer.save_pretrained(out)
     config = model.config
     source_types = gguf_types(weights) if weights is not None and weights.suffix == ".gguf" else {}
+    if source_types:
+        log(grid_note(source_types))
     return {
         **({"gguf_types": source_types} if source_types else {}),
         "architecture": config.model_type,
