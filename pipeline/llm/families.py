@@ -211,7 +211,7 @@ def to_meta(config: Any, state_dict: StateDict) -> StateDict:
         converted = getattr(_import_converter(module), function)(dict(state_dict))
     converted = {k: v for k, v in converted.items() if not k.endswith("rotary_emb.inv_freq")}
     converted.setdefault("output.weight", converted["tok_embeddings.weight"])  # tied head
-    if not model_args(config).get("use_hf_rope", True):
+    if not family.params(config).get("use_hf_rope", True):  # Llama 3 scaling: Meta layout
         converted = _to_interleaved_rope(converted, config)
     return converted
 
