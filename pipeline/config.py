@@ -249,6 +249,7 @@ class ReleaseConfig:
     min_recall_at_10: float = 0.9
     min_rag_hit_at_k: float = 0.0  # evaluate_rag's test half: the answering document in the top k
     min_rag_grounded: float = 0.0  # share of the answer's content words found in its sources
+    max_context_cut_rate: float = 1.0  # evaluate_rag's test half: prompts that lost a chunk
 
 
 @dataclass
@@ -342,6 +343,7 @@ def _check_semantics(cfg: Config, executorch: bool) -> None:
     _one_of("eval.program_ppl", cfg.eval.program_ppl, PROGRAM_PPL)
     _check_quant(cfg.quant, cfg.model.linear_widths)
     _check_grid_source(cfg)
+    _check_kv_cache(cfg)
     _check_qnn(cfg)
     if executorch:
         llm_config(cfg.model.executorch)
@@ -373,6 +375,17 @@ def _check_pt2e(quant: QuantConfig, widths: list[int]) -> None:
             f"quant.pt2e.logits_margin={quant.pt2e.logits_margin} would narrow the calibrated "
             "range of the logits and clip them; use 1.0 (as observed) or more."
         )
+
+
+def _check_kv_cache(cfg: Config) -> None:
+    """ExecuTorch's int8 KV cache replaces its custom CPU KV cache and SDPA op, so it needs them."""
+    model = (cfg.model.executorch or {}).get("model", {})
+    if not model.get("quantize_kv_cache"):
+        return
+    if cfg.backend.name != "xnnpack" or not model.get("use_sdpa_with_kv_cache"):
+        raise BadInput("model.executorch.model.quantize_kv_cache=true needs backend=xnnpack and "
+                       "model.executorch.model.use_sdpa_with_kv_cache=true (it quantizes "
+                       "ExecuTorch's custom CPU KV cache).")
 
 
 def _check_qnn(cfg: Config) -> None:

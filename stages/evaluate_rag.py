@@ -28,6 +28,10 @@ def main() -> None:
         (out / rag.QUESTIONS).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
                                                  for r in records))
         metrics = {split: rag.summarize(records, split) for split in rag.SPLITS}
+        need = assistant.context_need([q["question"] for q in questions], cfg.retrieval.k,
+                                      cfg.rag_eval.max_new_tokens)
+        for split in metrics.values():
+            split.update(context_tokens=assistant.context_length, context_need_tokens=need)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics))
 

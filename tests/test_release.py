@@ -117,6 +117,22 @@ def test_fitted_prompt_never_exceeds_the_budget(counter, chat, lengths, budget, 
     assert cut in ([], [len(fitted.texts) - 1])  # only the last placed passage may be cut
 
 
+def test_the_context_need_holds_the_k_longest_chunks_whole_and_one_token_less_does_not(
+        counter, chat):
+    from pydoc_data.topics import topics
+
+    text = topics["assert"]
+    passages = [(f"pydoc:{n}", text[: 40 * n]) for n in range(1, 7)]  # longest last
+    question, k, answer = "what does assert do when optimizing", 3, 16
+    need = prompt.context_need(question, passages, k, answer, chat.render, counter)
+    longest = passages[-k:][::-1]
+    assert need == counter.count(chat.render(question, longest)) + answer
+    whole = prompt.fit(question, longest, chat.render, counter, need - answer)
+    assert whole.texts == [text for _, text in longest]
+    short = prompt.fit(question, longest, chat.render, counter, need - answer - 1)
+    assert short.texts != whole.texts  # the last chunk is cut
+
+
 def test_a_question_that_alone_overflows_is_refused(counter, chat):
     with pytest.raises(BadInput, match=r"the question takes \d+ prompt tokens .* lower "
                                        "--max-new-tokens"):
@@ -321,3 +337,15 @@ def test_ask_streams_then_lists_sources_and_reads_stdin(tiny_release, monkeypatc
                                                                 "second question"]
     with pytest.raises(BadInput, match="leaves no room for a prompt"):
         ask.main("q", str(tiny_release), 2, 500, as_json=True)
+
+
+def test_a_release_whose_prompts_lost_chunks_is_refused_only_when_the_rule_asks():
+    cut = {**_candidate("x", 1, 0.0, 1.0).metrics, "rag.context_cut_rate": 0.97}
+    strict = ReleaseConfig(max_context_cut_rate=0.0)
+    assert promote.missed_bound(strict, cut) == (
+        "rag.context_cut_rate=0.97 is above release.max_context_cut_rate=0: its context is too "
+        "short for its prompts")
+    assert promote.missed_bound(strict, {**cut, "rag.context_cut_rate": 0.0}) is None
+    assert promote.missed_bound(strict, _candidate("x", 1, 0.0, 1.0).metrics) == \
+        "it has no rag.context_cut_rate metric"  # a run measured before the rate existed
+    assert promote.missed_bound(RULE, cut) is None  # the default rule leaves it unchecked

@@ -112,6 +112,13 @@ class Assistant:
         chunk = self._placed[(source.source, source.start)]
         return chunk.text[: source.end - source.start]
 
+    def context_need(self, questions: list[str], k: int, max_new_tokens: int) -> int:
+        """`prompt.context_need` over this release's chunks, as `ask` would place them."""
+        passages = [(chunk.heading or chunk.source, chunk.text) for chunk in self.chunks.values()]
+        longest = max(questions, key=self.counter.count, default="")
+        return prompt.context_need(longest, passages, k, max_new_tokens, self.chat.render,
+                                   self.counter)
+
     @classmethod
     def from_release(cls, release: Path, verbose: bool = False) -> Assistant:
         """A release checked against its manifest, retrieving as its build was configured."""

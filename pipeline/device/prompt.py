@@ -130,3 +130,11 @@ def fit(question: str, passages: list[Passage], render: Render, counter: TokenCo
         break
     prompt = render(question, placed)
     return Fitted(prompt, [text for _, text in placed], counter.count(prompt))
+
+
+def context_need(question: str, passages: list[Passage], k: int, answer_tokens: int,
+                 render: Render, counter: TokenCounter) -> int:
+    """The context a release needs never to cut a prompt: the template around `question` (the
+    longest asked) and the `k` longest passages, plus the tokens the answer may take."""
+    longest = sorted(passages, key=lambda p: counter.count(render("", [p])), reverse=True)[:k]
+    return counter.count(render(question, longest)) + answer_tokens

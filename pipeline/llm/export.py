@@ -64,7 +64,9 @@ def runner_transforms(llm: Any, backend: str = "xnnpack"
                       ) -> list[Callable[[torch.nn.Module], torch.nn.Module]]:
     """Source transforms that shape KV cache and attention for the backend (no quantization).
 
-    XNNPACK: ExecuTorch's fused custom SDPA + KV-cache ops, which the CPU runner expects.
+    XNNPACK: ExecuTorch's fused custom SDPA + KV-cache ops, which the CPU runner expects; with
+    `model.quantize_kv_cache`, its int8 per-token KV cache and the quantized SDPA op that reads it
+    (export_llama_lib's order: custom ops first, then their quantized replacements).
     QNN: the HTP cannot run those custom ops, so plain attention with an index_put KV cache, an
     additive causal mask and linears as 1x1 convs (export_llama_lib's transforms for qnn).
     """
@@ -72,14 +74,19 @@ def runner_transforms(llm: Any, backend: str = "xnnpack"
         return _qnn_transforms(llm)
     from executorch.examples.models.llama.source_transformation.custom_kv_cache import (
         replace_kv_cache_with_custom_kv_cache,
+        replace_kv_cache_with_quantized_kv_cache,
     )
     from executorch.examples.models.llama.source_transformation.sdpa import (
         replace_sdpa_with_custom_op,
+        replace_sdpa_with_quantized_sdpa,
     )
 
-    if llm.model.use_kv_cache and llm.model.use_sdpa_with_kv_cache:
-        return [replace_sdpa_with_custom_op, replace_kv_cache_with_custom_kv_cache]
-    return []
+    if not (llm.model.use_kv_cache and llm.model.use_sdpa_with_kv_cache):
+        return []
+    transforms = [replace_sdpa_with_custom_op, replace_kv_cache_with_custom_kv_cache]
+    if llm.model.quantize_kv_cache:
+        transforms += [replace_kv_cache_with_quantized_kv_cache, replace_sdpa_with_quantized_sdpa]
+    return transforms
 
 
 def _qnn_transforms(llm: Any) -> list[Callable[[torch.nn.Module], torch.nn.Module]]:

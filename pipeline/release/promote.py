@@ -33,7 +33,7 @@ from pipeline.release import bundle, registry
 
 WORKSPACE = "workspace"
 PTE_BYTES, PPL_DELTA, RECALL = "llm.pte_bytes", "llm.ppl_delta_pct", "retrieval.recall_at_10"
-RAG_HIT, RAG_GROUNDED = "rag.hit_at_k", "rag.grounded"
+RAG_HIT, RAG_GROUNDED, RAG_CUT = "rag.hit_at_k", "rag.grounded", "rag.context_cut_rate"
 SWEEP_RESULTS = "sweeps/*/results.csv"
 MEASURED = "data/eval/metrics.json"
 # A run's metrics are trusted only if each listed artifact was an input of the one measuring it.
@@ -63,14 +63,19 @@ def _number(value: Any) -> float | None:
 
 def missed_bound(rule: ReleaseConfig, metrics: dict[str, Any]) -> str | None:
     """The first bound these metrics miss, as a clause; None when they meet the rule."""
-    values = {key: _number(metrics.get(key))
-              for key in (PTE_BYTES, PPL_DELTA, RECALL, RAG_HIT, RAG_GROUNDED)}
+    checked = (PTE_BYTES, PPL_DELTA, RECALL, RAG_HIT, RAG_GROUNDED,
+               *((RAG_CUT,) if rule.max_context_cut_rate < 1.0 else ()))
+    values = {key: _number(metrics.get(key)) for key in checked}
     absent = [key for key, value in values.items() if value is None]
     if absent:
         return f"it has no {absent[0]} metric"
     if values[PPL_DELTA] > rule.max_ppl_delta_pct:
         return (f"{PPL_DELTA}={values[PPL_DELTA]:g} is above "
                 f"release.max_ppl_delta_pct={rule.max_ppl_delta_pct:g}")
+    if values.get(RAG_CUT, 0.0) > rule.max_context_cut_rate:
+        return (f"{RAG_CUT}={values[RAG_CUT]:g} is above "
+                f"release.max_context_cut_rate={rule.max_context_cut_rate:g}: its context is too "
+                "short for its prompts")
     for key, bound, name in ((RECALL, rule.min_recall_at_10, "min_recall_at_10"),
                              (RAG_HIT, rule.min_rag_hit_at_k, "min_rag_hit_at_k"),
                              (RAG_GROUNDED, rule.min_rag_grounded, "min_rag_grounded")):
