@@ -1,11 +1,12 @@
 """Where a decoded token's time goes: ExecuTorch's ETDump, per operator, for one `.pte`.
 
-`python -m bench.profile PTE [--steps N] [--instances K]` prints each XNNPACK operator and each
-ExecuTorch kernel run outside the delegate with its calls and milliseconds per decoded token, and
-with `--instances` the K costliest single ops: one big GEMM (the head) hides among a hundred small
-ones under the same name. This is how the decode gap of issue #7 was found: six attention
-transposes per layer that export_llm's canonical pass removes, the Q4_1 grid's separate pooling
-linears, and the int8 head.
+`python -m bench.profile PTE [--steps N] [--instances K] [--context N]` prints each XNNPACK
+operator and each ExecuTorch kernel run outside the delegate with its calls and milliseconds per
+decoded token, and with `--instances` the K costliest single ops: one big GEMM (the head) hides
+among a hundred small ones under the same name. This is how the decode gap of issue #7 was found:
+six attention transposes per layer that export_llm's canonical pass removes, the Q4_1 grid's
+separate pooling linears, and the int8 head. With `--context N` each decoded token attends to N
+earlier positions: where a long prompt's decode goes (issue #22).
 """
 
 from __future__ import annotations
@@ -81,8 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--instances", type=int, default=0, metavar="K",
                         help="also list the K costliest single ops")
+    parser.add_argument("--context", type=int, default=4, metavar="N",
+                        help="prefill N tokens first, so each decode attends to N+ positions")
     args = parser.parse_args(argv)
-    costs = profile(args.pte, args.steps)
+    prompt = tuple(5 + position % 1000 for position in range(max(args.context, 1)))
+    costs = profile(args.pte, args.steps, prompt)
     delegate_calls = costs.pop("delegate_calls")
     instances = costs.pop("instances")
     ops = sorted(costs.values(), key=lambda c: -c.ms_per_token)

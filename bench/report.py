@@ -106,3 +106,41 @@ def markdown_table(figures: dict[str, dict[str, float | None]],
         cells += [_cell(pair_ratios[pair][key], 2) for pair in pairs]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def long_prompt_figures(systems: dict[str, dict[str, Any]]) -> dict[int, dict[str, dict]]:
+    """{prompt tokens: {system: {"ttft_s", "decode_tok_s"}}} from each system's `long_prompts`."""
+    table: dict[int, dict[str, dict]] = {}
+    for name, system in systems.items():
+        for length, run in (system.get("long_prompts") or {}).items():
+            median_of = run["median"]
+            table.setdefault(int(length), {})[name] = {
+                "ttft_s": median_of.get("ttft_s"), "decode_tok_s": median_of.get("decode_tok_s")}
+    return dict(sorted(table.items()))
+
+
+def long_prompt_table(figures: dict[int, dict[str, dict]]) -> str:
+    """prompt tokens | each system's time to first token and decode | edgerag's decode against
+    each peer's | edgerag's decode against its own at the shortest prompt (how far it falls)."""
+    if not figures:
+        return ""
+    systems = list(next(iter(figures.values())))
+    ours = [name for name in systems if name.startswith(EDGERAG)]
+    peers = [name for name in PEERS if name in systems]
+    shortest = next(iter(figures.values()))
+    header = ["prompt tokens"]
+    header += [f"{name} {what}" for name in systems for what in ("TTFT (s)", "decode tok/s")]
+    header += [f"{a}/{b} decode" for a in ours for b in peers]
+    header += [f"{a} decode vs {next(iter(figures))}-token prompt" for a in ours]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
+    for length, row in figures.items():
+        cells = [f"{length:,}"]
+        for name in systems:
+            cells += [_cell(row.get(name, {}).get("ttft_s"), 3),
+                      _cell(row.get(name, {}).get("decode_tok_s"), 1)]
+        cells += [_cell(ratio(row.get(a, {}).get("decode_tok_s"),
+                              row.get(b, {}).get("decode_tok_s")), 2) for a in ours for b in peers]
+        cells += [_cell(ratio(row.get(a, {}).get("decode_tok_s"),
+                              shortest.get(a, {}).get("decode_tok_s")), 2) for a in ours]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

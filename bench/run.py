@@ -39,6 +39,9 @@ PROMPT = (
     "then gives each key and its value on a line of its own, sorted by name. Here is how the "
     "program handles the three cases that matter most in practice:"
 )
+# Prompt lengths RAG produces (k chunks of ~150-330 tokens plus template and question), each
+# leaving room for --long-new-tokens in a 2,048-token context.
+LONG_PROMPTS = [100, 500, 1000, 1950]
 BUSY_PCT = 25.0  # CPU use by others, sampled while the bench idles, above which timings are suspect
 
 
@@ -70,14 +73,34 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=2048, help="perplexity token budget")
     parser.add_argument("--window", type=int, default=512, help="perplexity window length")
-    parser.add_argument("--seq-len", type=int, default=512, help="export_llm's max_seq_length")
+    parser.add_argument("--seq-len", type=int, default=2048,
+                        help="export_llm's max_seq_length and llama.cpp's context (edgerag's "
+                             "default context)")
+    parser.add_argument("--prompt-lengths", type=_lengths, default=LONG_PROMPTS,
+                        help="held-out prompts of these token counts, RAG's lengths, timed with "
+                             "--long-new-tokens and --long-repeats ('' to skip)")
+    parser.add_argument("--long-new-tokens", type=int, default=64)
+    parser.add_argument("--long-repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--work", type=Path, default=REPO / "bench" / "work",
                         help="scratch: export_llm's checkpoint, config, log and .pte")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.new_tokens < 2 or args.threads < 1 or args.window < 2:
-        raise BadInput("--repeats and --threads must be ≥ 1, --new-tokens and --window ≥ 2.")
+    if args.repeats < 1 or args.new_tokens < 2 or args.threads < 1 or args.window < 2 \
+            or args.long_repeats < 1 or args.long_new_tokens < 2:
+        raise BadInput("--repeats, --long-repeats and --threads must be ≥ 1, --new-tokens, "
+                       "--long-new-tokens and --window ≥ 2.")
     return args
+
+
+def _lengths(text: str) -> list[int]:
+    try:
+        lengths = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of token "
+                                         "counts") from None
+    if any(length < 1 for length in lengths):
+        raise argparse.ArgumentTypeError(f"{text!r}: every prompt length must be ≥ 1")
+    return sorted(set(lengths))
 
 
 def machine() -> dict[str, Any]:
@@ -97,20 +120,44 @@ def machine() -> dict[str, Any]:
 
 
 def _time(system: dict[str, Any], args: argparse.Namespace, tokenizer: Path, gguf: Path | None,
-          prompt_ids: list[int], eos_ids: list[int]) -> dict[str, Any]:
-    common = {"new_tokens": args.new_tokens, "repeats": args.repeats, "threads": args.threads}
+          prompt: tuple[str, list[int]], eos_ids: list[int], new_tokens: int,
+          repeats: int) -> dict[str, Any]:
+    """`repeats` generations of one system on one prompt (its text for a `.pte`, whose runner
+    encodes it; its ids for llama.cpp), in a worker process of its own."""
+    text, prompt_ids = prompt
+    common = {"new_tokens": new_tokens, "repeats": repeats, "threads": args.threads}
     if system["kind"] == "llama.cpp":
         answer = run_worker("time_llamacpp", {"gguf": str(gguf), "prompt_ids": prompt_ids,
-                                              "eos_ids": eos_ids, "context": args.seq_len,
+                                              "eos_ids": eos_ids, "context": _context(args),
                                               **common}, args.threads)
     else:
         answer = run_worker("time_pte", {"pte": system["artifact"], "tokenizer": str(tokenizer),
-                                         "prompt": PROMPT, **common}, args.threads)
+                                         "prompt": text, **common}, args.threads)
     answer["median"] = report.medians(answer["samples"])
     answer["internal_median"] = report.medians(answer["internal"])
     answer["prompt_tokens_match"] = all(s["prompt_tokens"] == len(prompt_ids)
                                         for s in answer["samples"])
     return answer
+
+
+def _context(args: argparse.Namespace) -> int:
+    """llama.cpp's context: export_llm's, or more when a long prompt needs it."""
+    return max([args.seq_len, *(n + args.long_new_tokens for n in args.prompt_lengths)])
+
+
+def _check_contexts(systems: dict[str, Any], args: argparse.Namespace) -> None:
+    """Every `.pte` must hold the longest prompt and its new tokens, before any timing starts."""
+    from pipeline.runtime import context_length
+
+    if not args.prompt_lengths:
+        return
+    needed = max(args.prompt_lengths) + args.long_new_tokens
+    for name, system in systems.items():
+        held = context_length(system["artifact"]) if system["kind"] == "pte" else _context(args)
+        if held is not None and held < needed:
+            raise BadInput(f"{name} holds {held} tokens of context; a {max(args.prompt_lengths)}-"
+                           f"token prompt and {args.long_new_tokens} new tokens need {needed} "
+                           "(lower --prompt-lengths, or re-export with a longer context).")
 
 
 def _score(system: dict[str, Any], windows_file: Path, threads: int) -> dict[str, Any]:
@@ -176,12 +223,23 @@ def main(argv: list[str] | None = None) -> int:
 
     prompt_ids = quality.load_tokenizer(tokenizer)(PROMPT, add_special_tokens=False)["input_ids"]
     eos_ids = export_llm.runner_metadata(model_dir)["get_eos_ids"]
+    _check_contexts(systems, args)
+    long_prompts = {n: quality.held_out_prompt(split_file, tokenizer, n)
+                    for n in args.prompt_lengths}
     quiet = {"load_average_before_timing": os.getloadavg(),
              "cpu_busy_pct_before_timing": _cpu_busy_pct()}
     for name, system in systems.items():
         log(f"timing {name}: {args.repeats} × {len(prompt_ids)}-token prompt → "
             f"{args.new_tokens} tokens, {args.threads} threads")
-        system["speed"] = _time(system, args, tokenizer, gguf, prompt_ids, eos_ids)
+        system["speed"] = _time(system, args, tokenizer, gguf, (PROMPT, prompt_ids), eos_ids,
+                                args.new_tokens, args.repeats)
+    for length, prompt in long_prompts.items():
+        for name, system in systems.items():
+            log(f"timing {name}: {args.long_repeats} × {length}-token held-out prompt → "
+                f"{args.long_new_tokens} tokens")
+            system.setdefault("long_prompts", {})[length] = _time(
+                system, args, tokenizer, gguf, prompt, eos_ids, args.long_new_tokens,
+                args.long_repeats)
     quiet["cpu_busy_pct_after_timing"] = _cpu_busy_pct()
 
     windows = quality.held_out_windows(split_file, tokenizer, args.max_tokens, args.window)
@@ -205,14 +263,18 @@ def main(argv: list[str] | None = None) -> int:
                      "new_tokens": args.new_tokens, "prompt": PROMPT, "prompt_ids": prompt_ids,
                      "max_tokens": args.max_tokens, "window": args.window,
                      "windows": len(windows), "tokens_sha256": quality.tokens_sha256(windows),
+                     "prompt_lengths": args.prompt_lengths,
+                     "long_new_tokens": args.long_new_tokens, "long_repeats": args.long_repeats,
                      "tokenizer": str(tokenizer), "split": str(split_file)},
         "reference": {"model": str(model_dir), **reference},
         "systems": systems,
         "figures": figures,
         "ratios": report.ratios(figures),
+        "long_prompts": report.long_prompt_figures(systems),
     }
     write(results, args.out)
     print(report.markdown_table(figures, results["ratios"]))
+    print(report.long_prompt_table(results["long_prompts"]))
     return 0
 
 
@@ -251,6 +313,15 @@ def markdown(results: dict[str, Any]) -> str:
         "around its process.",
         *(f"- No build figures for {name}: {system['build']['note']}."
           for name, system in results["systems"].items() if system["build"].get("note")),
+        "",
+        *(["", "## Long prompts", "",
+           report.long_prompt_table({int(n): row for n, row in results["long_prompts"].items()}),
+           "",
+           f"- Held-out text of `{Path(s['split']).name}` cut to exactly these token counts "
+           "(the `.pte` runners encode the text, llama.cpp gets the same ids); "
+           f"{s['long_new_tokens']} new tokens, median of {s['long_repeats']} runs after one "
+           "warm-up, the same outer clock and workers as above."]
+          if results.get("long_prompts") else []),
         "",
         f"Raw samples, versions and settings: `{results['date']}.json`.",
     ]

@@ -267,6 +267,7 @@ def test_a_whole_run_on_the_tiny_model_writes_json_and_table(tmp_path, tiny_llm,
                      "--export-llm-pte", str(tiny_ptes["fp32"]),
                      "--skip-llamacpp", "--repeats", "2", "--new-tokens", "4", "--threads", "1",
                      "--max-tokens", "60", "--window", "30", "--out", str(out),
+                     "--prompt-lengths", "40,20", "--long-new-tokens", "4", "--long-repeats", "1",
                      "--work", str(tmp_path / "work")]) == 0
     (result_file,) = out.glob("*.json")
     results = json.loads(result_file.read_text())
@@ -281,6 +282,39 @@ def test_a_whole_run_on_the_tiny_model_writes_json_and_table(tmp_path, tiny_llm,
                                      / results["figures"]["export_llm"]["size_mb"], 3)
     table = result_file.with_suffix(".md").read_text()
     assert "| metric | edgerag | export_llm | edgerag/export_llm |" in table
+    for name in ("edgerag", "export_llm"):  # each runner saw exactly the held-out prompt's tokens
+        runs = results["systems"][name]["long_prompts"]
+        assert {n: runs[n]["samples"][0]["prompt_tokens"] for n in runs} == {"20": 20, "40": 40}
+    assert list(results["long_prompts"]) == ["20", "40"]
+    assert "| 40 | " in table and "edgerag decode vs 20-token prompt" in table
+
+
+def test_held_out_prompts_re_encode_to_exactly_their_length(tiny_tokenizer, tmp_path):
+    from tokenizers import Tokenizer
+
+    from bench.quality import held_out_prompt
+
+    _, folder = tiny_tokenizer
+    split = tmp_path / "evaluation.jsonl"
+    split.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n"
+                             for i, t in enumerate([TEXT, TEXT.upper()])))
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    for length in (1, 17, 60):
+        text, ids = held_out_prompt(split, folder / "tokenizer.json", length)
+        assert len(ids) == length
+        assert tokenizer.encode(text, add_special_tokens=False).ids == ids
+    with pytest.raises(BadInput, match="no prefix of exactly 100000 tokens"):
+        held_out_prompt(split, folder / "tokenizer.json", 100_000)
+
+
+def test_a_pte_too_short_for_the_longest_prompt_stops_the_bench_before_timing(tiny_ptes):
+    from bench import run
+
+    args = run.parse(["--prompt-lengths", "100,500", "--long-new-tokens", "64"])
+    systems = {"edgerag": {"kind": "pte", "artifact": str(tiny_ptes["8da4w"])}}
+    with pytest.raises(BadInput, match="edgerag holds 128 tokens of context; a 500-token prompt "
+                                       "and 64 new tokens need 564"):
+        run._check_contexts(systems, args)
 
 
 def test_profile_counts_the_lowered_ops_per_token_with_no_attention_transposes(tiny_ptes,
