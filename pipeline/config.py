@@ -27,6 +27,7 @@ ACTIVATIONS = ("none", "int8_dynamic")
 ALGORITHMS = ("affine", "hqq")
 SOURCE_GRIDS = ("none", "q4_1", "q4_0")
 BACKENDS = ("xnnpack", "qnn")
+KV_CACHE_PRECISIONS = ("fp32", "bf16", "int8")  # pipeline/llm/kv_cache.py
 PROGRAM_PPL = ("auto", "always")  # eval.program_ppl
 CALIBRATION_SOURCES = ("pydoc_topics",)
 # Group sizes XNNPACK's blockwise int4 kernels take; 0 means one scale per output channel.
@@ -68,6 +69,7 @@ class ModelConfig:
     source: Source = field(default_factory=Source)
     tokenizer_source: Source | None = None
     linear_widths: list[int] = field(default_factory=list)
+    kv_cache: str = "fp32"  # fp32 | bf16 | int8: the XNNPACK KV cache's precision (kv_cache.py)
     executorch: Any = None
 
 
@@ -378,13 +380,17 @@ def _check_pt2e(quant: QuantConfig, widths: list[int]) -> None:
 
 
 def _check_kv_cache(cfg: Config) -> None:
-    """ExecuTorch's int8 KV cache replaces its custom CPU KV cache and SDPA op, so it needs them."""
+    """The KV cache's precision has one home, `model.kv_cache`; any but fp32 swaps ExecuTorch's
+    custom CPU cache and SDPA op, so it needs them."""
+    _one_of("model.kv_cache", cfg.model.kv_cache, KV_CACHE_PRECISIONS)
     model = (cfg.model.executorch or {}).get("model", {})
-    if not model.get("quantize_kv_cache"):
-        return
-    if cfg.backend.name != "xnnpack" or not model.get("use_sdpa_with_kv_cache"):
-        raise BadInput("model.executorch.model.quantize_kv_cache=true needs backend=xnnpack and "
-                       "model.executorch.model.use_sdpa_with_kv_cache=true (it quantizes "
+    if model.get("quantize_kv_cache"):
+        raise BadInput("set the KV cache's precision with model.kv_cache=int8, not "
+                       "model.executorch.model.quantize_kv_cache.")
+    if cfg.model.kv_cache != "fp32" and (cfg.backend.name != "xnnpack"
+                                         or not model.get("use_sdpa_with_kv_cache")):
+        raise BadInput(f"model.kv_cache={cfg.model.kv_cache} needs backend=xnnpack and "
+                       "model.executorch.model.use_sdpa_with_kv_cache=true (it changes "
                        "ExecuTorch's custom CPU KV cache).")
 
 

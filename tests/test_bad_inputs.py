@@ -390,13 +390,11 @@ CASES: dict[str, Case] = {
         edgerag("configure", "model=qwen3_0_6b",
                 "model.source.revision=0123456789abcdef0123456789abcdef01234567")),
     "configure-kv-cache-on-qnn": Case(
-        "`edgerag configure backend=qnn quant=qnn_16a4w "
-        "model.executorch.model.quantize_kv_cache=true`",
-        "model.executorch.model.quantize_kv_cache=true needs backend=xnnpack and "
-        "model.executorch.model.use_sdpa_with_kv_cache=true (it quantizes ExecuTorch's custom CPU "
+        "`edgerag configure backend=qnn quant=qnn_16a4w model.kv_cache=bf16`",
+        "model.kv_cache=bf16 needs backend=xnnpack and "
+        "model.executorch.model.use_sdpa_with_kv_cache=true (it changes ExecuTorch's custom CPU "
         "KV cache).",
-        edgerag("configure", "backend=qnn", "quant=qnn_16a4w",
-                "model.executorch.model.quantize_kv_cache=true")),
+        edgerag("configure", "backend=qnn", "quant=qnn_16a4w", "model.kv_cache=bf16")),
     "disk-full": Case(
         "the disk fills up while a stage writes (ENOSPC)",
         "no space left on the device; free some space and run again.",

@@ -136,35 +136,34 @@ def test_8da8w_puts_every_linear_in_xnnpack_and_stays_closer_than_4_bits(tiny_ll
     assert 0 < error["8"] < error["4"] / 4 and error["pte"] < error["4"] / 4, error
 
 
-def test_quantized_kv_cache_stores_int8_and_runs_in_the_runtime_close_to_fp32(tiny_llm, tiny_cfg,
-                                                                             tmp_path):
-    """model.quantize_kv_cache: ExecuTorch's int8 per-token KV cache and the quantized SDPA op
-    that reads it, through lowering and the runtime: a quarter of the cache's bytes, logits a
-    small, nonzero step away from the fp32 cache's."""
-    from omegaconf import OmegaConf
-
-    from pipeline import config, runtime
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("int8", torch.int8)])
+def test_a_kv_cache_precision_is_stored_and_runs_in_the_runtime_close_to_fp32(
+        tiny_llm, precision, dtype, tmp_path):
+    """model.kv_cache: the cache in bf16 (ExecuTorch's custom SDPA op on bf16) or ExecuTorch's
+    int8 per-token cache and quantized SDPA op, through lowering and the runtime: fewer bytes per
+    cached position, logits a small, nonzero step from the fp32 cache's."""
+    from pipeline import runtime
     from pipeline.config import BackendConfig
     from pipeline.llm import lower
 
-    hf, params, _, weights = tiny_llm
-    llm = config.llm_config(OmegaConf.merge(tiny_cfg.model.executorch,
-                                            {"model": {"quantize_kv_cache": True}}))
+    hf, params, llm, weights = tiny_llm
     metadata = export.runner_metadata(params, llm, 1, [2])
-    model = export.apply(export.build_eager(params, llm, weights), export.runner_transforms(llm))
-    program = export.export_program(model, llm, metadata, "kvq")
-    caches = {name: buffer.dtype for name, buffer in program.named_buffers()
-              if name.endswith(("k_cache", "v_cache"))}
-    assert caches and set(caches.values()) == {torch.int8}, caches
-    targets = {str(node.target) for node in program.graph.nodes}
-    assert "llama.custom_quantized_sdpa.default" in targets, targets
+    model = export.apply(export.build_eager(params, llm, weights),
+                         export.runner_transforms(llm, kv_cache=precision))
+    program = export.export_program(model, llm, metadata, precision)
+    assert export.kv_cache_precision(program) == precision
+    # (int8's quantized SDPA module holds the same cache under its own name)
+    caches = {name: value.dtype for name, value in program.state_dict.items()
+              if name.endswith(("k_cache", "v_cache")) and ".SDPA." not in name}
+    assert len(caches) == 2 * params["n_layers"] and set(caches.values()) == {dtype}, caches
     backend = BackendConfig(name="xnnpack")
     backend.xnnpack.weights_file = False
-    (tmp_path / "kvq.pte").write_bytes(lower.lower(program, llm, metadata, backend, "kvq").buffer)
-    loaded = runtime.Program(tmp_path / "kvq.pte")
+    pte = tmp_path / f"{precision}.pte"
+    pte.write_bytes(lower.lower(program, llm, metadata, backend, precision).buffer)
+    loaded = runtime.Program(pte)
     with torch.no_grad():
         reference = hf(torch.tensor([PROMPT])).logits[0, -1]
     runtime.llm_logits(loaded, PROMPT[:-1], 0)
-    got = runtime.llm_logits(loaded, PROMPT[-1:], len(PROMPT) - 1)  # reads the int8 cache
+    got = runtime.llm_logits(loaded, PROMPT[-1:], len(PROMPT) - 1)  # reads the cache
     error = ((got - reference).norm() / reference.norm()).item()
     assert 1e-5 < error < 0.05, error

@@ -60,13 +60,12 @@ def build_eager(params: dict[str, Any], llm: Any, state_dict: dict[str, torch.Te
     return model.eval()
 
 
-def runner_transforms(llm: Any, backend: str = "xnnpack"
+def runner_transforms(llm: Any, backend: str = "xnnpack", kv_cache: str = "fp32"
                       ) -> list[Callable[[torch.nn.Module], torch.nn.Module]]:
     """Source transforms that shape KV cache and attention for the backend (no quantization).
 
-    XNNPACK: ExecuTorch's fused custom SDPA + KV-cache ops, which the CPU runner expects; with
-    `model.quantize_kv_cache`, its int8 per-token KV cache and the quantized SDPA op that reads it
-    (export_llama_lib's order: custom ops first, then their quantized replacements).
+    XNNPACK: ExecuTorch's fused custom SDPA + KV-cache ops, which the CPU runner expects, with the
+    cache in `kv_cache` precision (`pipeline/llm/kv_cache.py`).
     QNN: the HTP cannot run those custom ops, so plain attention with an index_put KV cache, an
     additive causal mask and linears as 1x1 convs (export_llama_lib's transforms for qnn).
     """
@@ -74,19 +73,25 @@ def runner_transforms(llm: Any, backend: str = "xnnpack"
         return _qnn_transforms(llm)
     from executorch.examples.models.llama.source_transformation.custom_kv_cache import (
         replace_kv_cache_with_custom_kv_cache,
-        replace_kv_cache_with_quantized_kv_cache,
     )
     from executorch.examples.models.llama.source_transformation.sdpa import (
         replace_sdpa_with_custom_op,
-        replace_sdpa_with_quantized_sdpa,
     )
+
+    from pipeline.llm import kv_cache as precision
 
     if not (llm.model.use_kv_cache and llm.model.use_sdpa_with_kv_cache):
         return []
-    transforms = [replace_sdpa_with_custom_op, replace_kv_cache_with_custom_kv_cache]
-    if llm.model.quantize_kv_cache:
-        transforms += [replace_kv_cache_with_quantized_kv_cache, replace_sdpa_with_quantized_sdpa]
-    return transforms
+    return [replace_sdpa_with_custom_op, replace_kv_cache_with_custom_kv_cache,
+            *precision.transforms(kv_cache)]
+
+
+def kv_cache_precision(program: Any) -> str:
+    """The KV-cache precision an exported program was built with, read from its cache buffers."""
+    names = {torch.bfloat16: "bf16", torch.int8: "int8"}
+    dtypes = {value.dtype for name, value in program.state_dict.items()
+              if name.endswith(("k_cache", "v_cache"))}
+    return next((names[d] for d in dtypes if d in names), "fp32")
 
 
 def _qnn_transforms(llm: Any) -> list[Callable[[torch.nn.Module], torch.nn.Module]]:
@@ -222,7 +227,8 @@ def run(model_dir: Path, model_cfg: Any, out: Path, backend: str = "xnnpack") ->
     llm = config.llm_config(model_cfg.executorch)
     log(f"building ExecuTorch's Llama from the {hf_config.model_type} checkpoint")
     weights = families.to_meta(hf_config, load_file(model_dir / "model.safetensors"))
-    model = apply(build_eager(params, llm, weights), runner_transforms(llm, backend))
+    model = apply(build_eager(params, llm, weights),
+                  runner_transforms(llm, backend, model_cfg.kv_cache))
     eos_ids = sorted({tokenizer.eos_token_id, *_as_list(hf_config.eos_token_id)} - {None})
     metadata = runner_metadata(params, llm, _bos_id(tokenizer, hf_config, eos_ids), eos_ids)
     log("torch.export (strict, KV cache, dynamic prompt length)")

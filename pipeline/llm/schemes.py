@@ -117,7 +117,8 @@ class TorchaoWeights(NoQuantization):
         with torch.no_grad():
             model = quantize_eager(model, quant, stats)
         log("exporting the quantized model")
-        model = export.apply(model, export.runner_transforms(llm))
+        model = export.apply(model, export.runner_transforms(
+            llm, kv_cache=export.kv_cache_precision(program)))
         return export.export_program(model, llm, metadata, quant.name)
 
     @staticmethod
