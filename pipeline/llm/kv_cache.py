@@ -8,6 +8,8 @@ so decode speed follows the cache's bytes. Three precisions, one setting (`model
 - `bf16`: the same cache and op in bfloat16 (ExecuTorch's custom SDPA runs bf16 natively): half
   the bytes; the new keys/values and the query are rounded to bf16, the output returns to fp32.
 - `int8`: ExecuTorch's own per-token int8 cache and quantized SDPA op (`quantize_kv_cache`).
+
+Imported only where ExecuTorch already is (`export.runner_transforms`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from executorch.examples.models.llama.attention import Attention
+from executorch.examples.models.llama.source_transformation.custom_kv_cache import (
+    CustomKVCache,
+    replace_kv_cache_with_quantized_kv_cache,
+)
+from executorch.examples.models.llama.source_transformation.sdpa import (
+    replace_sdpa_with_quantized_sdpa,
+)
 
 
 def transforms(precision: str) -> list[Callable[[torch.nn.Module], torch.nn.Module]]:
@@ -22,23 +32,11 @@ def transforms(precision: str) -> list[Callable[[torch.nn.Module], torch.nn.Modu
     if precision == "bf16":
         return [_to_bf16]
     if precision == "int8":
-        from executorch.examples.models.llama.source_transformation.custom_kv_cache import (
-            replace_kv_cache_with_quantized_kv_cache,
-        )
-        from executorch.examples.models.llama.source_transformation.sdpa import (
-            replace_sdpa_with_quantized_sdpa,
-        )
-
         return [replace_kv_cache_with_quantized_kv_cache, replace_sdpa_with_quantized_sdpa]
     return []
 
 
 def _to_bf16(module: torch.nn.Module) -> torch.nn.Module:
-    from executorch.examples.models.llama.attention import Attention
-    from executorch.examples.models.llama.source_transformation.custom_kv_cache import (
-        CustomKVCache,
-    )
-
     for child in module.modules():
         if isinstance(child, Attention) and isinstance(getattr(child, "kv_cache", None),
                                                        CustomKVCache):
@@ -49,15 +47,7 @@ def _to_bf16(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def _cache_class() -> type:
-    from executorch.examples.models.llama.source_transformation.custom_kv_cache import (
-        CustomKVCache,
-    )
-
-    return CustomKVCache
-
-
-class _Bf16KVCache(_cache_class()):  # type: ignore[misc]
+class _Bf16KVCache(CustomKVCache):
     """ExecuTorch's custom KV cache, stored in bf16: new keys and values are rounded on entry."""
 
     def update(self, input_pos, k_val, v_val, indices=None):
