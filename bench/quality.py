@@ -32,26 +32,12 @@ def held_out_windows(split_file: Path, tokenizer_json: Path, max_tokens: int,
 
 
 def held_out_prompt(split_file: Path, tokenizer_json: Path, length: int) -> tuple[str, list[int]]:
-    """Held-out text of exactly `length` tokens, cut where re-encoding the text gives those very
-    ids: the `.pte` runner encodes the text, llama.cpp gets the ids, both see the same tokens."""
-    from tokenizers import Tokenizer
-
-    from pipeline.errors import BadInput
+    """The split's text cut to exactly `length` tokens (`speed.held_out_prompt`): the `.pte`
+    runners encode the text, llama.cpp gets the ids, both see the same tokens."""
+    from pipeline.evaluation.speed import held_out_prompt as cut
     from pipeline.splits import read_jsonl
 
-    tokenizer = Tokenizer.from_file(str(tokenizer_json))
-    tokenizer.no_truncation()
-    text = "\n\n".join(record["text"] for record in read_jsonl(split_file))
-    encoded = tokenizer.encode(text, add_special_tokens=False)
-    for end in range(min(length, len(encoded.ids)), max(length - 16, 0), -1):
-        prefix = text[: encoded.offsets[end - 1][1]]
-        ids = tokenizer.encode(prefix, add_special_tokens=False).ids
-        if ids == encoded.ids[:end] and len(ids) == length:
-            return prefix, ids
-        if ids == encoded.ids[:end]:  # the split is shorter than `length`
-            break
-    raise BadInput(f"{split_file} holds no prefix of exactly {length} tokens that re-encodes to "
-                   "itself (the split is shorter?); choose other --prompt-lengths.")
+    return cut([record["text"] for record in read_jsonl(split_file)], tokenizer_json, length)
 
 
 def tokens_sha256(windows: list[list[int]]) -> str:

@@ -213,6 +213,7 @@ class EvalConfig:
     tasks_seed: int = 0
     speed_new_tokens: int = 64
     speed_repeats: int = 3
+    speed_long_prompt_tokens: int = 0  # a held-out prompt of RAG's length (0: none); see speed.py
 
 
 @dataclass

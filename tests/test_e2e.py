@@ -73,8 +73,11 @@ def test_the_pte_runs_in_the_stock_runner_and_nothing_reruns(built):
 def test_metrics_follow_the_contract(built):
     metrics = json.loads((built.repo / "data/eval/metrics.json").read_text())
     for key in ("ppl", "ppl_reference", "pte_bytes", "decode_tok_s", "prefill_tok_s",
-                "peak_rss_mb"):
+                "peak_rss_mb", "long_prompt_decode_tok_s", "long_prompt_ttft_ms"):
         assert metrics["llm"][key] > 0, key
+    assert metrics["llm"]["long_prompt_tokens"] == 64  # experiment=tiny's held-out prompt, exactly
+    rag = metrics["rag"]  # the context a prompt needs, beside the context the .pte has
+    assert rag["context_tokens"] == 128 and rag["context_need_tokens"] > 0
     assert 0 < abs(metrics["llm"]["ppl_delta_pct"]) < 100  # really quantized, and not broken
     assert "quantized_program" not in metrics  # XNNPACK: the .pte itself is the judge
     assert set(metrics["lm_eval"]) == {"edgerag_pydoc_cloze", "edgerag_stdlib_docstrings"}

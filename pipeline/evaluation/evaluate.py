@@ -21,7 +21,8 @@ PTE, TOKENIZER, METRICS = "llm.pte", "tokenizer.json", "metrics.json"
 # The least each setting can be and still measure something: a perplexity window scores from its
 # second token on, lm-eval needs a document, the speed figure a token and a run.
 EVAL_MINIMUMS = {"ppl_window": 2, "ppl_max_tokens": 2, "program_max_tokens": 2,
-                 "tasks_limit": 1, "speed_new_tokens": 1, "speed_repeats": 1}
+                 "tasks_limit": 1, "speed_new_tokens": 1, "speed_repeats": 1,
+                 "speed_long_prompt_tokens": 0}
 
 
 def check(cfg: EvalConfig) -> None:
@@ -76,9 +77,14 @@ def run(cfg: Config, lowered: Path, model_dir: Path, split_dir: Path,
     accuracy = _lm_eval(pte, tokenizer, tasks_dir, cfg.eval.tasks_limit, manager)
     log("lm-eval: fp32 reference")
     accuracy_ref = _lm_eval(reference, tokenizer, tasks_dir, cfg.eval.tasks_limit, manager)
+    long_prompt = ""
+    if cfg.eval.speed_long_prompt_tokens:
+        room = pte.max_context_len - cfg.eval.speed_new_tokens - 1  # the runner needs one spare
+        long_prompt, _ = speed.held_out_prompt(texts, lowered / TOKENIZER,
+                                               min(cfg.eval.speed_long_prompt_tokens, room))
     log("speed: the stock runner in a fresh process")
     timing = speed.measure(lowered / PTE, lowered / TOKENIZER, cfg.eval.speed_new_tokens,
-                           cfg.eval.speed_repeats)
+                           cfg.eval.speed_repeats, long_prompt)
     llm = {key: ppl[key] for key in ("ppl", "ppl_reference", "ppl_delta_pct", "tokens")}
     # The LLM's bytes on the phone: the .pte plus its weights file (llm.ptd), when lowered so.
     llm.update({"pte_bytes": program_bytes(lowered / PTE), **timing})
@@ -117,6 +123,9 @@ def summary(metrics: dict[str, Any]) -> str:
     rows.append((".pte size (MB)", "", round(llm["pte_bytes"] / 1e6, 1), ""))
     rows.append(("decode tok/s", "", llm["decode_tok_s"], ""))
     rows.append(("prefill tok/s", "", llm["prefill_tok_s"], ""))
+    if "long_prompt_decode_tok_s" in llm:
+        rows.append((f"decode tok/s, {llm['long_prompt_tokens']}-token prompt", "",
+                     llm["long_prompt_decode_tok_s"], ""))
     rows.append(("runner peak RSS (MB)", "", llm["peak_rss_mb"], ""))
     if "retrieval" in metrics:
         retrieval = metrics["retrieval"]
