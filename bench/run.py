@@ -55,8 +55,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pte", type=Path, default=None,
                         help="edgerag's .pte (default: releases/default/llm.pte, else "
                              "data/lowered/llm.pte)")
-    parser.add_argument("--candidate", type=Path, default=None,
-                        help="a second edgerag .pte to measure beside it (e.g. the best sweep run)")
+    parser.add_argument("--candidate", type=Path, action="append", default=[],
+                        help="another edgerag .pte to measure beside it (e.g. the best sweep run, "
+                             "or another KV-cache precision); repeatable, named by its folder")
     parser.add_argument("--tokenizer", type=Path, default=None,
                         help="edgerag's tokenizer.json (default: the one beside --pte)")
     parser.add_argument("--data-dir", type=Path, default=REPO / "data",
@@ -173,8 +174,7 @@ def collect_systems(args: argparse.Namespace, pte: Path,
     """Every system to measure: its artifact, size and build figures (export_llm built here)."""
     systems = {report.EDGERAG: {"kind": "pte", "artifact": str(pte), "bytes": program_bytes(pte),
                                 "build": edgerag.build_record(pte, args.data_dir)}}
-    if args.candidate is not None:
-        candidate = args.candidate.resolve()
+    for candidate in (c.resolve() for c in args.candidate):
         if not candidate.is_file():
             raise BadInput(f"--candidate {candidate} does not exist.")
         systems[f"{report.EDGERAG}:{candidate.parent.name}"] = {
