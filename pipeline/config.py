@@ -69,7 +69,9 @@ class ModelConfig:
     source: Source = field(default_factory=Source)
     tokenizer_source: Source | None = None
     linear_widths: list[int] = field(default_factory=list)
-    kv_cache: str = "fp32"  # fp32 | bf16 | int8: the XNNPACK KV cache's precision (kv_cache.py)
+    # fp32 | bf16 | int8: the XNNPACK KV cache's precision (kv_cache.py). bf16 decodes 1.9x as fast
+    # as fp32 after a 1,000-2,000-token prompt at the same perplexity (README, "Long prompts").
+    kv_cache: str = "bf16"
     executorch: Any = None
 
 
