@@ -314,15 +314,14 @@ def markdown(results: dict[str, Any]) -> str:
         *(f"- No build figures for {name}: {system['build']['note']}."
           for name, system in results["systems"].items() if system["build"].get("note")),
         "",
-        *(["", "## Long prompts", "",
+        *(["## Long prompts", "",
            report.long_prompt_table({int(n): row for n, row in results["long_prompts"].items()}),
            "",
            f"- Held-out text of `{Path(s['split']).name}` cut to exactly these token counts "
            "(the `.pte` runners encode the text, llama.cpp gets the same ids); "
            f"{s['long_new_tokens']} new tokens, median of {s['long_repeats']} runs after one "
-           "warm-up, the same outer clock and workers as above."]
+           "warm-up, the same outer clock and workers as above.", ""]
           if results.get("long_prompts") else []),
-        "",
         f"Raw samples, versions and settings: `{results['date']}.json`.",
     ]
     return "\n".join(lines) + "\n"
