@@ -244,10 +244,9 @@ def test_mixed_auto_measures_a_plan_and_a_group_size_change_remeasures_it(built,
     assert repro(repo, "calibrate") == {"calibrate"}  # the plan was measured at group size 32
 
 
-@pytest.mark.parametrize("kind", ["q4_1", "q4_0"])
-def test_a_grid_recipe_compiles_a_llama_cpp_file_through_the_stages(built, tiny_cfg, tmp_path,
-                                                                     kind):
-    """model=local on a GGUF of real Q4_1 (Q4_0) blocks (tests/tiny_gguf.py), kept exactly."""
+def test_a_grid_recipe_compiles_a_llama_cpp_file_through_the_stages(built, tiny_cfg, tmp_path):
+    """model=local on a GGUF of real Q4_1 blocks (tests/tiny_gguf.py), kept exactly. Q4_0 takes
+    the same stages; its grid is checked where it differs, in tests/test_quant_recipes.py."""
     from executorch.extension.llm.runner import GenerationConfig
 
     from pipeline import sources
@@ -257,11 +256,11 @@ def test_a_grid_recipe_compiles_a_llama_cpp_file_through_the_stages(built, tiny_
     repo = copy_built(built.repo, tmp_path / "repo")
     (tmp_path / "model").mkdir()
     tiny_gguf.write(tmp_path / "model/tiny.gguf",
-                    sources.materialize(tiny_cfg.model.tokenizer_source), linears=kind.upper(),
+                    sources.materialize(tiny_cfg.model.tokenizer_source), linears="Q4_1",
                     layers=1)
     _edgerag(repo, "configure", "experiment=tiny", "model=local",
              f"model.source.path={tmp_path / 'model'}", "+model.source.file=tiny.gguf",
-             f"quant={kind}_grid", "model.linear_widths=[64,128]",
+             "quant=q4_1_grid", "model.linear_widths=[64,128]",
              "model.executorch.export.max_seq_length=128",
              "model.executorch.export.max_context_length=128")
     assert {"fetch_model", "export", "calibrate", "quantize", "lower"} <= repro(repo, "lower")
