@@ -11,7 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import MANIFEST, RUNS, read_manifest, sha256_file
+from pipeline import layout
+from pipeline.artifacts import read_manifest, sha256_file
+
+RUNS = Path(layout.RUNS).name
 
 BUILD_STAGES = ("export", "calibrate", "quantize", "lower")
 
@@ -22,18 +25,19 @@ def _unknown(reason: str) -> dict[str, Any]:
 
 def build_record(pte: Path, data_dir: Path) -> dict[str, Any]:
     """Summed wall time and largest peak RSS of the stages from the model folder to `pte`."""
-    lowered = data_dir / "lowered"
-    if not (lowered / MANIFEST).is_file():
-        return _unknown(f"{lowered / MANIFEST} does not exist")
+    lowered = data_dir / Path(layout.LOWERED).name
+    if not (lowered / layout.MANIFEST).is_file():
+        return _unknown(f"{lowered / layout.MANIFEST} does not exist")
     manifest = read_manifest(lowered)
-    if manifest.get("files", {}).get("llm.pte", {}).get("sha256") != sha256_file(pte):
-        return _unknown(f"{pte} is not the llm.pte that {lowered / MANIFEST} describes")
+    if manifest.get("files", {}).get(layout.LLM_PTE, {}).get("sha256") != sha256_file(pte):
+        return _unknown(
+            f"{pte} is not the {layout.LLM_PTE} that {lowered / layout.MANIFEST} describes")
     stages: dict[str, dict[str, float]] = {}
-    pending = [(manifest, sha256_file(lowered / MANIFEST))]
+    pending = [(manifest, sha256_file(lowered / layout.MANIFEST))]
     while pending:
         current, digest = pending.pop()
         if current["stage"] in BUILD_STAGES:
-            record = data_dir / RUNS.name / f"{current['stage']}.json"
+            record = data_dir / RUNS / f"{current['stage']}.json"
             facts = json.loads(record.read_text()) if record.is_file() else {}
             if facts.get("manifest_sha256") != digest:
                 return _unknown(f"{record} does not describe the {current['stage']} artifact "
@@ -42,13 +46,14 @@ def build_record(pte: Path, data_dir: Path) -> dict[str, Any]:
                                         "peak_rss_mb": facts["peak_rss_mb"]}
         for name, digest in current.get("inputs", {}).items():
             folder = data_dir / Path(name).name
-            if not (folder / MANIFEST).is_file() or sha256_file(folder / MANIFEST) != digest:
-                return _unknown(f"{folder / MANIFEST} is not the input {current['stage']} was "
+            manifest_file = folder / layout.MANIFEST
+            if not manifest_file.is_file() or sha256_file(manifest_file) != digest:
+                return _unknown(f"{manifest_file} is not the input {current['stage']} was "
                                 "built from (rebuilt since?)")
             pending.append((read_manifest(folder), digest))
     return {
         "wall_time_s": round(sum(s["wall_time_s"] for s in stages.values()), 2),
         "peak_rss_mb": max(s["peak_rss_mb"] for s in stages.values()),
         "stages": stages,
-        "source": f"{data_dir}/{RUNS.name}/*.json",
+        "source": f"{data_dir}/{RUNS}/*.json",
     }

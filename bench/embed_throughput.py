@@ -15,6 +15,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from pipeline import layout
 from pipeline.retrieval import corpus, embedder
 
 _WORKER: dict = {}
@@ -55,10 +56,10 @@ def _texts(folder: Path, tokenizer_file: Path, n: int) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.embed_throughput", description=__doc__)
     parser.add_argument("folder", type=Path)
-    parser.add_argument("--embedder", type=Path, default=Path("data/embedder"))
+    parser.add_argument("--embedder", type=Path, default=Path(layout.EMBEDDER))
     parser.add_argument("--chunks", type=int, default=256)
     args = parser.parse_args(argv)
-    texts = _texts(args.folder, args.embedder / embedder.TOKENIZER, args.chunks)
+    texts = _texts(args.folder, args.embedder / layout.TOKENIZER, args.chunks)
     cores = os.cpu_count() or 1
     for threads in sorted({1, cores}):
         _start(str(args.embedder), threads)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from pipeline import layout
+
 Head = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -85,8 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.splits import CALIBRATION, EVALUATION, read_jsonl
 
     parser = argparse.ArgumentParser(prog="python -m bench.head_precision", description=__doc__)
-    parser.add_argument("--model", type=Path, default=Path("data/model"))
-    parser.add_argument("--split", type=Path, default=Path("data/split"))
+    parser.add_argument("--model", type=Path, default=Path(layout.MODEL))
+    parser.add_argument("--split", type=Path, default=Path(layout.SPLIT))
     parser.add_argument("--tokens", type=int, default=2048, help="held-out tokens (eval default)")
     parser.add_argument("--split-ids", type=int, nargs="*", default=[8192, 16384])
     parser.add_argument("--top-k", type=int, nargs="*", default=[64, 256])

@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from pipeline import config
+from pipeline import config, layout
 from pipeline.device.ask import Assistant
 from pipeline.evaluation import rag
 from pipeline.release import bundle
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="retrieval.KEY=VALUE for every mode")
     args = parser.parse_args(argv)
     cfg = config.load()
-    sources = {c.source for c in read_chunks(Path("data/index") / bundle.CHUNKS)}
+    sources = {c.source for c in read_chunks(Path(layout.INDEX) / layout.CHUNKS)}
     questions = rag.read_questions(Path(cfg.rag_eval.questions), sources)
     base = dataclasses.replace(cfg.retrieval, **_settings(args.overrides))
     assistant = Assistant(bundle.run_sources(Path(".")), base)

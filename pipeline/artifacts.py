@@ -30,11 +30,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pipeline import layout
 from pipeline.errors import BadInput
 
-MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-RUNS = Path("data/runs")
 _TRACKED_PACKAGES = (
     "edgerag", "torch", "executorch", "torchao", "transformers", "gguf", "tokenizers",
     "usearch", "dvc", "hydra-core", "omegaconf", "lm_eval",
@@ -118,12 +117,12 @@ class Artifact:
 
     @property
     def manifest_sha256(self) -> str:
-        return sha256_file(self.path / MANIFEST)
+        return sha256_file(self.path / layout.MANIFEST)
 
 
 def _file_table(root: Path) -> dict[str, dict[str, Any]]:
     table = {}
-    for file in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST):
+    for file in sorted(p for p in root.rglob("*") if p.is_file() and p.name != layout.MANIFEST):
         rel = file.relative_to(root).as_posix()
         table[rel] = {"sha256": sha256_file(file), "bytes": file.stat().st_size}
     return table
@@ -131,7 +130,7 @@ def _file_table(root: Path) -> dict[str, dict[str, Any]]:
 
 def run_record(stage: str) -> Path:
     """Where a stage's volatile facts go (a separate output in dvc.yaml, outside the artifact)."""
-    return RUNS / f"{stage}.json"
+    return Path(layout.RUNS) / f"{stage}.json"
 
 
 def process_facts(started: float) -> dict[str, Any]:
@@ -223,9 +222,9 @@ def writer(
             "reproducibility": {"byte_identical": byte_identical},
             "notes": out.notes,
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        (tmp / layout.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     if record is not None:
-        facts = {"stage": stage, "manifest_sha256": sha256_file(Path(out_dir) / MANIFEST),
+        facts = {"stage": stage, "manifest_sha256": sha256_file(Path(out_dir) / layout.MANIFEST),
                  **process_facts(started), **out.timings}
         atomic_write_text(record, json.dumps(facts, indent=2, sort_keys=True) + "\n")
 
@@ -258,9 +257,9 @@ def read_record(stage: str, artifact: Artifact) -> dict[str, Any]:
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
     root = Path(path)
-    manifest_path = root / MANIFEST if root.is_dir() else root
+    manifest_path = root / layout.MANIFEST if root.is_dir() else root
     if not manifest_path.is_file():
-        raise BadInput(f"{root} has no {MANIFEST}: it is missing or was never finished.")
+        raise BadInput(f"{root} has no {layout.MANIFEST}: it is missing or was never finished.")
     try:
         manifest = json.loads(manifest_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -282,7 +281,8 @@ def inside(root: Path, rel: str) -> Path:
     file = root / rel
     if Path(rel).is_absolute() or ".." in Path(rel).parts or not file.resolve().is_relative_to(
             root.resolve()):
-        raise BadInput(f"{root / MANIFEST} names {rel!r}, a path outside {root}; refusing it.")
+        raise BadInput(
+            f"{root / layout.MANIFEST} names {rel!r}, a path outside {root}; refusing it.")
     return file
 
 
@@ -293,12 +293,12 @@ def verify(path: str | Path) -> Artifact:
     for rel, entry in manifest.get("files", {}).items():
         file = inside(root, rel)
         if not file.is_file():
-            raise BadInput(f"{file} is listed in {root / MANIFEST} but missing.")
+            raise BadInput(f"{file} is listed in {root / layout.MANIFEST} but missing.")
         if file.stat().st_size != entry["bytes"] or sha256_file(file) != entry["sha256"]:
-            raise BadInput(f"{file} does not match its sha256 in {root / MANIFEST}.")
+            raise BadInput(f"{file} does not match its sha256 in {root / layout.MANIFEST}.")
     extra = set(_file_table(root)) - set(manifest.get("files", {}))
     if extra:
-        raise BadInput(f"{root / sorted(extra)[0]} is not listed in {root / MANIFEST}.")
+        raise BadInput(f"{root / sorted(extra)[0]} is not listed in {root / layout.MANIFEST}.")
     return Artifact(root, manifest)
 
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline import artifacts, config, errors
+from pipeline import artifacts, conf, config, errors
 
 
 def configure(overrides: list[str], output: str) -> None:
     """Compose conf/ with Hydra overrides, validate, and write params.yaml atomically."""
     from pipeline import validation
 
-    typed = config.validate(config.compose(overrides))
+    typed = config.validate(conf.compose(overrides))
     validation.check(typed)
-    artifacts.atomic_write_text(output, config.params_text(typed, overrides))
+    artifacts.atomic_write_text(output, conf.params_text(typed, overrides))
     print(f"wrote {output} (model={typed.model.name}, quant={typed.quant.name}, "
           f"backend={typed.backend.name})")
 

@@ -1,4 +1,5 @@
-"""The validated build config: Hydra composes `conf/`, these dataclasses check it.
+"""The build config's schema: these dataclasses type and check what `conf/` composes
+(`pipeline/params.py`); the LLM sections' rules are `pipeline/llm/checks.py`.
 
 Every stage reads `params.yaml` through `load()`, so a bad value fails before any work with one
 sentence naming the key, the value and what is allowed.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,29 +18,11 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationEr
 
 from pipeline.errors import BadInput
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 PARAMS_FILE = "params.yaml"
 
 SOURCE_KINDS = ("pypi", "hf_hub", "local", "random")
-QUANT_METHODS = ("none", "torchao", "pt2e")
-ACTIVATIONS = ("none", "int8_dynamic")
-ALGORITHMS = ("affine", "hqq")
-SOURCE_GRIDS = ("none", "q4_1", "q4_0")
-BACKENDS = ("xnnpack", "qnn")
-KV_CACHE_PRECISIONS = ("fp32", "bf16", "int8")  # pipeline/llm/kv_cache.py
 PROGRAM_PPL = ("auto", "always")  # eval.program_ppl
 CALIBRATION_SOURCES = ("pydoc_topics",)
-# Group sizes XNNPACK's blockwise int4 kernels take; 0 means one scale per output channel.
-GROUP_SIZES = (0, 32, 64, 128, 256)
-# PT2E quantizers and the `quant.pt2e.dtype` values each builds (pipeline/llm/quantizers.py).
-PT2E_DTYPES = {
-    "xnnpack": ("use_8a8w",),
-    "qnn": ("use_16a4w", "use_16a4w_block", "use_8a8w", "use_16a8w"),
-}
-# ExecuTorch's QnnExecuTorchHtpPerformanceMode, snake_cased.
-HTP_PERFORMANCE_MODES = ("default", "sustained_high_performance", "burst", "high_performance",
-                         "power_saver", "low_power_saver", "high_power_saver", "low_balanced",
-                         "balanced")
 
 
 @dataclass
@@ -307,164 +289,28 @@ def _structured(raw: DictConfig) -> DictConfig:
     return merged
 
 
-def _one_of(key: str, value: object, allowed: tuple) -> None:
+def one_of(key: str, value: object, allowed: tuple) -> None:
     if value not in allowed:
         choices = ", ".join(str(a) for a in allowed)
         raise BadInput(f"{key}={value!r} is not allowed; choose one of: {choices}.")
 
 
-def llm_config(section: Any) -> Any:
-    """ExecuTorch's own LlmConfig with our `model.executorch` values merged in: its dataclass
-    validates the section, and a bad key or value is one sentence."""
-    from executorch.extension.llm.export.config.llm_config import LlmConfig
-
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(LlmConfig), section or {})
-    except (ConfigKeyError, ValidationError) as error:
-        raise BadInput(
-            f"model.executorch.{error.full_key} is not valid for ExecuTorch's LlmConfig: "
-            f"{str(error.msg).splitlines()[0]}."
-        ) from None
-    return OmegaConf.to_object(merged)
-
-
-def allowed_group_sizes(widths: list[int]) -> list[int]:
-    return [g for g in GROUP_SIZES if g == 0 or all(w % g == 0 for w in widths)]
-
-
 def _check_semantics(cfg: Config, executorch: bool) -> None:
-    _one_of("model.source.kind", cfg.model.source.kind, SOURCE_KINDS)
+    from pipeline.llm import checks
+
+    one_of("model.source.kind", cfg.model.source.kind, SOURCE_KINDS)
     if cfg.model.source.kind == "random" and cfg.model.tokenizer_source is None:
         raise BadInput("model.tokenizer_source must be set when model.source.kind=random.")
-    _one_of("embedder.source.kind", cfg.embedder.source.kind, SOURCE_KINDS[:3])
-    _one_of("calibration.source", cfg.calibration.source, CALIBRATION_SOURCES)
+    one_of("embedder.source.kind", cfg.embedder.source.kind, SOURCE_KINDS[:3])
+    one_of("calibration.source", cfg.calibration.source, CALIBRATION_SOURCES)
     if not 0.0 < cfg.calibration.eval_fraction < 1.0:
         raise BadInput(
             f"calibration.eval_fraction={cfg.calibration.eval_fraction} must be between 0 and 1."
         )
     if cfg.calibration.num_samples < 1 or cfg.calibration.seq_len < 2:
         raise BadInput("calibration.num_samples must be ≥ 1 and calibration.seq_len ≥ 2.")
-    _one_of("backend.name", cfg.backend.name, BACKENDS)
-    _one_of("eval.program_ppl", cfg.eval.program_ppl, PROGRAM_PPL)
-    _check_quant(cfg.quant, cfg.model.linear_widths)
-    _check_grid_source(cfg)
-    _check_kv_cache(cfg)
-    _check_qnn(cfg)
-    if executorch:
-        llm_config(cfg.model.executorch)
-
-
-def _check_grid_source(cfg: Config) -> None:
-    """A grid recipe keeps a GGUF's own 4-bit grid: a float checkpoint has none to keep."""
-    source = cfg.model.source
-    named = source.file or (source.path if source.kind == "local" else None) or ""
-    if cfg.quant.source_grid != "none" and not named.endswith(".gguf"):
-        raise BadInput(f"quant={cfg.quant.name} keeps a GGUF's {cfg.quant.source_grid.upper()} "
-                       f"grid and model={cfg.model.name} is not a GGUF file; choose a "
-                       "re-quantizing recipe such as quant=8da4w_g32.")
-
-
-def _check_pt2e(quant: QuantConfig, widths: list[int]) -> None:
-    if quant.pt2e is None:
-        raise BadInput(f"quant={quant.name} uses PT2E but has no quant.pt2e section.")
-    _one_of("quant.pt2e.quantizer", quant.pt2e.quantizer, tuple(PT2E_DTYPES))
-    _one_of("quant.pt2e.dtype", quant.pt2e.dtype, PT2E_DTYPES[quant.pt2e.quantizer])
-    block = quant.pt2e.block_size
-    if quant.pt2e.dtype.endswith("_block") and (block < 1 or any(w % block for w in widths)):
-        raise BadInput(
-            f"quant.pt2e.block_size={block} does not divide every linear width {tuple(widths)} "
-            "of this model; pick a common divisor."
-        )
-    if not quant.pt2e.logits_margin >= 1.0:
-        raise BadInput(
-            f"quant.pt2e.logits_margin={quant.pt2e.logits_margin} would narrow the calibrated "
-            "range of the logits and clip them; use 1.0 (as observed) or more."
-        )
-
-
-def _check_kv_cache(cfg: Config) -> None:
-    """The KV cache's precision has one home, `model.kv_cache`; any but fp32 swaps ExecuTorch's
-    custom CPU cache and SDPA op, so it needs them."""
-    _one_of("model.kv_cache", cfg.model.kv_cache, KV_CACHE_PRECISIONS)
-    model = (cfg.model.executorch or {}).get("model", {})
-    if model.get("quantize_kv_cache"):
-        raise BadInput("set the KV cache's precision with model.kv_cache=int8, not "
-                       "model.executorch.model.quantize_kv_cache.")
-    if cfg.model.kv_cache != "fp32" and (cfg.backend.name != "xnnpack"
-                                         or not model.get("use_sdpa_with_kv_cache")):
-        raise BadInput(f"model.kv_cache={cfg.model.kv_cache} needs backend=xnnpack and "
-                       "model.executorch.model.use_sdpa_with_kv_cache=true (it changes "
-                       "ExecuTorch's custom CPU KV cache).")
-
-
-def _check_qnn(cfg: Config) -> None:
-    """QNN graphs differ from XNNPACK's from export on, so quantizer, backend and shapes agree."""
-    on_qnn = cfg.backend.name == "qnn"
-    qnn_quantizer = cfg.quant.method == "pt2e" and cfg.quant.pt2e.quantizer == "qnn"
-    if qnn_quantizer and not on_qnn:
-        raise BadInput(f"quant={cfg.quant.name} quantizes for QNN; it needs backend=qnn.")
-    if not on_qnn:
-        return
-    if cfg.quant.method != "none" and not qnn_quantizer:
-        raise BadInput(
-            f"backend=qnn runs fp16 or QnnQuantizer programs; quant={cfg.quant.name} is neither "
-            "(choose quant=fp32 or a quant=qnn_* scheme)."
-        )
-    _one_of("backend.qnn.htp_performance_mode", cfg.backend.qnn.htp_performance_mode,
-            HTP_PERFORMANCE_MODES)
-    model = (cfg.model.executorch or {}).get("model", {})
-    wanted = {"use_kv_cache": True, "use_sdpa_with_kv_cache": False,
-              "enable_dynamic_shape": False}
-    for key, value in wanted.items():
-        if model.get(key) != value:
-            raise BadInput(
-                f"backend=qnn needs model.executorch.model.{key}={str(value).lower()} "
-                "(a static one-token decode graph without ExecuTorch's custom CPU ops)."
-            )
-
-
-def _check_quant(quant: QuantConfig, widths: list[int]) -> None:
-    _one_of("quant.method", quant.method, QUANT_METHODS)
-    if quant.method == "pt2e":
-        _check_pt2e(quant, widths)
-    if quant.method != "torchao":
-        return
-    _one_of("quant.activations", quant.activations, ACTIVATIONS)
-    _one_of("quant.algorithm", quant.algorithm, ALGORITHMS)
-    _one_of("quant.bits", quant.bits, (4, 8))
-    allowed = allowed_group_sizes(widths)
-    if quant.group_size not in allowed:
-        raise BadInput(
-            f"quant.group_size={quant.group_size} does not divide every linear width "
-            f"{tuple(widths)} of this model; allowed: {', '.join(map(str, allowed))} "
-            "(0 = one scale per channel)."
-        )
-    for family in ("embedding", "head"):
-        tensor = getattr(quant, family)
-        if tensor is not None:
-            _one_of(f"quant.{family}.bits", tensor.bits, (4, 8))
-    if quant.embedding is not None and not quant.embedding.symmetric:
-        raise BadInput("quant.embedding.symmetric=false is not allowed: ExecuTorch's quantized "
-                       "embedding kernels are symmetric.")
-    _one_of("quant.source_grid", quant.source_grid, SOURCE_GRIDS)
-    if not 0 <= quant.head_outliers <= 64:
-        raise BadInput(f"quant.head_outliers={quant.head_outliers} must be between 0 and 64.")
-    if quant.mixed is not None and quant.mixed.budget_mb <= 0:
-        raise BadInput(f"quant.mixed.budget_mb={quant.mixed.budget_mb} must be positive.")
-    if quant.source_grid != "none" and (quant.bits, quant.group_size) != (4, 32):
-        raise BadInput(f"quant.source_grid={quant.source_grid} keeps 4-bit groups of 32; it needs "
-                       "quant.bits=4 and quant.group_size=32.")
-    for index, exception in enumerate(quant.exceptions):
-        key = f"quant.exceptions[{index}]"
-        try:
-            re.compile(exception.match)
-        except re.error as error:
-            raise BadInput(f"{key}.match={exception.match!r} is not a regular expression "
-                           f"({error}).") from None
-        _one_of(f"{key}.bits", exception.bits, (4, 8))
-        if exception.group_size not in allowed:
-            raise BadInput(f"{key}.group_size={exception.group_size} does not divide every "
-                           f"linear width; allowed: {', '.join(map(str, allowed))}.")
+    one_of("eval.program_ppl", cfg.eval.program_ppl, PROGRAM_PPL)
+    checks.check(cfg, executorch)
 
 
 def validate(raw: DictConfig | dict, executorch: bool = True) -> Config:
@@ -480,7 +326,7 @@ def validate(raw: DictConfig | dict, executorch: bool = True) -> Config:
 
 def load(path: str | Path = PARAMS_FILE) -> Config:
     """params.yaml for a stage. ExecuTorch's LlmConfig is checked where it is read
-    (`llm_config`), so a stage that never touches the LLM does not import ExecuTorch
+    (`checks.llm_config`), so a stage that never touches the LLM does not import ExecuTorch
     (2.5 s of torch, torchao and dynamo per stage)."""
     from pipeline import declared
 
@@ -492,52 +338,6 @@ def load(path: str | Path = PARAMS_FILE) -> Config:
     if stage is not None and declared.strict():
         declared.restrict(cfg, stage, declared.params(stage))
     return cfg
-
-
-def params_text(cfg: Config, overrides: list[str]) -> str:
-    """The params.yaml text for a validated config: what `edgerag configure` and sweeps write."""
-    text = "# Generated by `edgerag configure " + " ".join(overrides) + "`; edit conf/ instead.\n"
-    return text + OmegaConf.to_yaml(OmegaConf.structured(cfg), sort_keys=False)
-
-
-def compose(overrides: list[str] | None = None) -> DictConfig:
-    """Compose conf/ with Hydra overrides, exactly as `dvc exp run -S` would."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import ConfigCompositionException, MissingConfigException
-    from omegaconf.errors import OmegaConfBaseException
-
-    overrides = list(overrides or [])
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            composed = hydra_compose(config_name="config", overrides=overrides)
-    except MissingConfigException as error:
-        group = _missing_group(str(error))
-        options = ", ".join(error.options or []) if error.options else "see conf/"
-        raise BadInput(f"{group} is not a known choice; choose one of: {options}.") from None
-    except (ConfigCompositionException, OmegaConfBaseException) as error:
-        unknown = re.search(r"Could not override '([^']+)'", str(error))
-        if unknown:
-            raise BadInput(
-                f"{unknown.group(1)} is not a known setting; see conf/ for the keys there are."
-            ) from None
-        raise BadInput(f"bad override: {_first_line(error)}") from None
-    except Exception as error:  # Hydra's override grammar raises its own types
-        if type(error).__name__ in {"OverrideParseException", "ConfigKeyError"}:
-            raise BadInput(f"bad override: {_first_line(error)}") from None
-        raise
-    OmegaConf.resolve(composed)
-    return composed
-
-
-def _first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0].rstrip(".") + "."
-
-
-def _missing_group(message: str) -> str:
-    # Hydra says: "In 'config': Could not find 'quant/nope'" — name it as the user typed it.
-    match = re.search(r"Could not (?:find|load) '([^']+)'", message)
-    return match.group(1).replace("/", "=", 1) if match else message.splitlines()[0]
 
 
 def as_dict(section: Any) -> Any:

@@ -8,20 +8,21 @@ how many chunks were embedded, reused and removed goes to the run record.
 
 from pathlib import Path
 
-from pipeline import artifacts, config, errors, splits
+from pipeline import artifacts, config, errors, layout, splits
 from pipeline.retrieval import corpus, embedder, index, vectors
 from stages import output
 
-STAGE, OUT = "build_index", "data/index"
+STAGE = "build_index"
+OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:
     cfg = config.load()
     index.check(cfg.index)
     inputs = [artifacts.require(p) for p in
-              ("data/embedder", "data/embedder_src", "data/corpus", "data/split")]
+              (layout.EMBEDDER, layout.EMBEDDER_SOURCE, layout.CORPUS, layout.SPLIT)]
     compiled, source, chunked, split = inputs
-    chunks = corpus.read_chunks(chunked / corpus.CHUNKS)
+    chunks = corpus.read_chunks(chunked / layout.CHUNKS)
     held_out = [r["text"] for r in splits.read_jsonl(split / splits.EVALUATION)]
     pte = embedder.load_pte(compiled.path)
     store = vectors.VectorStore(

@@ -1,11 +1,12 @@
 """Fetch and compile the optional cross-encoder reranker to data/reranker/reranker.pte; with no
 reranker configured (the default), the artifact holds only its manifest saying so."""
 
-from pipeline import config, errors, sources
+from pipeline import config, errors, layout, sources
 from pipeline.retrieval import reranker
 from stages import output
 
-STAGE, OUT = "build_reranker", "data/reranker"
+STAGE = "build_reranker"
+OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:

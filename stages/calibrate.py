@@ -3,16 +3,17 @@
 Schemes that need no data (torchao weight quantization) say so and record it in the manifest.
 """
 
-from pipeline import artifacts, config, errors
+from pipeline import artifacts, config, errors, layout
 from pipeline.llm import quantize
 from stages import output
 
-STAGE, OUT = "calibrate", "data/calibration"
+STAGE = "calibrate"
+OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:
     cfg = config.load()
-    inputs = [artifacts.require(p) for p in ("data/export", "data/split", "data/model")]
+    inputs = [artifacts.require(p) for p in (layout.EXPORT, layout.SPLIT, layout.MODEL)]
     exported, split, model = inputs
     with output(STAGE, OUT, cfg, inputs=inputs) as out:
         out.notes.update(

@@ -4,17 +4,18 @@ Quantization (`embedder.quantize`) happens here, not in its own stage: torchao's
 rewrites the eager module, which is then exported and lowered in one go.
 """
 
-from pipeline import artifacts, config, errors
+from pipeline import artifacts, config, errors, layout
 from pipeline.retrieval import embedder
 from stages import output
 
-STAGE, OUT = "compile_embedder", "data/embedder"
+STAGE = "compile_embedder"
+OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:
     cfg = config.load()
     embedder.check(cfg.embedder)
-    source = artifacts.require("data/embedder_src")
+    source = artifacts.require(layout.EMBEDDER_SOURCE)
     with output(STAGE, OUT, cfg, inputs=[source], byte_identical=True) as out:
         out.notes.update(embedder.compile_embedder(cfg.embedder, source.path, out.path))
 

@@ -2,26 +2,27 @@
 
 import json
 
-from pipeline import artifacts, config, errors
+from pipeline import artifacts, config, errors, layout
 from pipeline.evaluation import evaluate
 from stages import output
 
-STAGE, OUT = "evaluate", "data/eval"
+STAGE = "evaluate"
+OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:
     cfg = config.load()
-    inputs = [artifacts.require(p) for p in ("data/eval_llm", "data/eval_quantized",
-                                             "data/eval_rag", "data/index", "data/embedder")]
+    inputs = [artifacts.require(p) for p in (layout.EVAL_LLM, layout.EVAL_QUANTIZED,
+                                             layout.EVAL_RAG, layout.INDEX, layout.EMBEDDER)]
     llm, quantized, rag, index, embedder = inputs
-    metrics = evaluate.gather(json.loads((llm / evaluate.METRICS).read_text()),
-                              json.loads((quantized / evaluate.METRICS).read_text()),
-                              json.loads((rag / evaluate.METRICS).read_text()),
+    metrics = evaluate.gather(json.loads((llm / layout.METRICS).read_text()),
+                              json.loads((quantized / layout.METRICS).read_text()),
+                              json.loads((rag / layout.METRICS).read_text()),
                               {**index.manifest["notes"],
                                **artifacts.read_record("build_index", index)},
                               embedder.manifest["files"])
     with output(STAGE, OUT, cfg, inputs=inputs, byte_identical=False) as out:
-        (out / evaluate.METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+        (out / layout.METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     print(evaluate.summary(metrics))
 
 

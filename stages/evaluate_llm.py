@@ -5,21 +5,22 @@ Its own stage, so a corpus change (which re-runs the index) never re-runs the LL
 
 import json
 
-from pipeline import artifacts, config, errors
+from pipeline import artifacts, config, errors, layout
 from pipeline.evaluation import evaluate
 from stages import output
 
-STAGE, OUT = "evaluate_llm", "data/eval_llm"
+STAGE = "evaluate_llm"
+OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:
     cfg = config.load()
-    inputs = [artifacts.require(p) for p in ("data/lowered", "data/model", "data/split",
-                                             "data/tasks")]
+    inputs = [artifacts.require(p) for p in (layout.LOWERED, layout.MODEL, layout.SPLIT,
+                                             layout.TASKS)]
     lowered, model, split, tasks = inputs
     with output(STAGE, OUT, cfg, inputs=inputs, byte_identical=False) as out:
         result = evaluate.run(cfg, lowered.path, model.path, split.path, tasks.path)
-        (out / evaluate.METRICS).write_text(json.dumps(result["metrics"], indent=2) + "\n")
+        (out / layout.METRICS).write_text(json.dumps(result["metrics"], indent=2) + "\n")
         (out / "ppl_windows.json").write_text(json.dumps(result["windows"], indent=2) + "\n")
 
 

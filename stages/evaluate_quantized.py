@@ -6,20 +6,21 @@ It needs no backend toolchain, so a QNN build is judged here before anyone owns 
 
 import json
 
-from pipeline import artifacts, config, errors
+from pipeline import artifacts, config, errors, layout
 from pipeline.evaluation import evaluate
 from stages import output
 
-STAGE, OUT = "evaluate_quantized", "data/eval_quantized"
+STAGE = "evaluate_quantized"
+OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:
     cfg = config.load()
-    inputs = [artifacts.require(p) for p in ("data/quantized", "data/model", "data/split")]
+    inputs = [artifacts.require(p) for p in (layout.QUANTIZED, layout.MODEL, layout.SPLIT)]
     quantized, model, split = inputs
     with output(STAGE, OUT, cfg, inputs=inputs) as out:
         metrics = evaluate.run_program(cfg, quantized.path, model.path, split.path)
-        (out / evaluate.METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+        (out / layout.METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics))
 
 

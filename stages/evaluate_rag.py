@@ -4,20 +4,21 @@
 import json
 from pathlib import Path
 
-from pipeline import artifacts, config, errors
+from pipeline import artifacts, config, errors, layout
 from pipeline.device.ask import Assistant
 from pipeline.evaluation import rag
 from pipeline.release import bundle
 from pipeline.retrieval.corpus import read_chunks
 from stages import output
 
-STAGE, OUT = "evaluate_rag", "data/eval_rag"
+STAGE = "evaluate_rag"
+OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:
     cfg = config.load()
-    inputs = [artifacts.require(p) for p in ("data/lowered", "data/embedder", "data/index",
-                                             "data/reranker")]
+    inputs = [artifacts.require(p) for p in (layout.LOWERED, layout.EMBEDDER, layout.INDEX,
+                                             layout.RERANKER)]
     sources = {chunk.source for chunk in read_chunks(inputs[2] / bundle.CHUNKS)}
     questions = rag.read_questions(Path(cfg.rag_eval.questions), sources)
     assistant = Assistant(bundle.run_sources(Path(".")), cfg.retrieval)
@@ -32,7 +33,7 @@ def main() -> None:
                                       cfg.rag_eval.max_new_tokens)
         for split in metrics.values():
             split.update(context_tokens=assistant.context_length, context_need_tokens=need)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (out / layout.METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics))
 
 

@@ -1,15 +1,16 @@
 """Export the fp32 LLM with the stock runner's KV cache, custom SDPA and metadata (model.pt2)."""
 
-from pipeline import artifacts, config, errors
+from pipeline import artifacts, config, errors, layout
 from pipeline.llm import export
 from stages import output
 
-STAGE, OUT = "export", "data/export"
+STAGE = "export"
+OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:
     cfg = config.load()
-    model = artifacts.require("data/model")
+    model = artifacts.require(layout.MODEL)
     with output(STAGE, OUT, cfg, inputs=[model], byte_identical=True) as out:
         out.notes.update(export.run(model.path, cfg.model, out.path, cfg.backend.name))
 

@@ -1,10 +1,11 @@
 """Fetch the embedder's sentence-transformers folder (weights, tokenizer) to data/embedder_src."""
 
-from pipeline import config, errors, sources
+from pipeline import config, errors, layout, sources
 from pipeline.retrieval import embedder
 from stages import output
 
-STAGE, OUT = "fetch_embedder", "data/embedder_src"
+STAGE = "fetch_embedder"
+OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:

@@ -1,10 +1,11 @@
 """Fetch the LLM's weights and tokenizer into one normalized transformers folder (data/model)."""
 
-from pipeline import config, errors
+from pipeline import config, errors, layout
 from pipeline.llm import checkpoint
 from stages import output
 
-STAGE, OUT = "fetch_model", "data/model"
+STAGE = "fetch_model"
+OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:

@@ -1,16 +1,17 @@
 """Lower the quantized LLM to `data/lowered/llm.pte` for the backend in params `backend`."""
 
-from pipeline import artifacts, config, errors
+from pipeline import artifacts, config, errors, layout
 from pipeline.llm import lower
 from stages import output
 
-STAGE, OUT = "lower", "data/lowered"
+STAGE = "lower"
+OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:
     cfg = config.load()
     lower.check_backend_ready(cfg.backend)  # a missing SDK is named before inputs are re-hashed
-    inputs = [artifacts.require(p) for p in ("data/quantized", "data/model")]
+    inputs = [artifacts.require(p) for p in (layout.QUANTIZED, layout.MODEL)]
     quantized, model = inputs
     with output(STAGE, OUT, cfg, inputs=inputs, byte_identical=True) as out:
         out.notes.update(lower.run(cfg, quantized.path, model.path, out.path))

@@ -1,16 +1,17 @@
 """Write the offline lm-eval tasks (YAML + JSONL) from the evaluation split and docstrings."""
 
-from pipeline import artifacts, config, errors
+from pipeline import artifacts, config, errors, layout
 from pipeline.evaluation import tasks
 from pipeline.splits import EVALUATION, read_jsonl
 from stages import output
 
-STAGE, OUT = "make_tasks", "data/tasks"
+STAGE = "make_tasks"
+OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:
     cfg = config.load()
-    split = artifacts.require("data/split")
+    split = artifacts.require(layout.SPLIT)
     texts = [record["text"] for record in read_jsonl(split / EVALUATION)]
     with output(STAGE, OUT, cfg, inputs=[split], byte_identical=True) as out:
         counts = tasks.write(out.path, texts, cfg.eval.tasks_limit, cfg.eval.tasks_seed, OUT)

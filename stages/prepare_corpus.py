@@ -1,20 +1,21 @@
 """Cut the corpus (params `corpus`) into chunks that fit the embedder: data/corpus/chunks.jsonl."""
 
-from pipeline import artifacts, config, errors
-from pipeline.retrieval import corpus, embedder
+from pipeline import artifacts, config, errors, layout
+from pipeline.retrieval import corpus
 from stages import output
 
-STAGE, OUT = "prepare_corpus", "data/corpus"
+STAGE = "prepare_corpus"
+OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:
     cfg = config.load()
-    source = artifacts.require("data/embedder_src")
+    source = artifacts.require(layout.EMBEDDER_SOURCE)
     with output(STAGE, OUT, cfg, inputs=[source], byte_identical=True) as out:
         documents, skipped = corpus.documents(cfg.corpus)
-        chunks = corpus.chunk_corpus(documents, cfg.corpus, source / embedder.TOKENIZER,
+        chunks = corpus.chunk_corpus(documents, cfg.corpus, source / layout.TOKENIZER,
                                      cfg.embedder.max_seq_len)
-        corpus.write_chunks(out / corpus.CHUNKS, chunks)
+        corpus.write_chunks(out / layout.CHUNKS, chunks)
         out.note("documents", len(documents))
         out.note("chunks", len(chunks))
         out.note("skipped_files", skipped)

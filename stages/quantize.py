@@ -1,15 +1,16 @@
 """Quantize the exported LLM with the scheme in params `quant` (see conf/quant/)."""
 
-from pipeline import artifacts, config, errors
+from pipeline import artifacts, config, errors, layout
 from pipeline.llm import quantize
 from stages import output
 
-STAGE, OUT = "quantize", "data/quantized"
+STAGE = "quantize"
+OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:
     cfg = config.load()
-    inputs = [artifacts.require(p) for p in ("data/export", "data/calibration")]
+    inputs = [artifacts.require(p) for p in (layout.EXPORT, layout.CALIBRATION)]
     exported, calibration = inputs
     with output(STAGE, OUT, cfg, inputs=inputs, byte_identical=True) as out:
         out.notes.update(quantize.run(cfg, exported.path, calibration.path, out.path))

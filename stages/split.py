@@ -1,9 +1,10 @@
 """Split the held-out text into calibration and evaluation documents that never overlap."""
 
-from pipeline import config, errors, splits
+from pipeline import config, errors, layout, splits
 from stages import output
 
-STAGE, OUT = "split", "data/split"
+STAGE = "split"
+OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:

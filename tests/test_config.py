@@ -8,13 +8,13 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline import config
+from pipeline import conf, config
 from pipeline.errors import BadInput
 from tests.conftest import REPO
 
 
 def _validate(*overrides: str) -> config.Config:
-    return config.validate(config.compose(list(overrides)))
+    return config.validate(conf.compose(list(overrides)))
 
 
 def test_default_composes_to_the_committed_params(tmp_path):
@@ -71,16 +71,17 @@ def test_unknown_key_in_params_file_is_named(tmp_path):
 
 
 def test_executorch_section_is_checked_by_llmconfig(tmp_path):
-    raw = OmegaConf.create(OmegaConf.to_container(config.compose([])))
+    raw = OmegaConf.create(OmegaConf.to_container(conf.compose([])))
     raw.model.executorch.export["max_seq_lenght"] = 5
     with pytest.raises(BadInput, match=r"model.executorch.*not valid for ExecuTorch's LlmConfig"):
         config.validate(raw)  # what configure and sweep run
     # A stage loads params.yaml without importing ExecuTorch (seconds per stage); the LLM
     # stages check the section where they read it.
     OmegaConf.save(raw, tmp_path / "params.yaml")
-    probe = ("import sys; from pipeline import config; cfg = config.load(sys.argv[1]); "
+    probe = ("import sys; from pipeline import config; from pipeline.llm import checks; "
+             "cfg = config.load(sys.argv[1]); "
              "print(sorted(m for m in ('torch', 'executorch') if m in sys.modules)); "
-             "config.llm_config(cfg.model.executorch)")
+             "checks.llm_config(cfg.model.executorch)")
     done = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "params.yaml")], cwd=REPO,
                           capture_output=True, text=True)
     assert done.stdout == "[]\n" and done.returncode == 1

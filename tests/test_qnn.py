@@ -10,23 +10,23 @@ import socket
 import pytest
 import torch
 
-from pipeline import config, errors
+from pipeline import conf, config, errors
 from pipeline.errors import BadInput
-from pipeline.llm import export, lower, schemes
+from pipeline.llm import checks, export, lower, schemes
 
 SCHEMES = ("qnn_8a8w", "qnn_16a8w", "qnn_16a4w", "qnn_16a4w_block")
 PROMPT = [1, 17, 230, 99, 410, 5, 77, 301, 12, 44]
 
 
 def _cfg(*overrides: str) -> config.Config:
-    return config.validate(config.compose(["experiment=tiny", "backend=qnn", *overrides]))
+    return config.validate(conf.compose(["experiment=tiny", "backend=qnn", *overrides]))
 
 
 @pytest.fixture(scope="session")
 def qnn_program(tiny_llm):
     """The tiny model exported for QNN: static one-token decode, QNN's source transforms."""
     _, params, _, weights = tiny_llm
-    llm = config.llm_config(_cfg("quant=fp32").model.executorch)
+    llm = checks.llm_config(_cfg("quant=fp32").model.executorch)
     metadata = export.runner_metadata(params, llm, 1, [2])
     model = export.apply(export.build_eager(params, llm, weights),
                          export.runner_transforms(llm, "qnn"))
@@ -127,7 +127,7 @@ def test_unknown_qnn_dtype_is_one_sentence_listing_the_allowed_values():
                                        r"use_8a8w, use_16a8w\.$"):
         quantizers.build(quant)
     with pytest.raises(BadInput, match="needs backend=qnn"):
-        config.validate(config.compose(["experiment=tiny", "quant=qnn_16a4w"]))
+        config.validate(conf.compose(["experiment=tiny", "quant=qnn_16a4w"]))
 
 
 @pytest.fixture
@@ -224,7 +224,7 @@ def outlier_program(tiny_llm):
     weights = dict(weights)
     weights["tok_embeddings.weight"] = weights["tok_embeddings.weight"].clone()
     weights["tok_embeddings.weight"][1, 0] = 1000.0
-    llm = config.llm_config(_cfg("quant=fp32").model.executorch)
+    llm = checks.llm_config(_cfg("quant=fp32").model.executorch)
     metadata = export.runner_metadata(params, llm, 1, [2])
     model = export.apply(export.build_eager(params, llm, weights),
                          export.runner_transforms(llm, "qnn"))

@@ -8,6 +8,7 @@ import sqlite3
 
 import pytest
 
+from pipeline import layout
 from pipeline.config import RetrievalConfig
 from pipeline.device import answer, retrieve
 from pipeline.errors import BadInput
@@ -26,7 +27,7 @@ CHUNKS = [
 
 @pytest.fixture
 def store(tmp_path):
-    path = tmp_path / keyword.STORE
+    path = tmp_path / layout.STORE
     keyword.write_store(path, CHUNKS)
     return sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
 
@@ -70,10 +71,10 @@ class _Embedder:
 
 
 def test_hybrid_rescues_an_identifier_the_dense_index_ranks_last(tmp_path):
-    keyword.write_store(tmp_path / keyword.STORE, CHUNKS)
+    keyword.write_store(tmp_path / layout.STORE, CHUNKS)
     dense_order = [3, 2, 1, 0]
     for mode, first in (("dense", 3), ("keyword", 0), ("hybrid", 0)):
-        retriever = retrieve.Retriever(_Vectors(dense_order), tmp_path / keyword.STORE,
+        retriever = retrieve.Retriever(_Vectors(dense_order), tmp_path / layout.STORE,
                                        _Embedder(), RetrievalConfig(mode=mode, k=2))
         assert retriever.search("Where is add_subdirectory documented?")[0][0] == first, mode
 
@@ -167,20 +168,20 @@ class _Reranker:
 
 
 def test_reranking_reorders_only_the_fused_head(tmp_path):
-    keyword.write_store(tmp_path / keyword.STORE, CHUNKS)
+    keyword.write_store(tmp_path / layout.STORE, CHUNKS)
     dense_order = [3, 2, 1, 0]
     cfg = RetrievalConfig(mode="dense", k=4, rerank=True, rerank_candidates=3)
     stub = _Reranker()
-    retriever = retrieve.Retriever(_Vectors(dense_order), tmp_path / keyword.STORE,
+    retriever = retrieve.Retriever(_Vectors(dense_order), tmp_path / layout.STORE,
                                    _Embedder(), cfg, stub)
     found = retriever.search("anything")
     # head [3, 2, 1] by "the" counts 0, 1, 1 → 1 and 2 tie (lower key first), then 3; 0 behind.
     assert [key for key, _ in found] == [1, 2, 3, 0]
     assert stub.seen == [[CHUNKS[3].text, CHUNKS[2].text, CHUNKS[1].text]]
-    plain = retrieve.Retriever(_Vectors(dense_order), tmp_path / keyword.STORE, _Embedder(),
+    plain = retrieve.Retriever(_Vectors(dense_order), tmp_path / layout.STORE, _Embedder(),
                                RetrievalConfig(mode="dense", k=4))
     assert [key for key, _ in plain.search("anything")] == dense_order
-    no_model = retrieve.Retriever(_Vectors(dense_order), tmp_path / keyword.STORE, _Embedder(),
+    no_model = retrieve.Retriever(_Vectors(dense_order), tmp_path / layout.STORE, _Embedder(),
                                   cfg)
     with pytest.raises(BadInput, match="has no reranker"):
         no_model.search("anything")
@@ -222,7 +223,7 @@ def test_the_reranker_pte_scores_as_the_eager_model(tiny_cross_encoder, tmp_path
                          max_seq_len=64)
     notes = reranker.compile_reranker(cfg, tiny_cross_encoder, tmp_path)
     assert notes["pte_bytes"] > 0
-    pte = reranker.load_pte_files(tmp_path / reranker.PTE, tmp_path / "tokenizer.json")
+    pte = reranker.load_pte_files(tmp_path / layout.RERANKER_PTE, tmp_path / "tokenizer.json")
     eager = reranker.load_reference(tiny_cross_encoder, 64)
     passages = ["short.", CHUNKS[0].text, "a passage far longer than the window " * 20]
     got, want = pte.score("what pulls in a folder?", passages), eager.score(

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
+from pipeline import layout
 from pipeline.config import CorpusConfig, IndexConfig
 from pipeline.errors import BadInput
-from pipeline.retrieval import corpus, embedder, index, keyword, sections, vectors
+from pipeline.retrieval import corpus, embedder, index, sections, vectors
 
 SENTENCES = [
     "The for statement iterates over the elements of a sequence.",
@@ -39,7 +40,7 @@ def pydoc_docs():
 
 def _chunks(tiny_cfg, model_dir, docs, chunking=None):
     cfg = dataclasses.replace(tiny_cfg.corpus, chunking=chunking or tiny_cfg.corpus.chunking)
-    return corpus.chunk_corpus(docs, cfg, model_dir / embedder.TOKENIZER,
+    return corpus.chunk_corpus(docs, cfg, model_dir / layout.TOKENIZER,
                                tiny_cfg.embedder.max_seq_len)
 
 
@@ -47,7 +48,7 @@ def test_chunks_map_back_to_the_exact_text_and_fit_the_window(tiny_cfg, model_di
     docs = pydoc_docs[:8]
     chunks = _chunks(tiny_cfg, model_dir, docs, chunking="tokens")
     texts = {d.source: d.text for d in docs}
-    tokenizer = Tokenizer.from_file(str(model_dir / embedder.TOKENIZER))
+    tokenizer = Tokenizer.from_file(str(model_dir / layout.TOKENIZER))
     tokenizer.no_truncation()
     tokenizer.no_padding()
     assert [c.key for c in chunks] == [
@@ -66,7 +67,7 @@ def test_chunks_map_back_to_the_exact_text_and_fit_the_window(tiny_cfg, model_di
 def test_chunk_size_beyond_the_embedder_window_is_bad_input(tiny_cfg, model_dir, pydoc_docs):
     too_big = dataclasses.replace(tiny_cfg.corpus, chunk_tokens=tiny_cfg.embedder.max_seq_len - 1)
     with pytest.raises(BadInput, match="corpus.chunk_tokens=63 must be between 1 and 62"):
-        corpus.chunk_corpus(pydoc_docs[:1], too_big, model_dir / embedder.TOKENIZER, 64)
+        corpus.chunk_corpus(pydoc_docs[:1], too_big, model_dir / layout.TOKENIZER, 64)
 
 
 def test_messy_folder_skips_and_counts_bad_files(tmp_path):
@@ -154,14 +155,14 @@ def test_sections_read_headings_and_paragraph_spans():
 
 
 def test_section_chunks_follow_headings_and_carry_their_path(model_dir):
-    tokenizer = Tokenizer.from_file(str(model_dir / embedder.TOKENIZER))
+    tokenizer = Tokenizer.from_file(str(model_dir / layout.TOKENIZER))
     tokenizer.no_truncation()
     tokenizer.no_padding()
     long_paragraph = " ".join(f"word{i}" for i in range(120))
     doc = corpus.Document("guide.md", MARKDOWN + "\n## Long\n\n" + long_paragraph + "\n")
     cfg = CorpusConfig(kind="dir", path="/", chunk_tokens=40, overlap_tokens=8,
                        chunking="sections")
-    chunks = corpus.chunk_corpus([doc], cfg, model_dir / embedder.TOKENIZER, 64)
+    chunks = corpus.chunk_corpus([doc], cfg, model_dir / layout.TOKENIZER, 64)
     assert [c.heading for c in chunks[:4]] == [
         "guide.md", "guide.md › Build", "guide.md › Build › Setext title", "guide.md › Other"]
     assert chunks[1].text == "Run it.\n\n```sh\nmake\n\nmake test\n```", "paragraphs packed"
@@ -171,7 +172,7 @@ def test_section_chunks_follow_headings_and_carry_their_path(model_dir):
         assert corpus.embedding_text(c) == f"{c.heading}\n{c.text}"
         assert len(tokenizer.encode(corpus.embedding_text(c), add_special_tokens=False).ids) <= 40
     plain = corpus.chunk_corpus([doc], dataclasses.replace(cfg, heading_in_text=False),
-                                model_dir / embedder.TOKENIZER, 64)
+                                model_dir / layout.TOKENIZER, 64)
     assert plain[0].heading == "guide.md" and corpus.embedding_text(plain[0]) == plain[0].text
     assert plain[0].key != chunks[0].key, "what the embedder saw is part of the key"
     with pytest.raises(BadInput, match="corpus.chunking='pages' is not allowed"):
@@ -179,7 +180,7 @@ def test_section_chunks_follow_headings_and_carry_their_path(model_dir):
 
 
 def test_section_chunks_cover_every_paragraph_of_the_reference(tiny_cfg, model_dir, pydoc_docs):
-    tokenizer = Tokenizer.from_file(str(model_dir / embedder.TOKENIZER))
+    tokenizer = Tokenizer.from_file(str(model_dir / layout.TOKENIZER))
     tokenizer.no_truncation()
     tokenizer.no_padding()
     docs = pydoc_docs[:30]
@@ -242,10 +243,10 @@ def test_index_recall_and_parity_on_a_tiny_corpus(tiny_cfg, compiled, model_dir,
     assert notes["chunks"] == len(chunks) > 20 and notes["queries"] == 24
     assert notes["recall_at_10"] >= 0.99
     assert notes["embed_cosine_min"] >= 0.999
-    assert corpus.read_chunks(tmp_path / corpus.CHUNKS) == chunks
+    assert corpus.read_chunks(tmp_path / layout.CHUNKS) == chunks
     from usearch.index import Index
 
-    restored = Index.restore(str(tmp_path / index.INDEX))
+    restored = Index.restore(str(tmp_path / layout.INDEX_FILE))
     own = restored.search(pte.embed([chunks[3].text]), 1).keys[0]
     assert int(own) == chunks[3].key, "a chunk's own text finds that chunk first"
 
@@ -293,7 +294,7 @@ def test_an_edited_document_reembeds_only_its_changed_chunks_and_matches_a_clean
 
     clean, _ = _build(tiny_cfg, model_dir, compiled, edited,
                       vectors.VectorStore(tmp_path / "fresh.sqlite", 384), tmp_path / "clean")
-    for name in (index.INDEX, corpus.CHUNKS, keyword.STORE):
+    for name in (layout.INDEX_FILE, layout.CHUNKS, layout.STORE):
         assert (tmp_path / "v2" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes()
 
 
@@ -308,9 +309,9 @@ def test_a_deleted_document_leaves_the_index_and_the_keyword_store(
     after, notes = _build(tiny_cfg, model_dir, compiled, pydoc_docs[:2], store, tmp_path / "v2")
     gone = [c.key for c in before if c.source == pydoc_docs[2].source]
     assert notes["embedded"] == 0 and notes["removed"] == len(gone) > 0
-    restored = Index.restore(str(tmp_path / "v2" / index.INDEX))
+    restored = Index.restore(str(tmp_path / "v2" / layout.INDEX_FILE))
     assert len(restored) == len(after) and not any(restored.contains(k) for k in gone)
-    with sqlite3.connect(tmp_path / "v2" / keyword.STORE) as db:
+    with sqlite3.connect(tmp_path / "v2" / layout.STORE) as db:
         keys = {row[0] for row in db.execute("SELECT key FROM chunks")}
     assert keys == {c.key for c in after} and not keys & set(gone)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline import config
+from pipeline import conf, config
 from pipeline.artifacts import sha256_file
 from pipeline.experiments import pareto, sweep
 from tests.conftest import copy_built, edgerag_script, sh
@@ -98,7 +98,7 @@ def test_stages_run_ignores_skipped_and_cached_stages():
 
 
 def test_objectives_match_the_optuna_sweepers_directions():
-    sweeper = OmegaConf.load(config.CONF_DIR / "hydra/sweeper/optuna_pareto.yaml")
+    sweeper = OmegaConf.load(conf.CONF_DIR / "hydra/sweeper/optuna_pareto.yaml")
     assert list(sweeper.direction) == ["minimize"] * len(sweep.OBJECTIVES)
     row = {"status": "ok", "llm.ppl_delta_pct": 2.5, "llm.pte_bytes": 1234}
     assert sweep.objectives(row) == (2.5, 1234.0)
@@ -106,7 +106,7 @@ def test_objectives_match_the_optuna_sweepers_directions():
 
 
 def test_a_job_with_an_invalid_combination_fails_before_dvc(tmp_path):
-    composed = config.compose(["experiment=tiny", "quant=qnn_16a4w"])
+    composed = conf.compose(["experiment=tiny", "quant=qnn_16a4w"])
     row = sweep.plan_job(composed, ["quant=qnn_16a4w"], tmp_path)
     assert row["status"] == "failed" and row["experiment"] == ""
     assert row["reason"] == "quant=qnn_16a4w quantizes for QNN; it needs backend=qnn."
@@ -114,8 +114,8 @@ def test_a_job_with_an_invalid_combination_fails_before_dvc(tmp_path):
 
 
 def _params(*overrides):
-    typed = config.validate(config.compose(["experiment=tiny", *overrides]))
-    return OmegaConf.to_container(OmegaConf.create(config.params_text(typed, list(overrides))))
+    typed = config.validate(conf.compose(["experiment=tiny", *overrides]))
+    return OmegaConf.to_container(OmegaConf.create(conf.params_text(typed, list(overrides))))
 
 
 def test_the_stages_every_job_builds_alike_are_built_once_before_the_fan_out():

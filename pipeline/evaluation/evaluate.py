@@ -7,16 +7,14 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-from pipeline import config
+from pipeline import layout
 from pipeline.config import Config, EvalConfig
 from pipeline.errors import BadInput
 from pipeline.evaluation import lm_eval_adapter, perplexity, scorers, speed
+from pipeline.llm import checks
 from pipeline.progress import log
 from pipeline.runtime import program_bytes
 from pipeline.splits import EVALUATION, read_jsonl
-
-PTE, TOKENIZER, METRICS = "llm.pte", "tokenizer.json", "metrics.json"
-
 
 # The least each setting can be and still measure something: a perplexity window scores from its
 # second token on, lm-eval needs a document, the speed figure a token and a run.
@@ -64,7 +62,7 @@ def run(cfg: Config, lowered: Path, model_dir: Path, split_dir: Path,
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    pte = scorers.RuntimeScorer(lowered / PTE)
+    pte = scorers.RuntimeScorer(lowered / layout.LLM_PTE)
     reference = scorers.EagerScorer(
         AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), pte.max_context_len)
     texts = [record["text"] for record in read_jsonl(split_dir / EVALUATION)]
@@ -80,14 +78,14 @@ def run(cfg: Config, lowered: Path, model_dir: Path, split_dir: Path,
     long_prompt = ""
     if cfg.eval.speed_long_prompt_tokens:
         room = pte.max_context_len - cfg.eval.speed_new_tokens - 1  # the runner needs one spare
-        long_prompt, _ = speed.held_out_prompt(texts, lowered / TOKENIZER,
+        long_prompt, _ = speed.held_out_prompt(texts, lowered / layout.TOKENIZER,
                                                min(cfg.eval.speed_long_prompt_tokens, room))
     log("speed: the stock runner in a fresh process")
-    timing = speed.measure(lowered / PTE, lowered / TOKENIZER, cfg.eval.speed_new_tokens,
-                           cfg.eval.speed_repeats, long_prompt)
+    timing = speed.measure(lowered / layout.LLM_PTE, lowered / layout.TOKENIZER,
+                           cfg.eval.speed_new_tokens, cfg.eval.speed_repeats, long_prompt)
     llm = {key: ppl[key] for key in ("ppl", "ppl_reference", "ppl_delta_pct", "tokens")}
     # The LLM's bytes on the phone: the .pte plus its weights file (llm.ptd), when lowered so.
-    llm.update({"pte_bytes": program_bytes(lowered / PTE), **timing})
+    llm.update({"pte_bytes": program_bytes(lowered / layout.LLM_PTE), **timing})
     tasks = {name: {"acc": accuracy[name], "acc_reference": accuracy_ref[name]}
              for name in accuracy}
     return {"metrics": {"llm": llm, "lm_eval": tasks}, "windows": ppl["windows"]}
@@ -103,7 +101,7 @@ def gather(llm: dict[str, Any], quantized: dict[str, Any], rag: dict[str, Any],
     retrieval = {key: index_notes[key] for key in
                  ("recall_at_10", "embed_cosine_min", "chunks", "chunks_per_s", "index_bytes")
                  if key in index_notes}  # chunks_per_s: from build_index's run record
-    retrieval["embedder_pte_bytes"] = embedder_files["embedder.pte"]["bytes"]
+    retrieval["embedder_pte_bytes"] = embedder_files[layout.EMBEDDER_PTE]["bytes"]
     measured = {"quantized_program": quantized} if "ppl" in quantized else {}
     return {**llm, **measured, "retrieval": retrieval, "rag": rag["test"],
             "rag_tune": rag["tune"]}
@@ -159,7 +157,7 @@ def run_program(cfg: Config, quantized: Path, model_dir: Path, split_dir: Path) 
 
     from pipeline.llm import export
 
-    llm = config.llm_config(cfg.model.executorch)
+    llm = checks.llm_config(cfg.model.executorch)
     context = llm.export.max_context_length
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     program = scorers.ProgramScorer(export.load_program(quantized / export.PROGRAM), context)

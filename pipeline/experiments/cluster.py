@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline import artifacts, config
+from pipeline import artifacts, config, layout
 from pipeline.errors import BadInput
 from pipeline.experiments import exp_queue, sweep
 
@@ -99,7 +99,7 @@ def build(git_url: str, dvc_url: str, rev: str, experiment: str, params: str,
     if targets:
         return {**row, "status": "ok"}
     try:
-        metrics = sweep.flatten(json.loads((clone / sweep.METRICS).read_text()))
+        metrics = sweep.flatten(json.loads((clone / layout.RUN_METRICS).read_text()))
         hashes = {column: artifacts.read_manifest(clone / folder)["files"][file]["sha256"]
                   for column, (folder, file) in sweep.HASHES.items()}
     except (OSError, KeyError, ValueError, BadInput) as error:

@@ -30,17 +30,16 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from pipeline import artifacts, config, declared, validation
+from pipeline import artifacts, conf, config, declared, layout, validation
 from pipeline.errors import BadInput
 from pipeline.experiments import exp_queue, pareto
 
 SWEEPS = Path("sweeps")
 RESULT, RESULTS, PLAN = "result.json", "results.csv", "sweep.json"
 PLANNED, INTERRUPTED = "planned", "interrupted"
-METRICS = Path("data/eval/metrics.json")
 # Artifact hashes each row keeps, read from the artifact's manifest: column -> (directory, file).
-HASHES = {"llm_pte_sha256": ("data/lowered", "llm.pte"),
-          "index_sha256": ("data/index", "index.usearch")}
+HASHES = {"llm_pte_sha256": (layout.LOWERED, layout.LLM_PTE),
+          "index_sha256": (layout.INDEX, layout.INDEX_FILE)}
 FIRST_COLUMNS = ("job", "experiment", "status", "reason", "overrides", "quant", "backend",
                  "stages_run", "wall_s", "worker")
 # What a job returns to Hydra, in the order of `direction` in conf/hydra/sweeper/optuna_pareto.yaml.
@@ -94,7 +93,7 @@ def objectives(row: dict[str, Any]) -> tuple[float, ...] | None:
 
 
 def _artifact_hashes(fs: Any) -> dict[str, str]:
-    return {column: json.loads(fs.read_text(f"{folder}/{artifacts.MANIFEST}"))["files"][file]
+    return {column: json.loads(fs.read_text(f"{folder}/{layout.MANIFEST}"))["files"][file]
             ["sha256"] for column, (folder, file) in HASHES.items()}
 
 
@@ -107,7 +106,7 @@ def plan_job(cfg: Any, overrides: list[str], job_dir: Path) -> dict[str, Any]:
         validation.check(typed)
     except BadInput as error:
         return {**row, "reason": str(error)}
-    artifacts.atomic_write_text(job_dir / config.PARAMS_FILE, config.params_text(typed, overrides))
+    artifacts.atomic_write_text(job_dir / config.PARAMS_FILE, conf.params_text(typed, overrides))
     return {**row, "status": PLANNED, "quant": typed.quant.name, "backend": typed.backend.name}
 
 
@@ -127,7 +126,7 @@ def finish_job(row: dict[str, Any], experiment: str, status: str | None,
 
     try:
         fs = DVCFileSystem(".", rev=experiment)
-        metrics = flatten(json.loads(fs.read_text(str(METRICS))))
+        metrics = flatten(json.loads(fs.read_text(layout.RUN_METRICS)))
         hashes = _artifact_hashes(fs)
     except (OSError, KeyError, ValueError, DvcException) as error:
         return {**row, "status": "failed",
@@ -305,7 +304,7 @@ def _launch(overrides: list[str], jobs_dir: Path) -> None:
     import hydra
     from hydra.errors import ConfigCompositionException, OverrideParseException
 
-    app = hydra.main(config_path=str(config.CONF_DIR), config_name="config",
+    app = hydra.main(config_path=str(conf.CONF_DIR), config_name="config",
                      version_base="1.3")(_job)
     argv, full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     sys.argv = ["edgerag sweep", "--multirun", *overrides, f"hydra.sweep.dir={jobs_dir}",

@@ -13,13 +13,14 @@ from typing import Any
 
 import torch
 
+from pipeline import layout
 from pipeline.config import ModelConfig, Source
 from pipeline.errors import BadInput
 from pipeline.llm import families, grid
 from pipeline.progress import log
 from pipeline.sources import materialize
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+TOKENIZER_FILES = (layout.TOKENIZER, layout.TOKENIZER_CONFIG, layout.CHAT_TEMPLATE)
 
 def _check_gguf(path: Path) -> None:
     """Parse the GGUF header and tensor table so corrupt or truncated files fail clearly."""
@@ -80,7 +81,7 @@ def load_tokenizer(payload: Path) -> Any:
         _check_gguf(payload)
         return AutoTokenizer.from_pretrained(payload.parent, gguf_file=payload.name,
                                              local_files_only=True)
-    if not (payload / "tokenizer.json").is_file():
+    if not (payload / layout.TOKENIZER).is_file():
         raise BadInput(f"{payload} has no tokenizer.json.")
     return AutoTokenizer.from_pretrained(payload, local_files_only=True)
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from pipeline import config
 from pipeline.errors import BadInput
+from pipeline.llm import checks
 
 PROGRAM = "model.pt2"
 _ADDRESS = re.compile(r" at 0x[0-9a-f]+>")
@@ -224,7 +224,7 @@ def run(model_dir: Path, model_cfg: Any, out: Path, backend: str = "xnnpack") ->
     hf_config = AutoConfig.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     params = families.model_args(hf_config)
-    llm = config.llm_config(model_cfg.executorch)
+    llm = checks.llm_config(model_cfg.executorch)
     log(f"building ExecuTorch's Llama from the {hf_config.model_type} checkpoint")
     weights = families.to_meta(hf_config, load_file(model_dir / "model.safetensors"))
     model = apply(build_eager(params, llm, weights),

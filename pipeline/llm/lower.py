@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pipeline import config
+from pipeline import layout
 from pipeline.config import BackendConfig
-from pipeline.llm import export
+from pipeline.llm import checks, export
 from pipeline.progress import log
-
-PTE = "llm.pte"
 
 
 def _xnnpack_partitioners(backend: BackendConfig) -> list[Any]:
@@ -100,10 +98,10 @@ def run(cfg: Any, quantized_dir: Any, model_dir: Any, out: Any) -> dict[str, Any
 
     check_backend_ready(cfg.backend)
     params, metadata = export.load_interface(quantized_dir)
-    llm = config.llm_config(cfg.model.executorch)
+    llm = checks.llm_config(cfg.model.executorch)
     program = export.load_program(quantized_dir / export.PROGRAM)
     lowered = lower(program, llm, metadata, cfg.backend, "llm")
-    (out / PTE).write_bytes(lowered.buffer)
+    (out / layout.LLM_PTE).write_bytes(lowered.buffer)
     if _weights_tag(cfg.backend) is not None:
         lowered.write_tensor_data_to_file(str(out))
     for name in TOKENIZER_FILES:

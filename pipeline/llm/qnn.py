@@ -167,7 +167,7 @@ def compiler_specs(qnn: QnnConfig, quantized: bool) -> list[Any]:
         generate_qnn_executorch_compiler_spec,
     )
 
-    # config.HTP_PERFORMANCE_MODES are the enum's names snake_cased: burst → kHtpBurst.
+    # checks.HTP_PERFORMANCE_MODES are the enum's names snake_cased: burst → kHtpBurst.
     camel = "".join(word.capitalize() for word in qnn.htp_performance_mode.split("_"))
     mode = getattr(QnnExecuTorchHtpPerformanceMode, f"kHtp{camel}")
     return generate_qnn_executorch_compiler_spec(

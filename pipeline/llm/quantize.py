@@ -8,10 +8,9 @@ from typing import Any
 
 import torch
 
-from pipeline import config
 from pipeline.config import Config
 from pipeline.errors import BadInput
-from pipeline.llm import calibrate, export, schemes
+from pipeline.llm import calibrate, checks, export, schemes
 from pipeline.progress import log
 from pipeline.splits import CALIBRATION, read_jsonl
 
@@ -26,7 +25,7 @@ def run_calibration(cfg: Config, export_dir: Path, split_dir: Path, model_dir: P
         log(f"quant={cfg.quant.name} (method {cfg.quant.method}) uses no calibration data; "
             "nothing to observe")
         return {"uses_calibration": False, "samples": 0}
-    llm = config.llm_config(cfg.model.executorch)
+    llm = checks.llm_config(cfg.model.executorch)
     if cfg.calibration.seq_len >= llm.export.max_seq_length:
         raise BadInput(
             f"calibration.seq_len={cfg.calibration.seq_len} must be below the model's "
@@ -55,7 +54,7 @@ def run_calibration(cfg: Config, export_dir: Path, split_dir: Path, model_dir: P
 
 def run(cfg: Config, export_dir: Path, calibration_dir: Path, out: Path) -> dict[str, Any]:
     params, metadata = export.load_interface(export_dir)
-    llm = config.llm_config(cfg.model.executorch)
+    llm = checks.llm_config(cfg.model.executorch)
     program = export.load_program(export_dir / export.PROGRAM)
     stats_file = calibration_dir / STATS
     stats = torch.load(stats_file, weights_only=True) if stats_file.exists() else None

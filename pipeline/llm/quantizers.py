@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.config import PT2E_DTYPES, QuantConfig
+from pipeline.config import QuantConfig
 from pipeline.errors import BadInput
+from pipeline.llm.checks import PT2E_DTYPES
 
 
 def _xnnpack(quant: QuantConfig) -> Any:

@@ -12,43 +12,44 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pipeline import artifacts
+from pipeline import artifacts, layout
 from pipeline.errors import BadInput
 
 STAGE = "promote"
 RELEASES = "releases"
-LLM, TOKENIZER, EMBEDDER = "llm.pte", "tokenizer.json", "embedder.pte"
-EMBEDDER_TOKENIZER, INDEX, CHUNKS = "embedder_tokenizer.json", "index.usearch", "chunks.jsonl"
-STORE = "chunks.sqlite"  # the chunks with their FTS5 keyword index (retrieval/keyword.py)
-INDEX_SETTINGS = "index.json"  # the search breadth the build measured recall at
-METRICS, TOKENIZER_CONFIG = "metrics.json", "tokenizer_config.json"
-CHAT_TEMPLATE = "chat_template.jinja"
-RERANKER, RERANKER_TOKENIZER = "reranker.pte", "reranker_tokenizer.json"
+# Release file names: the run's own name where it is unique in the release.
+LLM, TOKENIZER, EMBEDDER = layout.LLM_PTE, layout.TOKENIZER, layout.EMBEDDER_PTE
+EMBEDDER_TOKENIZER, INDEX, CHUNKS = "embedder_tokenizer.json", layout.INDEX_FILE, layout.CHUNKS
+STORE = layout.STORE  # the chunks with their FTS5 keyword index (retrieval/keyword.py)
+INDEX_SETTINGS = layout.INDEX_META  # the search breadth the build measured recall at
+METRICS, TOKENIZER_CONFIG = layout.METRICS, layout.TOKENIZER_CONFIG
+CHAT_TEMPLATE = layout.CHAT_TEMPLATE
+RERANKER, RERANKER_TOKENIZER = layout.RERANKER_PTE, "reranker_tokenizer.json"
 
 # bundle file -> (run artifact directory, file name there); always present (README, "Releases").
 FILES = {
-    LLM: ("data/lowered", "llm.pte"),
-    TOKENIZER: ("data/lowered", "tokenizer.json"),
-    EMBEDDER: ("data/embedder", "embedder.pte"),
-    EMBEDDER_TOKENIZER: ("data/embedder", "tokenizer.json"),
-    INDEX: ("data/index", "index.usearch"),
-    CHUNKS: ("data/index", "chunks.jsonl"),
-    STORE: ("data/index", "chunks.sqlite"),
-    METRICS: ("data/eval", "metrics.json"),
+    LLM: (layout.LOWERED, layout.LLM_PTE),
+    TOKENIZER: (layout.LOWERED, layout.TOKENIZER),
+    EMBEDDER: (layout.EMBEDDER, layout.EMBEDDER_PTE),
+    EMBEDDER_TOKENIZER: (layout.EMBEDDER, layout.TOKENIZER),
+    INDEX: (layout.INDEX, layout.INDEX_FILE),
+    CHUNKS: (layout.INDEX, layout.CHUNKS),
+    STORE: (layout.INDEX, layout.STORE),
+    METRICS: (layout.EVAL, layout.METRICS),
 }
 # The chat format travels with the LLM when its source had one (ask falls back to plain text).
 OPTIONAL = {
-    "llm.ptd": ("data/lowered", "llm.ptd"),  # the LLM's weights when lowered to a separate file
-    TOKENIZER_CONFIG: ("data/lowered", "tokenizer_config.json"),
-    CHAT_TEMPLATE: ("data/lowered", "chat_template.jinja"),
-    INDEX_SETTINGS: ("data/index", "index.json"),  # older releases lack it: usearch's default
-    RERANKER: ("data/reranker", "reranker.pte"),  # built only when a reranker is configured
-    RERANKER_TOKENIZER: ("data/reranker", "tokenizer.json"),
+    layout.LLM_PTD: (layout.LOWERED, layout.LLM_PTD),  # weights lowered to a separate file
+    TOKENIZER_CONFIG: (layout.LOWERED, layout.TOKENIZER_CONFIG),
+    CHAT_TEMPLATE: (layout.LOWERED, layout.CHAT_TEMPLATE),
+    INDEX_SETTINGS: (layout.INDEX, layout.INDEX_META),  # older releases lack it: usearch's default
+    RERANKER: (layout.RERANKER, layout.RERANKER_PTE),  # built only when a reranker is configured
+    RERANKER_TOKENIZER: (layout.RERANKER, layout.TOKENIZER),
 }
 # Every run artifact promote reads: the shipped ones, plus the evaluations that tie metrics to them.
-RUN_DIRS = ("data/lowered", "data/embedder", "data/index", "data/eval_llm", "data/eval_rag",
-            "data/eval")
-OPTIONAL_RUN_DIRS = ("data/reranker",)  # runs from before the reranker stage lack it
+RUN_DIRS = (layout.LOWERED, layout.EMBEDDER, layout.INDEX, layout.EVAL_LLM, layout.EVAL_RAG,
+            layout.EVAL)
+OPTIONAL_RUN_DIRS = (layout.RERANKER,)  # runs from before the reranker stage lack it
 
 
 def run_sources(run_root: Path) -> dict[str, Path]:

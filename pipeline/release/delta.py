@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import artifacts
+from pipeline import artifacts, layout
 from pipeline.config import IndexConfig
 from pipeline.errors import BadInput
 from pipeline.release import bundle
@@ -91,7 +91,7 @@ def write(old_path: Path, new_path: Path, dest: Path) -> dict[str, Any]:
              "added_chunks": len(added), "removed_chunks": len(removed),
              "whole_files": sorted(whole)}
     with artifacts.writer(dest, stage=STAGE, config={}) as out:
-        shutil.copyfile(new / artifacts.MANIFEST, out / TARGET)
+        shutil.copyfile(new / layout.MANIFEST, out / TARGET)
         (out / FILES_DIR).mkdir()
         for name in whole:
             shutil.copyfile(new / name, out / FILES_DIR / name)
@@ -156,7 +156,7 @@ def apply(delta_path: Path, release_path: Path) -> dict[str, Any]:
             if source.is_file():
                 shutil.copyfile(source, artifacts.inside(tmp, name))
         _rebuild_documents(installed, delta, target, tmp)
-        shutil.copyfile(delta / TARGET, tmp / artifacts.MANIFEST)
+        shutil.copyfile(delta / TARGET, tmp / layout.MANIFEST)
         try:
             artifacts.verify(tmp)
         except BadInput as error:

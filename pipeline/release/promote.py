@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from pipeline import artifacts, config
+from pipeline import artifacts, config, layout
 from pipeline.config import ReleaseConfig
 from pipeline.errors import BadInput
 from pipeline.experiments.sweep import flatten
@@ -35,11 +35,12 @@ WORKSPACE = "workspace"
 PTE_BYTES, PPL_DELTA, RECALL = "llm.pte_bytes", "llm.ppl_delta_pct", "retrieval.recall_at_10"
 RAG_HIT, RAG_GROUNDED, RAG_CUT = "rag.hit_at_k", "rag.grounded", "rag.context_cut_rate"
 SWEEP_RESULTS = "sweeps/*/results.csv"
-MEASURED = "data/eval/metrics.json"
 # A run's metrics are trusted only if each listed artifact was an input of the one measuring it.
-MEASURED_ON = {"data/eval": ("data/eval_llm", "data/eval_rag", "data/index", "data/embedder"),
-               "data/eval_llm": ("data/lowered",),
-               "data/eval_rag": ("data/lowered", "data/embedder", "data/index")}
+MEASURED_ON = {
+    layout.EVAL: (layout.EVAL_LLM, layout.EVAL_RAG, layout.INDEX, layout.EMBEDDER),
+    layout.EVAL_LLM: (layout.LOWERED,),
+    layout.EVAL_RAG: (layout.LOWERED, layout.EMBEDDER, layout.INDEX),
+}
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def select(candidates: list[Candidate], rule: ReleaseConfig) -> Candidate:
 
 
 def workspace_candidate(root: Path) -> Candidate | None:
-    metrics = root / MEASURED
+    metrics = root / layout.RUN_METRICS
     if not metrics.is_file():
         return None
     return Candidate(WORKSPACE, flatten(json.loads(metrics.read_text())))
@@ -186,7 +187,7 @@ def present(root: Path, candidates: list[Candidate]) -> list[Candidate]:
     kept = []
     for candidate in candidates:
         fs = _open_run(root, candidate.run)
-        if fs is not None and _has_file(fs, MEASURED):
+        if fs is not None and _has_file(fs, layout.RUN_METRICS):
             kept.append(candidate)
         else:
             why = "no such experiment here" if fs is None else "its artifacts are not in the cache"
@@ -232,11 +233,11 @@ def ship(root: Path, candidate: Candidate, rule: ReleaseConfig, dest: Path) -> t
     already (re-promoting the same build keeps the release as is); (params, metrics)."""
     with run_files(root, candidate.run) as (run_root, commit):
         found = check_run(run_root)
-        metrics = json.loads((found["data/eval"] / bundle.METRICS).read_text())
+        metrics = json.loads((found[layout.EVAL] / layout.METRICS).read_text())
         disagree = _disagreement(candidate.metrics, flatten(metrics))
         if disagree:
             raise BadInput(f"{candidate.describe()}'s row in {SWEEP_RESULTS} says {disagree}, "
-                           f"but its own {MEASURED} disagrees; re-run the sweep.")
+                           f"but its own {layout.RUN_METRICS} disagrees; re-run the sweep.")
         missed = missed_bound(rule, flatten(metrics))
         if missed:
             raise BadInput(f"{candidate.describe()} misses the release rule: {missed}.")

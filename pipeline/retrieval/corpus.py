@@ -27,7 +27,6 @@ from pipeline.errors import BadInput
 from pipeline.progress import log
 from pipeline.retrieval import sections
 
-CHUNKS = "chunks.jsonl"
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
 HTML_SUFFIXES = (".html", ".htm")
 MAX_FILE_MB = 10

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from pipeline import layout
 from pipeline.config import EmbedderConfig
 from pipeline.errors import BadInput
 from pipeline.progress import log
 
-PTE, TOKENIZER, META = "embedder.pte", "tokenizer.json", "embedder.json"
 MIN_SEQ_LEN = 2  # [CLS] [SEP]: what an empty text encodes to
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -136,17 +136,17 @@ def to_pte(model: torch.nn.Module, example: tuple[torch.Tensor, ...], max_seq_le
 def compile_embedder(cfg: EmbedderConfig, model_dir: Path, out: Path) -> dict[str, Any]:
     """The model folder → `embedder.pte`, `tokenizer.json` (truncating at L), `embedder.json`."""
     check(cfg)
-    tokenizer = load_tokenizer(model_dir / TOKENIZER, cfg.max_seq_len)
+    tokenizer = load_tokenizer(model_dir / layout.TOKENIZER, cfg.max_seq_len)
     model = QUANTIZERS[cfg.quantize](load_encoder(model_dir))
     example = _example(tokenizer)
     with torch.no_grad():
         dim = int(model(*example).shape[-1])
-    (out / PTE).write_bytes(to_pte(model, example, cfg.max_seq_len))
-    tokenizer.save(str(out / TOKENIZER))
+    (out / layout.EMBEDDER_PTE).write_bytes(to_pte(model, example, cfg.max_seq_len))
+    tokenizer.save(str(out / layout.TOKENIZER))
     meta = {"min_seq_len": MIN_SEQ_LEN, "max_seq_len": cfg.max_seq_len, "dim": dim,
             "pooling": "mean", "normalized": True, "quantize": cfg.quantize}
-    (out / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return {"pte_bytes": (out / PTE).stat().st_size, **meta}
+    (out / layout.EMBEDDER_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return {"pte_bytes": (out / layout.EMBEDDER_PTE).stat().st_size, **meta}
 
 
 def copy_source(model_dir: Path, out: Path) -> dict[str, Any]:
@@ -184,12 +184,12 @@ class Embedder:
 
 
 def _meta(embedder_dir: Path) -> dict[str, Any]:
-    return json.loads((embedder_dir / META).read_text())
+    return json.loads((embedder_dir / layout.EMBEDDER_META).read_text())
 
 
 def load_pte(embedder_dir: Path) -> Embedder:
     """The shipped artifact, run by the ExecuTorch runtime exactly as the phone will."""
-    return load_pte_files(embedder_dir / PTE, embedder_dir / TOKENIZER,
+    return load_pte_files(embedder_dir / layout.EMBEDDER_PTE, embedder_dir / layout.TOKENIZER,
                           _meta(embedder_dir)["dim"])
 
 
@@ -262,5 +262,5 @@ def load_reference(model_dir: Path, embedder_dir: Path, batch: int = 16) -> Embe
         with torch.no_grad():
             return model(ids, mask)
 
-    return Embedder(load_tokenizer(model_dir / TOKENIZER, meta["max_seq_len"]), forward,
+    return Embedder(load_tokenizer(model_dir / layout.TOKENIZER, meta["max_seq_len"]), forward,
                     meta["dim"], batch)

@@ -19,15 +19,15 @@ from typing import Any
 import numpy as np
 from usearch.index import Index, search
 
+from pipeline import layout
 from pipeline.config import IndexConfig
 from pipeline.errors import BadInput
 from pipeline.progress import bar, log
 from pipeline.retrieval import keyword
-from pipeline.retrieval.corpus import CHUNKS, Chunk, embedding_text, write_chunks
+from pipeline.retrieval.corpus import Chunk, embedding_text, write_chunks
 from pipeline.retrieval.embedder import Embedder
 from pipeline.retrieval.vectors import VectorStore, text_sha
 
-INDEX, META = "index.usearch", "index.json"
 MAX_EXPANSION = 4096
 DTYPES = ("f32", "f16", "i8")
 K = 10
@@ -151,11 +151,11 @@ def run(cfg: IndexConfig, chunks: list[Chunk], pte: Embedder, reference: Embedde
     sample = parity_sample(chunks)
     rows = {c.key: i for i, c in enumerate(chunks)}
     expansion = widen_search(index, matrix, keys, matrix[[rows[c.key] for c in sample]], cfg)
-    index.save(str(out / INDEX))
+    index.save(str(out / layout.INDEX_FILE))
     settings = search_settings(index, cfg)
-    (out / META).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-    write_chunks(out / CHUNKS, chunks)
-    keyword.write_store(out / keyword.STORE, chunks)
+    (out / layout.INDEX_META).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    write_chunks(out / layout.CHUNKS, chunks)
+    keyword.write_store(out / layout.STORE, chunks)
     built = time.monotonic()
     previous = store.previous_keys(workspace)
     store.remember_keys(workspace, [c.key for c in chunks])
@@ -169,8 +169,8 @@ def run(cfg: IndexConfig, chunks: list[Chunk], pte: Embedder, reference: Embedde
         "expansion_search": expansion,
         "embed_cosine_min": min_cosine(matrix[[rows[c.key] for c in sample]], fp32),
         "parity_chunks": len(sample),
-        "index_bytes": (out / INDEX).stat().st_size,
-        "keyword_store_bytes": (out / keyword.STORE).stat().st_size,
+        "index_bytes": (out / layout.INDEX_FILE).stat().st_size,
+        "keyword_store_bytes": (out / layout.STORE).stat().st_size,
         "embedded": embedded,
         "reused": len(chunks) - embedded,
         "removed": None if previous is None else len(previous - set(rows)),

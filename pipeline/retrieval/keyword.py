@@ -15,7 +15,6 @@ from pathlib import Path
 
 from pipeline.retrieval.corpus import Chunk
 
-STORE = "chunks.sqlite"
 TOKENIZE = "unicode61 tokenchars '_'"
 SCHEMA = f"""
 CREATE TABLE chunks (key INTEGER PRIMARY KEY, source TEXT NOT NULL, start INTEGER NOT NULL,

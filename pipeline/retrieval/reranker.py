@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
+from pipeline import layout
 from pipeline.config import RerankerConfig
 from pipeline.errors import BadInput
-from pipeline.retrieval.embedder import TOKENIZER, to_pte
+from pipeline.retrieval.embedder import to_pte
 
-PTE, META = "reranker.pte", "reranker.json"
 Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -72,15 +72,15 @@ def load_tokenizer(path: Path, max_seq_len: int) -> Tokenizer:
 def compile_reranker(cfg: RerankerConfig, model_dir: Path, out: Path) -> dict[str, Any]:
     """The model folder → `reranker.pte`, `tokenizer.json` (pairs cut at L), `reranker.json`."""
     check(cfg)
-    tokenizer = load_tokenizer(model_dir / TOKENIZER, cfg.max_seq_len)
+    tokenizer = load_tokenizer(model_dir / layout.TOKENIZER, cfg.max_seq_len)
     model = load_model(model_dir)
     example = _inputs(tokenizer.encode("what is a pair?", "A question and a passage."))
-    (out / PTE).write_bytes(to_pte(model, example, cfg.max_seq_len))
-    tokenizer.save(str(out / TOKENIZER))
+    (out / layout.RERANKER_PTE).write_bytes(to_pte(model, example, cfg.max_seq_len))
+    tokenizer.save(str(out / layout.TOKENIZER))
     meta = {"max_seq_len": cfg.max_seq_len, "inputs": ["input_ids", "attention_mask",
                                                          "token_type_ids"]}
-    (out / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return {"pte_bytes": (out / PTE).stat().st_size, **meta}
+    (out / layout.RERANKER_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return {"pte_bytes": (out / layout.RERANKER_PTE).stat().st_size, **meta}
 
 
 def _inputs(encoding: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -116,4 +116,4 @@ def load_reference(model_dir: Path, max_seq_len: int) -> Reranker:
         with torch.no_grad():
             return model(*inputs)
 
-    return Reranker(load_tokenizer(model_dir / TOKENIZER, max_seq_len), forward)
+    return Reranker(load_tokenizer(model_dir / layout.TOKENIZER, max_seq_len), forward)
