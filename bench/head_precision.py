@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from pipeline.evaluation.perplexity import eval_tokens, windows
     from pipeline.llm import outliers
-    from pipeline.splits import CALIBRATION, EVALUATION, read_jsonl
+    from pipeline.splits import read_jsonl
 
     parser = argparse.ArgumentParser(prog="python -m bench.head_precision", description=__doc__)
     parser.add_argument("--model", type=Path, default=Path(layout.MODEL))
@@ -102,9 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     weight = model.get_output_embeddings().weight.detach().clone()
     with torch.no_grad():
         model.get_input_embeddings().weight.copy_(int8_rows(weight))
-        calibration = torch.tensor(eval_tokens(texts(CALIBRATION), tokenizer, 512))
+        calibration = torch.tensor(eval_tokens(texts(layout.CALIBRATION_SPLIT), tokenizer, 512))
         keep = outliers.find(model, [calibration], 1)
-        held_out = windows(eval_tokens(texts(EVALUATION), tokenizer, args.tokens), 512)
+        held_out = windows(eval_tokens(texts(layout.EVALUATION_SPLIT), tokenizer, args.tokens), 512)
         hidden = [model.model(torch.tensor([w])).last_hidden_state[0] for w in held_out]
         heads = {"fp32": lambda h: h @ weight.T,
                  **variants(weight, keep, args.split_ids, args.top_k)}

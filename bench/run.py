@@ -215,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     if not pte.is_file():
         raise BadInput(f"{pte} does not exist; build it (`dvc repro`) or pass --pte.")
     tokenizer = (args.tokenizer or pte.parent / layout.TOKENIZER).resolve()
-    model_dir = args.data_dir / "model"
-    split_file = args.data_dir / "split" / "evaluation.jsonl"
+    model_dir = args.data_dir / Path(layout.MODEL).name
+    split_file = args.data_dir / Path(layout.SPLIT).name / layout.EVALUATION_SPLIT
     for needed in (tokenizer, model_dir / "config.json", split_file):
         if not needed.is_file():
             raise BadInput(f"{needed} does not exist; build the default (`dvc repro`) first.")

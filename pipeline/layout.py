@@ -41,6 +41,12 @@ CORPUS, INDEX, EVAL_RAG, EVAL = (OUTPUT["prepare_corpus"], OUTPUT["build_index"]
 
 # Fixed file names inside those folders.
 MANIFEST = "manifest.json"  # in every artifact folder
+CALIBRATION_SPLIT, EVALUATION_SPLIT = "calibration.jsonl", "evaluation.jsonl"  # in SPLIT
+PROGRAM = "model.pt2"  # in EXPORT and QUANTIZED: the exported (quantized) program
+INTERFACE, METADATA = "params.json", "metadata.json"  # beside it: model args, runner metadata
+OBSERVER_STATS = "stats.pt"  # in CALIBRATION: PT2E observer statistics
+PLAN = "plan.json"  # in CALIBRATION: torchao's plan (8-bit tensors, fp32 head channels)
+QUESTIONS = "questions.jsonl"  # in EVAL_RAG: the per-question records, beside metrics.json
 METRICS = "metrics.json"  # in every evaluation folder
 LLM_PTE, LLM_PTD = "llm.pte", "llm.ptd"  # in LOWERED; the .ptd only when weights are external
 TOKENIZER = "tokenizer.json"  # in MODEL, LOWERED, EMBEDDER and RERANKER

@@ -14,9 +14,6 @@ from pathlib import Path
 from pipeline.config import CalibrationConfig
 from pipeline.errors import BadInput
 
-CALIBRATION = "calibration.jsonl"
-EVALUATION = "evaluation.jsonl"
-
 
 def pydoc_topics() -> dict[str, str]:
     from pydoc_data.topics import topics

@@ -23,7 +23,7 @@ def main() -> None:
               (layout.EMBEDDER, layout.EMBEDDER_SOURCE, layout.CORPUS, layout.SPLIT)]
     compiled, source, chunked, split = inputs
     chunks = corpus.read_chunks(chunked / layout.CHUNKS)
-    held_out = [r["text"] for r in splits.read_jsonl(split / splits.EVALUATION)]
+    held_out = [r["text"] for r in splits.read_jsonl(split / layout.EVALUATION_SPLIT)]
     pte = embedder.load_pte(compiled.path)
     store = vectors.VectorStore(
         vectors.store_path(vectors.embedder_identity(compiled.manifest["files"])), pte.dim)

@@ -26,7 +26,7 @@ def main() -> None:
         records = rag.ask_all(assistant, questions, cfg.retrieval.k,
                               max(cfg.retrieval.candidates, rag.NDCG_DEPTH),
                               cfg.rag_eval.max_new_tokens)
-        (out / rag.QUESTIONS).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
+        (out / layout.QUESTIONS).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
                                                  for r in records))
         metrics = {split: rag.summarize(records, split) for split in rag.SPLITS}
         need = assistant.context_need([q["question"] for q in questions], cfg.retrieval.k,

@@ -2,7 +2,7 @@
 
 from pipeline import artifacts, config, errors, layout
 from pipeline.evaluation import tasks
-from pipeline.splits import EVALUATION, read_jsonl
+from pipeline.splits import read_jsonl
 from stages import output
 
 STAGE = "make_tasks"
@@ -12,7 +12,7 @@ OUT = layout.OUTPUT[STAGE]
 def main() -> None:
     cfg = config.load()
     split = artifacts.require(layout.SPLIT)
-    texts = [record["text"] for record in read_jsonl(split / EVALUATION)]
+    texts = [record["text"] for record in read_jsonl(split / layout.EVALUATION_SPLIT)]
     with output(STAGE, OUT, cfg, inputs=[split], byte_identical=True) as out:
         counts = tasks.write(out.path, texts, cfg.eval.tasks_limit, cfg.eval.tasks_seed, OUT)
         out.note("documents", counts)

@@ -11,8 +11,8 @@ def main() -> None:
     cfg = config.load()
     calibration, evaluation = splits.split(cfg.calibration)
     with output(STAGE, OUT, cfg, byte_identical=True) as out:
-        splits.write_jsonl(out / splits.CALIBRATION, calibration)
-        splits.write_jsonl(out / splits.EVALUATION, evaluation)
+        splits.write_jsonl(out / layout.CALIBRATION_SPLIT, calibration)
+        splits.write_jsonl(out / layout.EVALUATION_SPLIT, evaluation)
         out.note("calibration_documents", len(calibration))
         out.note("evaluation_documents", len(evaluation))
 

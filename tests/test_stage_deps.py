@@ -129,6 +129,10 @@ def _docstrings(tree: ast.AST) -> set[int]:
             and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
 
 
+# Strings equal to an artifact's name by coincidence: another tool's own file, in its own folder.
+NOT_OURS = {("bench/export_llm.py", "params.json")}  # export_llm's input, in the bench's work dir
+
+
 def test_no_module_spells_an_artifact_path_itself():
     from pipeline import layout
 
@@ -145,5 +149,6 @@ def test_no_module_spells_an_artifact_path_itself():
                   for node in ast.walk(tree)
                   if isinstance(node, ast.Constant) and isinstance(node.value, str)
                   and id(node) not in skip
+                  and (str(path.relative_to(ROOT)), node.value) not in NOT_OURS
                   and (node.value in names or node.value.startswith(f"{layout.DATA}/"))]
     assert not found, f"name these from pipeline/layout.py: {found}"

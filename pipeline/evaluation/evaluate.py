@@ -14,7 +14,7 @@ from pipeline.evaluation import lm_eval_adapter, perplexity, scorers, speed
 from pipeline.llm import checks
 from pipeline.progress import log
 from pipeline.runtime import program_bytes
-from pipeline.splits import EVALUATION, read_jsonl
+from pipeline.splits import read_jsonl
 
 # The least each setting can be and still measure something: a perplexity window scores from its
 # second token on, lm-eval needs a document, the speed figure a token and a run.
@@ -65,7 +65,7 @@ def run(cfg: Config, lowered: Path, model_dir: Path, split_dir: Path,
     pte = scorers.RuntimeScorer(lowered / layout.LLM_PTE)
     reference = scorers.EagerScorer(
         AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), pte.max_context_len)
-    texts = [record["text"] for record in read_jsonl(split_dir / EVALUATION)]
+    texts = [record["text"] for record in read_jsonl(split_dir / layout.EVALUATION_SPLIT)]
     ids = perplexity.eval_tokens(texts, tokenizer, cfg.eval.ppl_max_tokens)
     windows = perplexity.windows(ids, min(cfg.eval.ppl_window, pte.max_context_len))
     log(f"perplexity: {len(ids)} held-out tokens in {len(windows)} windows")
@@ -160,10 +160,10 @@ def run_program(cfg: Config, quantized: Path, model_dir: Path, split_dir: Path) 
     llm = checks.llm_config(cfg.model.executorch)
     context = llm.export.max_context_length
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    program = scorers.ProgramScorer(export.load_program(quantized / export.PROGRAM), context)
+    program = scorers.ProgramScorer(export.load_program(quantized / layout.PROGRAM), context)
     reference = scorers.EagerScorer(
         AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), context)
-    texts = [record["text"] for record in read_jsonl(split_dir / EVALUATION)]
+    texts = [record["text"] for record in read_jsonl(split_dir / layout.EVALUATION_SPLIT)]
     ids = perplexity.eval_tokens(texts, tokenizer, cfg.eval.program_max_tokens)
     windows = perplexity.windows(ids, min(cfg.eval.ppl_window, context))
     log(f"perplexity of the quantized program (CPU): {len(ids)} tokens, {len(windows)} windows")

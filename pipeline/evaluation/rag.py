@@ -40,7 +40,6 @@ from pipeline.device.answer import content_words
 from pipeline.errors import BadInput
 from pipeline.progress import bar
 
-QUESTIONS = "questions.jsonl"  # the per-question records, beside metrics.json
 SPLITS = ("tune", "test")
 NDCG_DEPTH = 10
 _TOKEN = re.compile(r"[a-z0-9_]+")

@@ -17,13 +17,11 @@ from typing import Any
 
 import torch
 
+from pipeline import layout
 from pipeline.errors import BadInput
 from pipeline.llm import checks
 
-PROGRAM = "model.pt2"
 _ADDRESS = re.compile(r" at 0x[0-9a-f]+>")
-PARAMS = "params.json"
-METADATA = "metadata.json"
 
 
 def register_runtime_ops() -> None:
@@ -149,12 +147,13 @@ def export_program(model: torch.nn.Module, llm: Any, metadata: dict, name: str) 
 
 
 def save_interface(out: Path, params: dict, metadata: dict) -> None:
-    (out / PARAMS).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
-    (out / METADATA).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    (out / layout.INTERFACE).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+    (out / layout.METADATA).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
 
 
 def load_interface(folder: Path) -> tuple[dict, dict]:
-    return (json.loads((folder / PARAMS).read_text()), json.loads((folder / METADATA).read_text()))
+    return (json.loads((folder / layout.INTERFACE).read_text()),
+            json.loads((folder / layout.METADATA).read_text()))
 
 
 def save_program(program: Any, path: Path) -> None:
@@ -233,7 +232,7 @@ def run(model_dir: Path, model_cfg: Any, out: Path, backend: str = "xnnpack") ->
     metadata = runner_metadata(params, llm, _bos_id(tokenizer, hf_config, eos_ids), eos_ids)
     log("torch.export (strict, KV cache, dynamic prompt length)")
     program = export_program(model, llm, metadata, model_cfg.name)
-    save_program(program, out / PROGRAM)
+    save_program(program, out / layout.PROGRAM)
     save_interface(out, params, metadata)
     return {"parameters": sum(p.numel() for p in model.parameters()), "metadata": metadata}
 

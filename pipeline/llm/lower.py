@@ -99,7 +99,7 @@ def run(cfg: Any, quantized_dir: Any, model_dir: Any, out: Any) -> dict[str, Any
     check_backend_ready(cfg.backend)
     params, metadata = export.load_interface(quantized_dir)
     llm = checks.llm_config(cfg.model.executorch)
-    program = export.load_program(quantized_dir / export.PROGRAM)
+    program = export.load_program(quantized_dir / layout.PROGRAM)
     lowered = lower(program, llm, metadata, cfg.backend, "llm")
     (out / layout.LLM_PTE).write_bytes(lowered.buffer)
     if _weights_tag(cfg.backend) is not None:

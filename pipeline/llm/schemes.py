@@ -11,11 +11,14 @@ export again; PT2E quantizers annotate an exported graph, so PT2E schemes work o
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from pipeline import layout
 from pipeline.config import LayerException, QuantConfig, TensorQuant
 from pipeline.errors import BadInput
 from pipeline.llm import export
@@ -30,6 +33,14 @@ class NoQuantization:
 
     def calibrate(self, quant: QuantConfig, program: Any, samples: list[torch.Tensor],
                   **context: Any) -> Any:
+        return None
+
+    def save(self, stats: Any, samples: list[torch.Tensor], out: Path) -> dict[str, Any]:
+        """Write what `calibrate` measured into the calibration folder; the manifest's notes."""
+        return {}
+
+    def load(self, folder: Path) -> Any:
+        """What `save` wrote, or None when calibrate measured nothing for this recipe."""
         return None
 
     def quantize(self, quant: QuantConfig, program: Any, params: dict, llm: Any,
@@ -109,6 +120,18 @@ class TorchaoWeights(NoQuantization):
             measured = sensitivity.measure(model, samples[: quant.mixed.samples], quant)
             plan.update(sensitivity.plan(measured, quant.mixed))
         return plan
+
+    def save(self, stats: Any, samples: list[torch.Tensor], out: Path) -> dict[str, Any]:
+        """The plan as JSON: 8-bit tensors, fp32 head channels, the estimate it was held to."""
+        (out / layout.PLAN).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+        layers = stats.get("layers", {})
+        return {"plan": layout.PLAN, "estimated_bytes": stats.get("estimated_bytes"),
+                "head_outliers": stats.get("head_outliers", []),
+                "eight_bit": sorted(n for n, c in layers.items() if c["bits"] == 8)}
+
+    def load(self, folder: Path) -> Any:
+        plan = folder / layout.PLAN
+        return json.loads(plan.read_text()) if plan.exists() else None
 
     def quantize(self, quant: QuantConfig, program: Any, params: dict, llm: Any,
                  metadata: dict, stats: Any) -> Any:
@@ -335,6 +358,15 @@ class Pt2eStatic:
             for name, module in prepared.named_modules()
             if isinstance(module, ObserverBase)
         }
+
+    def save(self, stats: Any, samples: list[torch.Tensor], out: Path) -> dict[str, Any]:
+        """The observers' state dicts, as torch tensors."""
+        torch.save(stats, out / layout.OBSERVER_STATS)
+        return {"tokens": sum(len(s) for s in samples), "observers": len(stats)}
+
+    def load(self, folder: Path) -> Any:
+        stats = folder / layout.OBSERVER_STATS
+        return torch.load(stats, weights_only=True) if stats.exists() else None
 
     def quantize(self, quant: QuantConfig, program: Any, params: dict, llm: Any,
                  metadata: dict, stats: Any) -> Any:
