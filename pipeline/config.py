@@ -141,6 +141,10 @@ class Pt2eConfig:
     per_channel: bool = True
     # Widen the calibrated range of the logits by this factor (1 = as observed); see schemes.py.
     logits_margin: float = 1.0
+    # How activation ranges are observed: the quantizer's own observer, or "minmax" (QNN only).
+    act_observer: str = "default"
+    # Ops a 4-bit QNN recipe keeps at 16-bit activations and 8-bit weights (checks.KEEP_16A8W).
+    keep_16a8w: list[str] = field(default_factory=list)
 
 
 @dataclass

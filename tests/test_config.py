@@ -38,6 +38,21 @@ def test_a_logits_margin_below_one_is_refused():
         _validate("quant=qnn_16a4w", "backend=qnn", "quant.pt2e.logits_margin=0.5")
 
 
+def test_the_qnn_recipes_choices_are_keys_of_their_yaml_and_checked():
+    """Observer and 16a8w choices live in conf/quant (qnn_16a4w_block inherits them)."""
+    block = _validate("quant=qnn_16a4w_block", "backend=qnn").quant.pt2e
+    assert (block.act_observer, block.keep_16a8w) == ("minmax", ["attention_matmul", "head"])
+    assert _validate("quant=qnn_16a8w", "backend=qnn").quant.pt2e.keep_16a8w == []
+    with pytest.raises(BadInput, match=r"keep_16a8w\[\]='mlp' is not allowed; choose one of: "
+                                       r"attention_matmul, head"):
+        _validate("quant=qnn_16a4w", "backend=qnn", "quant.pt2e.keep_16a8w=[mlp]")
+    with pytest.raises(BadInput, match=r"act_observer='minmax' is not allowed with "
+                                       r"quant.pt2e.quantizer=xnnpack; choose one of: default"):
+        _validate("quant=xnnpack_8a8w", "+quant.pt2e.act_observer=minmax")
+    with pytest.raises(BadInput, match=r"keep_16a8w is for quant.pt2e.quantizer=qnn only"):
+        _validate("quant=xnnpack_8a8w", "+quant.pt2e.keep_16a8w=[head]")
+
+
 def test_group_size_allowed_for_tiny_widths():
     assert _validate("experiment=tiny", "quant.group_size=64").quant.group_size == 64
 

@@ -30,6 +30,12 @@ PT2E_DTYPES = {
     "xnnpack": ("use_8a8w",),
     "qnn": ("use_16a4w", "use_16a4w_block", "use_8a8w", "use_16a8w"),
 }
+# Activation observers a PT2E recipe may name: the quantizer's own, or torchao's MinMaxObserver
+# (QnnQuantizer takes one; XNNPACK's symmetric config has its own).
+PT2E_OBSERVERS = {"xnnpack": ("default",), "qnn": ("default", "minmax")}
+# What a QNN recipe may keep at 16a8w (pipeline/llm/quantizers.py): the attention matmuls
+# (ExecuTorch's Llama annotation) and the output head.
+KEEP_16A8W = ("attention_matmul", "head")
 # ExecuTorch's QnnExecuTorchHtpPerformanceMode, snake_cased.
 HTP_PERFORMANCE_MODES = ("default", "sustained_high_performance", "burst", "high_performance",
                          "power_saver", "low_power_saver", "high_power_saver", "low_balanced",
@@ -87,6 +93,15 @@ def _check_pt2e(quant: QuantConfig, widths: list[int]) -> None:
             f"quant.pt2e.block_size={block} does not divide every linear width {tuple(widths)} "
             "of this model; pick a common divisor."
         )
+    observers = PT2E_OBSERVERS[quant.pt2e.quantizer]
+    if quant.pt2e.act_observer not in observers:
+        raise BadInput(f"quant.pt2e.act_observer={quant.pt2e.act_observer!r} is not allowed with "
+                       f"quant.pt2e.quantizer={quant.pt2e.quantizer}; choose one of: "
+                       f"{', '.join(observers)}.")
+    if quant.pt2e.keep_16a8w and quant.pt2e.quantizer != "qnn":
+        raise BadInput("quant.pt2e.keep_16a8w is for quant.pt2e.quantizer=qnn only.")
+    for name in quant.pt2e.keep_16a8w:
+        one_of("quant.pt2e.keep_16a8w[]", name, KEEP_16A8W)
     if not quant.pt2e.logits_margin >= 1.0:
         raise BadInput(
             f"quant.pt2e.logits_margin={quant.pt2e.logits_margin} would narrow the calibrated "

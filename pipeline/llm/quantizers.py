@@ -22,10 +22,10 @@ def _xnnpack(quant: QuantConfig) -> Any:
 
 
 def _qnn(quant: QuantConfig) -> Any:
-    """QnnQuantizer set up as ExecuTorch's `get_qnn_quantizer` does for Llama.
-
-    Per-channel weights; 16-bit activations observed with MinMaxObserver; with 4-bit weights the
-    attention matmuls stay 16a8w (`custom_annotate_llama_matmul_16a8w`).
+    """QnnQuantizer set up as ExecuTorch's `get_qnn_quantizer` does for Llama, with the choices
+    the recipe's YAML makes: per-channel weights, the activation observer (`act_observer`), and
+    the ops a 4-bit recipe keeps at 16a8w (`keep_16a8w`: ExecuTorch's
+    `custom_annotate_llama_matmul_16a8w` for the attention matmuls, ours for the head).
     """
     from executorch.backends.qualcomm.quantizer.custom_annotation import (
         custom_annotate_llama_matmul_16a8w,
@@ -49,11 +49,12 @@ def _qnn(quant: QuantConfig) -> Any:
         getattr(QuantDtype, spec.dtype),
         is_conv_per_channel=spec.per_channel,
         is_linear_per_channel=spec.per_channel,
-        act_observer=None if spec.dtype == "use_8a8w" else MinMaxObserver,
+        act_observer={"default": None, "minmax": MinMaxObserver}[spec.act_observer],
     )
-    if spec.dtype in ("use_16a4w", "use_16a4w_block"):
-        quantizer.add_custom_quant_annotations((custom_annotate_llama_matmul_16a8w,
-                                                _annotate_head_16a8w))
+    annotations = {"attention_matmul": custom_annotate_llama_matmul_16a8w,
+                   "head": _annotate_head_16a8w}
+    if spec.keep_16a8w:
+        quantizer.add_custom_quant_annotations(tuple(annotations[n] for n in spec.keep_16a8w))
     return quantizer
 
 
