@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from pipeline import conf, config
 from pipeline.artifacts import sha256_file
-from pipeline.experiments import pareto, sweep
+from pipeline.experiments import pareto, results, sweep
 from tests.conftest import copy_built, edgerag_script, sh
 
 DVC_OUT = """\
@@ -31,7 +31,7 @@ Running stage 'lower':
 def test_flatten_names_nested_metrics_with_dots():
     metrics = {"llm": {"ppl": 9.5, "pte_bytes": 123},
                "lm_eval": {"cloze": {"acc": 0.5}}, "windows": [1, 2]}
-    assert sweep.flatten(metrics) == {"llm.ppl": 9.5, "llm.pte_bytes": 123,
+    assert results.flatten(metrics) == {"llm.ppl": 9.5, "llm.pte_bytes": 123,
                                       "lm_eval.cloze.acc": 0.5, "windows": "[1, 2]"}
 
 
@@ -40,7 +40,7 @@ def test_results_csv_has_one_row_per_job_and_blank_metrics_for_failures():
              "llm.ppl_delta_pct": 1.5, "retrieval.recall_at_10": 1.0, "llm_pte_sha256": "ab"},
             {"job": 1, "experiment": "", "status": "failed", "reason": "edgerag: no.",
              "overrides": "quant=b"}]
-    text = sweep.results_csv(rows)
+    text = results.results_csv(rows)
     header = text.splitlines()[0].split(",")
     assert header[:5] == ["job", "experiment", "status", "reason", "overrides"]
     assert header[-2:] == ["llm_pte_sha256", "index_sha256"]
@@ -99,10 +99,10 @@ def test_stages_run_ignores_skipped_and_cached_stages():
 
 def test_objectives_match_the_optuna_sweepers_directions():
     sweeper = OmegaConf.load(conf.CONF_DIR / "hydra/sweeper/optuna_pareto.yaml")
-    assert list(sweeper.direction) == ["minimize"] * len(sweep.OBJECTIVES)
+    assert list(sweeper.direction) == ["minimize"] * len(results.OBJECTIVES)
     row = {"status": "ok", "llm.ppl_delta_pct": 2.5, "llm.pte_bytes": 1234}
-    assert sweep.objectives(row) == (2.5, 1234.0)
-    assert sweep.objectives({"status": "failed", "reason": "x"}) is None
+    assert results.objectives(row) == (2.5, 1234.0)
+    assert results.objectives({"status": "failed", "reason": "x"}) is None
 
 
 def test_a_job_with_an_invalid_combination_fails_before_dvc(tmp_path):

@@ -20,7 +20,7 @@ from typing import Any
 
 from pipeline import artifacts, config, layout
 from pipeline.errors import BadInput
-from pipeline.experiments import exp_queue, sweep
+from pipeline.experiments import exp_queue, results, sweep
 
 RESOURCE = "edgerag"
 CLUSTER_EXTRA = "sweep-cluster"
@@ -99,9 +99,9 @@ def build(git_url: str, dvc_url: str, rev: str, experiment: str, params: str,
     if targets:
         return {**row, "status": "ok"}
     try:
-        metrics = sweep.flatten(json.loads((clone / layout.RUN_METRICS).read_text()))
+        metrics = results.flatten(json.loads((clone / layout.RUN_METRICS).read_text()))
         hashes = {column: artifacts.read_manifest(clone / folder)["files"][file]["sha256"]
-                  for column, (folder, file) in sweep.HASHES.items()}
+                  for column, (folder, file) in results.HASHES.items()}
     except (OSError, KeyError, ValueError, BadInput) as error:
         return {**row, "status": "failed", "reason": f"built, but unreadable: {error}"}
     return {**row, "status": "ok", "experiment": experiment, **metrics, **hashes}

@@ -11,8 +11,6 @@ them into sweeps/<name>/results.csv and the Pareto plot. Re-running a sweep keep
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import re
@@ -32,44 +30,15 @@ from omegaconf import OmegaConf
 
 from pipeline import artifacts, conf, config, declared, layout, validation
 from pipeline.errors import BadInput
-from pipeline.experiments import exp_queue, pareto
+from pipeline.experiments import exp_queue, pareto, results
 
 SWEEPS = Path("sweeps")
-RESULT, RESULTS, PLAN = "result.json", "results.csv", "sweep.json"
+RESULT, PLAN = "result.json", "sweep.json"
 PLANNED, INTERRUPTED = "planned", "interrupted"
-# Artifact hashes each row keeps, read from the artifact's manifest: column -> (directory, file).
-HASHES = {"llm_pte_sha256": (layout.LOWERED, layout.LLM_PTE),
-          "index_sha256": (layout.INDEX, layout.INDEX_FILE)}
-FIRST_COLUMNS = ("job", "experiment", "status", "reason", "overrides", "quant", "backend",
-                 "stages_run", "wall_s", "worker")
-# What a job returns to Hydra, in the order of `direction` in conf/hydra/sweeper/optuna_pareto.yaml.
-OBJECTIVES = (pareto.DELTA, pareto.SIZE)
 OPTUNA_EXTRA = "sweep-optuna"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # How this sweep runs its jobs, for the Hydra task function (Hydra passes it only the config).
 _SETTINGS: dict[str, Any] = {"defer": True, "threads": 1}
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested metrics as dotted columns: {"llm": {"ppl": 9.1}} -> {"llm.ppl": 9.1}."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, list) else value
-    return flat
-
-
-def results_csv(rows: list[dict[str, Any]]) -> str:
-    """One row per job: its identity and status, every metric (sorted), then artifact hashes."""
-    metrics = sorted({key for row in rows for key in row} - set(FIRST_COLUMNS) - set(HASHES))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=[*FIRST_COLUMNS, *metrics, *HASHES], restval="",
-                            lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def stages_run(dvc_stdout: str) -> list[str]:
@@ -83,18 +52,6 @@ def failure_reason(dvc_stderr: str) -> str:
     ours = [line for line in lines if line.startswith("edgerag:")]
     dvc = [line.removeprefix("ERROR:").strip() for line in lines if line.startswith("ERROR:")]
     return (ours[-1:] or dvc[:1] or lines[-1:] or ["dvc exp run failed without a message."])[0]
-
-
-def objectives(row: dict[str, Any]) -> tuple[float, ...] | None:
-    """What Optuna minimizes; None for a failed job, which Optuna then records as a failed trial."""
-    if row.get("status") != "ok":
-        return None
-    return tuple(float(row[key]) for key in OBJECTIVES)
-
-
-def _artifact_hashes(fs: Any) -> dict[str, str]:
-    return {column: json.loads(fs.read_text(f"{folder}/{layout.MANIFEST}"))["files"][file]
-            ["sha256"] for column, (folder, file) in HASHES.items()}
 
 
 def plan_job(cfg: Any, overrides: list[str], job_dir: Path) -> dict[str, Any]:
@@ -126,8 +83,8 @@ def finish_job(row: dict[str, Any], experiment: str, status: str | None,
 
     try:
         fs = DVCFileSystem(".", rev=experiment)
-        metrics = flatten(json.loads(fs.read_text(layout.RUN_METRICS)))
-        hashes = _artifact_hashes(fs)
+        metrics = results.flatten(json.loads(fs.read_text(layout.RUN_METRICS)))
+        hashes = results.artifact_hashes(fs)
     except (OSError, KeyError, ValueError, DvcException) as error:
         return {**row, "status": "failed",
                 "reason": f"built, but its results are unreadable: {error}"}
@@ -155,7 +112,7 @@ def _job(cfg: Any) -> tuple[float, ...] | None:
     before = _read_row(job_dir)
     if before.get("status") == "ok" and before.get("overrides") == " ".join(overrides):
         print(f"job {before['job']} finished in an earlier run: {before['experiment']}", flush=True)
-        return objectives(before)
+        return results.objectives(before)
     row = {"job": hydra.job.num, **plan_job(cfg, overrides, job_dir)}
     _save_row(job_dir, row)
     if row["status"] != PLANNED:
@@ -164,7 +121,7 @@ def _job(cfg: Any) -> tuple[float, ...] | None:
     if _SETTINGS["defer"]:
         return None
     [row] = _run_queue(job_dir.parent.parent.name, [row], jobs=1, threads=_SETTINGS["threads"])
-    return objectives(row)
+    return results.objectives(row)
 
 
 def _read_row(job_dir: Path) -> dict[str, Any]:
@@ -393,11 +350,11 @@ def _write_results(name: str, folder: Path) -> None:
             if row["status"] == PLANNED else row for row in _rows(folder / "jobs")]
     if not rows:
         return
-    artifacts.atomic_write_text(folder / RESULTS, results_csv(rows))
+    artifacts.atomic_write_text(folder / results.RESULTS, results.results_csv(rows))
     best = [f"{d['quant']} #{d['job']}" for d in pareto.write(rows, folder) if d["pareto"]]
     counts = {status: sum(row["status"] == status for row in rows)
               for status in ("ok", "failed", INTERRUPTED)}
     said = ", ".join(f"{n} {s}" for s, n in counts.items() if n or s != INTERRUPTED)
-    print(f"sweep {name}: {said}; wrote {folder / RESULTS} and {folder / pareto.PLOT}; "
+    print(f"sweep {name}: {said}; wrote {folder / results.RESULTS} and {folder / pareto.PLOT}; "
           f"Pareto front: {', '.join(best) or 'none'}. Compare with `dvc exp show`; take one with "
           "`dvc exp apply NAME`.", flush=True)

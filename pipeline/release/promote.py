@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from pipeline import artifacts, config, layout
 from pipeline.config import ReleaseConfig
 from pipeline.errors import BadInput
-from pipeline.experiments.sweep import flatten
+from pipeline.experiments.results import flatten
 from pipeline.progress import log
 from pipeline.release import bundle, registry
 
