@@ -119,13 +119,9 @@ def test_error_shrinks_with_wider_activations_and_weights(qnn_program, converted
 
 
 def test_unknown_qnn_dtype_is_one_sentence_listing_the_allowed_values():
-    from pipeline.llm import quantizers
-
-    quant = _cfg("quant=qnn_8a8w").quant
-    quant.pt2e.dtype = "use_4a4w"
     with pytest.raises(BadInput, match=r"use_4a4w.*choose one of: use_16a4w, use_16a4w_block, "
                                        r"use_8a8w, use_16a8w\.$"):
-        quantizers.build(quant)
+        _cfg("quant=qnn_8a8w", "quant.pt2e.dtype=use_4a4w")
     with pytest.raises(BadInput, match="needs backend=qnn"):
         config.validate(conf.compose(["experiment=tiny", "quant=qnn_16a4w"]))
 

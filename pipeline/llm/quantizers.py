@@ -1,4 +1,5 @@
-"""PT2E quantizers keyed by `quant.pt2e.quantizer`: one small builder per backend."""
+"""PT2E quantizers keyed by `quant.pt2e.quantizer`: one small builder per backend (the allowed
+values and their checks are `pipeline/llm/checks.py`)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline.config import QuantConfig
-from pipeline.errors import BadInput
-from pipeline.llm.checks import PT2E_DTYPES
 
 
 def _xnnpack(quant: QuantConfig) -> Any:
@@ -36,12 +35,6 @@ def _qnn(quant: QuantConfig) -> Any:
     from pipeline.llm import qnn
 
     spec = quant.pt2e
-    allowed = PT2E_DTYPES["qnn"]
-    if spec.dtype not in allowed:
-        raise BadInput(
-            f"quant.pt2e.dtype={spec.dtype!r} is not allowed for quant.pt2e.quantizer=qnn; "
-            f"choose one of: {', '.join(allowed)}."
-        )
     block_size = spec.block_size if spec.dtype == "use_16a4w_block" else 0
     with qnn.sdk_never_downloaded():
         quantizer = qnn.BlockwiseQnnQuantizer(block_size)
@@ -83,12 +76,5 @@ BUILDERS: dict[str, Callable[[QuantConfig], Any]] = {"xnnpack": _xnnpack, "qnn":
 
 
 def build(quant: QuantConfig) -> Any:
-    if quant.pt2e is None:
-        raise BadInput(f"quant={quant.name} uses PT2E but has no quant.pt2e section.")
-    builder = BUILDERS.get(quant.pt2e.quantizer)
-    if builder is None:
-        raise BadInput(
-            f"quant.pt2e.quantizer={quant.pt2e.quantizer!r} is not allowed; "
-            f"choose one of: {', '.join(BUILDERS)}."
-        )
-    return builder(quant)
+    """The recipe's quantizer; `checks` refused a bad `quant.pt2e` when the config was loaded."""
+    return BUILDERS[quant.pt2e.quantizer](quant)
