@@ -13,7 +13,6 @@ from pipeline.retrieval import corpus, embedder, index, vectors
 from stages import output
 
 STAGE = "build_index"
-OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:
@@ -28,7 +27,7 @@ def main() -> None:
     store = vectors.VectorStore(
         vectors.store_path(vectors.embedder_identity(compiled.manifest["files"])), pte.dim)
     workers = embedder.default_workers()
-    with (output(STAGE, OUT, cfg, inputs=inputs, byte_identical=True) as out,
+    with (output(STAGE, cfg, inputs=inputs, byte_identical=True) as out,
           embedder.pte_pool(compiled.path, workers) as embed):
         measured = index.run(
             cfg.index, chunks, pte, embedder.load_reference(source.path, compiled.path),

@@ -1,12 +1,11 @@
 """Fetch and compile the optional cross-encoder reranker to data/reranker/reranker.pte; with no
 reranker configured (the default), the artifact holds only its manifest saying so."""
 
-from pipeline import config, errors, layout, sources
+from pipeline import config, errors, sources
 from pipeline.retrieval import reranker
 from stages import output
 
 STAGE = "build_reranker"
-OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:
@@ -14,7 +13,7 @@ def main() -> None:
     reranker.check(cfg.reranker)
     model_dir = sources.materialize(cfg.reranker.source) if reranker.enabled(cfg.reranker) \
         else None
-    with output(STAGE, OUT, cfg, byte_identical=True) as out:
+    with output(STAGE, cfg, byte_identical=True) as out:
         if model_dir is None:
             out.note("reranker", "none")
         else:

@@ -8,14 +8,13 @@ from pipeline.llm import quantize
 from stages import output
 
 STAGE = "calibrate"
-OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:
     cfg = config.load()
     inputs = [artifacts.require(p) for p in (layout.EXPORT, layout.SPLIT, layout.MODEL)]
     exported, split, model = inputs
-    with output(STAGE, OUT, cfg, inputs=inputs) as out:
+    with output(STAGE, cfg, inputs=inputs) as out:
         out.notes.update(
             quantize.run_calibration(cfg, exported.path, split.path, model.path, out.path)
         )

@@ -9,14 +9,13 @@ from pipeline.retrieval import embedder
 from stages import output
 
 STAGE = "compile_embedder"
-OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:
     cfg = config.load()
     embedder.check(cfg.embedder)
     source = artifacts.require(layout.EMBEDDER_SOURCE)
-    with output(STAGE, OUT, cfg, inputs=[source], byte_identical=True) as out:
+    with output(STAGE, cfg, inputs=[source], byte_identical=True) as out:
         out.notes.update(embedder.compile_embedder(cfg.embedder, source.path, out.path))
 
 

@@ -7,7 +7,6 @@ from pipeline.evaluation import evaluate
 from stages import output
 
 STAGE = "evaluate"
-OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:
@@ -21,7 +20,7 @@ def main() -> None:
                               {**index.manifest["notes"],
                                **artifacts.read_record("build_index", index)},
                               embedder.manifest["files"])
-    with output(STAGE, OUT, cfg, inputs=inputs, byte_identical=False) as out:
+    with output(STAGE, cfg, inputs=inputs, byte_identical=False) as out:
         (out / layout.METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     print(evaluate.summary(metrics))
 

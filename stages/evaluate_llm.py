@@ -10,7 +10,6 @@ from pipeline.evaluation import evaluate
 from stages import output
 
 STAGE = "evaluate_llm"
-OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:
@@ -18,7 +17,7 @@ def main() -> None:
     inputs = [artifacts.require(p) for p in (layout.LOWERED, layout.MODEL, layout.SPLIT,
                                              layout.TASKS)]
     lowered, model, split, tasks = inputs
-    with output(STAGE, OUT, cfg, inputs=inputs, byte_identical=False) as out:
+    with output(STAGE, cfg, inputs=inputs, byte_identical=False) as out:
         result = evaluate.run(cfg, lowered.path, model.path, split.path, tasks.path)
         (out / layout.METRICS).write_text(json.dumps(result["metrics"], indent=2) + "\n")
         (out / "ppl_windows.json").write_text(json.dumps(result["windows"], indent=2) + "\n")

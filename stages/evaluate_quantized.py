@@ -11,14 +11,13 @@ from pipeline.evaluation import evaluate
 from stages import output
 
 STAGE = "evaluate_quantized"
-OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:
     cfg = config.load()
     inputs = [artifacts.require(p) for p in (layout.QUANTIZED, layout.MODEL, layout.SPLIT)]
     quantized, model, split = inputs
-    with output(STAGE, OUT, cfg, inputs=inputs) as out:
+    with output(STAGE, cfg, inputs=inputs) as out:
         metrics = evaluate.run_program(cfg, quantized.path, model.path, split.path)
         (out / layout.METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics))

@@ -12,7 +12,6 @@ from pipeline.retrieval.corpus import read_chunks
 from stages import output
 
 STAGE = "evaluate_rag"
-OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:
@@ -22,7 +21,7 @@ def main() -> None:
     sources = {chunk.source for chunk in read_chunks(inputs[2] / bundle.CHUNKS)}
     questions = rag.read_questions(Path(cfg.rag_eval.questions), sources)
     assistant = Assistant(bundle.run_sources(Path(".")), cfg.retrieval)
-    with output(STAGE, OUT, cfg, inputs=inputs, byte_identical=False) as out:
+    with output(STAGE, cfg, inputs=inputs, byte_identical=False) as out:
         records = rag.ask_all(assistant, questions, cfg.retrieval.k,
                               max(cfg.retrieval.candidates, rag.NDCG_DEPTH),
                               cfg.rag_eval.max_new_tokens)

@@ -5,13 +5,12 @@ from pipeline.llm import export
 from stages import output
 
 STAGE = "export"
-OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:
     cfg = config.load()
     model = artifacts.require(layout.MODEL)
-    with output(STAGE, OUT, cfg, inputs=[model], byte_identical=True) as out:
+    with output(STAGE, cfg, inputs=[model], byte_identical=True) as out:
         out.notes.update(export.run(model.path, cfg.model, out.path, cfg.backend.name))
 
 

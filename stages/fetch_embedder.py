@@ -1,17 +1,16 @@
 """Fetch the embedder's sentence-transformers folder (weights, tokenizer) to data/embedder_src."""
 
-from pipeline import config, errors, layout, sources
+from pipeline import config, errors, sources
 from pipeline.retrieval import embedder
 from stages import output
 
 STAGE = "fetch_embedder"
-OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:
     cfg = config.load()
     model_dir = sources.materialize(cfg.embedder.source)
-    with output(STAGE, OUT, cfg, byte_identical=True) as out:
+    with output(STAGE, cfg, byte_identical=True) as out:
         out.notes.update(embedder.copy_source(model_dir, out.path))
 
 

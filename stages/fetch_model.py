@@ -1,16 +1,15 @@
 """Fetch the LLM's weights and tokenizer into one normalized transformers folder (data/model)."""
 
-from pipeline import config, errors, layout
+from pipeline import config, errors
 from pipeline.llm import checkpoint
 from stages import output
 
 STAGE = "fetch_model"
-OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:
     cfg = config.load()
-    with output(STAGE, OUT, cfg, byte_identical=True) as out:
+    with output(STAGE, cfg, byte_identical=True) as out:
         out.notes.update(checkpoint.fetch(cfg.model, out.path))
 
 

@@ -5,7 +5,6 @@ from pipeline.llm import lower
 from stages import output
 
 STAGE = "lower"
-OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:
@@ -13,7 +12,7 @@ def main() -> None:
     lower.check_backend_ready(cfg.backend)  # a missing SDK is named before inputs are re-hashed
     inputs = [artifacts.require(p) for p in (layout.QUANTIZED, layout.MODEL)]
     quantized, model = inputs
-    with output(STAGE, OUT, cfg, inputs=inputs, byte_identical=True) as out:
+    with output(STAGE, cfg, inputs=inputs, byte_identical=True) as out:
         out.notes.update(lower.run(cfg, quantized.path, model.path, out.path))
 
 

@@ -6,15 +6,15 @@ from pipeline.splits import read_jsonl
 from stages import output
 
 STAGE = "make_tasks"
-OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:
     cfg = config.load()
     split = artifacts.require(layout.SPLIT)
     texts = [record["text"] for record in read_jsonl(split / layout.EVALUATION_SPLIT)]
-    with output(STAGE, OUT, cfg, inputs=[split], byte_identical=True) as out:
-        counts = tasks.write(out.path, texts, cfg.eval.tasks_limit, cfg.eval.tasks_seed, OUT)
+    with output(STAGE, cfg, inputs=[split], byte_identical=True) as out:
+        counts = tasks.write(out.path, texts, cfg.eval.tasks_limit, cfg.eval.tasks_seed,
+                             layout.TASKS)
         out.note("documents", counts)
 
 

@@ -5,13 +5,12 @@ from pipeline.retrieval import corpus
 from stages import output
 
 STAGE = "prepare_corpus"
-OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:
     cfg = config.load()
     source = artifacts.require(layout.EMBEDDER_SOURCE)
-    with output(STAGE, OUT, cfg, inputs=[source], byte_identical=True) as out:
+    with output(STAGE, cfg, inputs=[source], byte_identical=True) as out:
         documents, skipped = corpus.documents(cfg.corpus)
         chunks = corpus.chunk_corpus(documents, cfg.corpus, source / layout.TOKENIZER,
                                      cfg.embedder.max_seq_len)

@@ -5,14 +5,13 @@ from pipeline.llm import quantize
 from stages import output
 
 STAGE = "quantize"
-OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:
     cfg = config.load()
     inputs = [artifacts.require(p) for p in (layout.EXPORT, layout.CALIBRATION)]
     exported, calibration = inputs
-    with output(STAGE, OUT, cfg, inputs=inputs, byte_identical=True) as out:
+    with output(STAGE, cfg, inputs=inputs, byte_identical=True) as out:
         out.notes.update(quantize.run(cfg, exported.path, calibration.path, out.path))
 
 

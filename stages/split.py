@@ -4,13 +4,12 @@ from pipeline import config, errors, layout, splits
 from stages import output
 
 STAGE = "split"
-OUT = layout.OUTPUT[STAGE]
 
 
 def main() -> None:
     cfg = config.load()
     calibration, evaluation = splits.split(cfg.calibration)
-    with output(STAGE, OUT, cfg, byte_identical=True) as out:
+    with output(STAGE, cfg, byte_identical=True) as out:
         splits.write_jsonl(out / layout.CALIBRATION_SPLIT, calibration)
         splits.write_jsonl(out / layout.EVALUATION_SPLIT, evaluation)
         out.note("calibration_documents", len(calibration))
