@@ -166,3 +166,35 @@ def test_a_loss_whose_perplexity_overflows_is_one_sentence_about_broken_logits(l
     assert perplexity.perplexity([2.0, 4.0]) == pytest.approx(2.718281828 ** 3)
     with pytest.raises(BadInput, match="its logits are broken"):
         perplexity.perplexity([loss, loss])
+
+
+class _Stats:
+    """The stock runner's stats as its Python binding hands them over (`to_json_string`)."""
+
+    def to_json_string(self) -> str:
+        import json
+
+        return json.dumps({"model_load_start_ms": 0, "model_load_end_ms": 500,
+                           "inference_start_ms": 1000, "prompt_eval_end_ms": 1100,
+                           "first_token_ms": 1110, "inference_end_ms": 1200,
+                           "prompt_tokens": 50, "generated_tokens": 9})
+
+
+class _Runner:
+    def reset(self) -> None:
+        pass
+
+    def generate(self, prompt, config, on_piece, on_stats) -> None:
+        on_stats(_Stats())
+
+
+def test_ask_and_the_speed_evaluation_report_one_decode_rate_for_the_same_stats():
+    """Both go through runtime.runner_rates: 9 tokens decoded after the first in 90 ms."""
+    from pipeline.device import ask
+    from pipeline.evaluation import speed
+
+    evaluated, _ = speed._generate(_Runner(), "prompt", 10)
+    shown = ask._timings(3.0, 50, _Stats())
+    assert evaluated["decode_tok_s"] == shown["decode_tok_s"] == 100.0
+    assert evaluated["time_to_first_token_ms"] == shown["time_to_first_token_ms"] == 110
+    assert evaluated["generated_tokens"] == shown["generated_tokens"] == 10
