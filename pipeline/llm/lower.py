@@ -45,7 +45,7 @@ def check_backend_ready(backend: BackendConfig) -> None:
         qnn.chipset(backend.qnn.soc_model)
 
 
-WEIGHTS = "llm"  # the weights file's name without .ptd
+WEIGHTS = layout.LLM_PTD.removesuffix(".ptd")  # ExecuTorch adds the suffix to the tag
 
 
 def _weights_tag(backend: BackendConfig) -> Callable[[Any], str] | None:
