@@ -100,8 +100,7 @@ def build(git_url: str, dvc_url: str, rev: str, experiment: str, params: str,
         return {**row, "status": "ok"}
     try:
         metrics = results.flatten(json.loads((clone / layout.RUN_METRICS).read_text()))
-        hashes = {column: artifacts.read_manifest(clone / folder)["files"][file]["sha256"]
-                  for column, (folder, file) in results.HASHES.items()}
+        hashes = results.artifact_hashes(lambda folder: artifacts.read_manifest(clone / folder))
     except (OSError, KeyError, ValueError, BadInput) as error:
         return {**row, "status": "failed", "reason": f"built, but unreadable: {error}"}
     return {**row, "status": "ok", "experiment": experiment, **metrics, **hashes}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable
 from typing import Any
 
 from pipeline import layout
@@ -49,7 +50,8 @@ def objectives(row: dict[str, Any]) -> tuple[float, ...] | None:
     return tuple(float(row[key]) for key in OBJECTIVES)
 
 
-def artifact_hashes(fs: Any) -> dict[str, str]:
-    """The hashed artifacts' sha256 from their manifests, read through a DVC experiment's fs."""
-    return {column: json.loads(fs.read_text(f"{folder}/{layout.MANIFEST}"))["files"][file]
-            ["sha256"] for column, (folder, file) in HASHES.items()}
+def artifact_hashes(read_manifest: Callable[[str], dict[str, Any]]) -> dict[str, str]:
+    """The hashed artifacts' sha256 from their manifests; `read_manifest(folder)` reads one
+    wherever the run is (a DVC experiment's fs, a worker's clone)."""
+    return {column: read_manifest(folder)["files"][file]["sha256"]
+            for column, (folder, file) in HASHES.items()}

@@ -84,7 +84,8 @@ def finish_job(row: dict[str, Any], experiment: str, status: str | None,
     try:
         fs = DVCFileSystem(".", rev=experiment)
         metrics = results.flatten(json.loads(fs.read_text(layout.RUN_METRICS)))
-        hashes = results.artifact_hashes(fs)
+        hashes = results.artifact_hashes(
+            lambda folder: json.loads(fs.read_text(f"{folder}/{layout.MANIFEST}")))
     except (OSError, KeyError, ValueError, DvcException) as error:
         return {**row, "status": "failed",
                 "reason": f"built, but its results are unreadable: {error}"}
