@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # runs, not what it writes (the config's values reach stages through `params:`).
 PLUMBING = {"pipeline/artifacts.py", "pipeline/errors.py", "pipeline/progress.py",
             "pipeline/config.py", "pipeline/llm/checks.py", "pipeline/declared.py"}
-STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+STAGES = DVC_YAML["stages"]
 
 
 def _module_file(name: str) -> Path | None:
@@ -102,9 +103,8 @@ def test_dvc_yaml_lists_each_stages_folder_as_layout_names_it():
     for name, stage in STAGES.items():
         outs = [out if isinstance(out, str) else next(iter(out)) for out in stage["outs"]]
         assert outs == [layout.OUTPUT[name], f"{layout.RUNS}/{name}.json"], name
-    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    assert dvc["metrics"] == [layout.RUN_METRICS]
-    assert all(next(iter(plot)).startswith(f"{layout.EVAL_LLM}/") for plot in dvc["plots"])
+    assert DVC_YAML["metrics"] == [layout.RUN_METRICS]
+    assert all(next(iter(plot)).startswith(f"{layout.EVAL_LLM}/") for plot in DVC_YAML["plots"])
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
