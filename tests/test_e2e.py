@@ -13,6 +13,9 @@ import pytest
 from tests.conftest import REPO, copy_built, edgerag_script, repro, sh
 
 pytestmark = pytest.mark.e2e
+# Tests that run DVC or edgerag in the shared build itself, one at a time (DVC locks the repo);
+# the others work on private copies and run on any pytest-xdist worker.
+IN_THE_BUILD = pytest.mark.xdist_group("tiny-build")
 
 ALL_STAGES = {"fetch_model", "split", "export", "calibrate", "quantize", "lower", "make_tasks",
               "evaluate_llm", "evaluate_quantized", "fetch_embedder", "compile_embedder",
@@ -23,7 +26,7 @@ RELEASE_FILES = {"llm.pte", "tokenizer.json", "embedder.pte", "embedder_tokenize
                  "manifest.json"}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def built(tiny_release_build):
     result = tiny_release_build.result
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
@@ -42,6 +45,7 @@ def _committed_sweep_runs() -> list[str]:
     return names
 
 
+@IN_THE_BUILD
 def test_release_on_a_fresh_clone_skips_the_runs_it_lacks_and_verifies(built):
     out, err = built.result.stdout, built.result.stderr
     assert built.ran == ALL_STAGES
@@ -54,6 +58,7 @@ def test_release_on_a_fresh_clone_skips_the_runs_it_lacks_and_verifies(built):
     assert "files match manifest.json (stage promote)" in verified
 
 
+@IN_THE_BUILD
 def test_the_pte_runs_in_the_stock_runner_and_nothing_reruns(built):
     from executorch.extension.llm.runner import GenerationConfig
 
@@ -70,6 +75,7 @@ def test_the_pte_runs_in_the_stock_runner_and_nothing_reruns(built):
     assert repro(built.repo) == set()
 
 
+@IN_THE_BUILD
 def test_metrics_follow_the_contract(built):
     metrics = json.loads((built.repo / "data/eval/metrics.json").read_text())
     for key in ("ppl", "ppl_reference", "pte_bytes", "decode_tok_s", "prefill_tok_s",
@@ -152,6 +158,7 @@ def test_a_build_missing_the_rule_is_not_promoted(built, tmp_path):
     assert not (repo / "releases/strict").exists()
 
 
+@IN_THE_BUILD
 def test_ask_shows_the_answer_and_sources_not_the_runners_log(built):
     question = ["ask", "What does the assert statement do?", "--k", "3", "--max-new-tokens", "8"]
     done = _edgerag(built.repo, *question)

@@ -36,8 +36,7 @@ IDENTICAL = {"fetch_model": "model", "split": "split", "export": "export",
 
 
 @pytest.fixture(scope="module")
-def builds(tiny_release_build, tmp_path_factory):
-    assert tiny_release_build.result.returncode == 0, tiny_release_build.result.stderr[-2000:]
+def builds(request, tmp_path_factory):
     fresh = copy_repo(tmp_path_factory.mktemp("rebuild") / "repo", "experiment=tiny")
     offline = "0" if os.environ.get("HF_HUB_OFFLINE") == "1" else "1"  # the session's opposite
     cache = tmp_path_factory.mktemp("cache")  # the wheels, but no vectors: a clean index build
@@ -48,7 +47,10 @@ def builds(tiny_release_build, tmp_path_factory):
     done = subprocess.run([sys.executable, "-m", "dvc", "repro", *IDENTICAL], cwd=fresh,
                           env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    return tiny_release_build.repo, fresh
+    # Asked for only now, so that under pytest-xdist this build runs beside the session's.
+    session = request.getfixturevalue("tiny_release_build")
+    assert session.result.returncode == 0, session.result.stderr[-2000:]
+    return session.repo, fresh
 
 
 def _files(folder: Path) -> dict[str, bytes]:
