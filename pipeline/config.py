@@ -127,7 +127,8 @@ class LayerException:
 
 @dataclass
 class MixedConfig:
-    """quant=mixed_auto: keep the most sensitive tensors at 8 bits within `budget_mb`."""
+    """Keep the most sensitive tensors at 8 bits within `budget_mb` (quant=mixed_auto: every
+    tensor; QNN 4-bit recipes: the linears the recipe puts at 4 bits)."""
 
     budget_mb: float = 100.0
     samples: int = 4  # calibration windows per measurement (212 of them on SmolLM2-135M)
@@ -145,6 +146,8 @@ class Pt2eConfig:
     act_observer: str = "default"
     # Ops a 4-bit QNN recipe keeps at 16-bit activations and 8-bit weights (checks.KEEP_16A8W).
     keep_16a8w: list[str] = field(default_factory=list)
+    # QNN: ExecuTorch's SeqMSE weight-scale search, this many candidate scales (0 = off).
+    seq_mse_candidates: int = 0
 
 
 @dataclass
@@ -193,7 +196,7 @@ class BackendConfig:
 class EvalConfig:
     ppl_window: int = 512
     ppl_max_tokens: int = 2048
-    program_max_tokens: int = 512  # the quantized program on the CPU is slow: a smaller sample
+    program_max_tokens: int = 1024  # the quantized program on the CPU is slow: a smaller sample
     # evaluate_quantized: `auto` judges the quantized program on the CPU only where the `.pte`
     # cannot run here (QNN); for XNNPACK evaluate_llm measures the shipped `.pte` itself.
     program_ppl: str = "auto"

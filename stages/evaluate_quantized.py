@@ -8,6 +8,7 @@ import json
 
 from pipeline import artifacts, config, errors, layout
 from pipeline.evaluation import evaluate
+from pipeline.llm import export, footprint
 from stages import output
 
 STAGE = "evaluate_quantized"
@@ -19,6 +20,9 @@ def main() -> None:
     quantized, model, split = inputs
     with output(STAGE, cfg, inputs=inputs) as out:
         metrics = evaluate.run_program(cfg, quantized.path, model.path, split.path)
+        if "skipped" not in metrics:  # QNN has no context binary here to measure
+            program = export.load_program(quantized.path / layout.PROGRAM)
+            metrics["weight_bytes_estimate"] = footprint.weight_bytes(program)
         (out / layout.METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics))
 

@@ -10,6 +10,7 @@ import torch
 from pipeline.config import Pt2eConfig, QuantConfig, TensorQuant
 from pipeline.errors import BadInput
 from pipeline.llm import export, schemes
+from pipeline.llm.pt2e import Observed
 
 PROMPT = [1, 17, 230, 99, 410, 5, 77]
 
@@ -77,8 +78,10 @@ def test_pt2e_uses_the_calibration_statistics(tiny_llm, tiny_program):
     generator = torch.Generator().manual_seed(0)
     samples = [torch.randint(3, 512, (24,), generator=generator) for _ in range(4)]
     stats = scheme.calibrate(quant, copy.deepcopy(program), samples)
-    assert stats and all("min_val" in s or "max_val" in s for s in stats.values())
-    widened = {name: {k: v * 8 for k, v in state.items()} for name, state in stats.items()}
+    assert stats.observers and all("min_val" in s or "max_val" in s
+                                   for s in stats.observers.values())
+    widened = Observed({name: {k: v * 8 for k, v in state.items()}
+                        for name, state in stats.observers.items()})
     with torch.no_grad():
         ref = _run(copy.deepcopy(program), PROMPT)
         calibrated = _run(scheme.quantize(quant, copy.deepcopy(program), params, llm,

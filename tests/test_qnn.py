@@ -4,6 +4,7 @@ and converted, lowering refused in one sentence, and no attempt to download an S
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import socket
 
@@ -92,7 +93,7 @@ def test_qnn_export_has_no_custom_cpu_ops_and_matches_the_xnnpack_export(qnn_pro
 @pytest.mark.parametrize("name", SCHEMES)
 def test_each_scheme_calibrates_and_converts_at_its_bit_widths(converted, name):
     stats, program = converted[name]
-    assert sum("min_val" in state for state in stats.values()) > 10
+    assert sum("min_val" in state for state in stats.observers.values()) > 10
     activations = _q_ranges(program, "quantized_decomposed.quantize_per_tensor.default")
     assert (0, 255 if name == "qnn_8a8w" else 65535) in activations, activations
     weights = _q_ranges(program, "quantized_decomposed.dequantize_per_channel.default")
@@ -287,3 +288,73 @@ def test_logits_margin_widens_only_the_logits_range(qnn_program, converted):
     assert changed and all(abs(a / b - 3.0) < 1e-3 for b, a in changed), changed
     assert len(changed) <= 4  # the head's output and the reshapes after it, nothing upstream
     assert scales(narrow) == after  # the fixture's conversion used the configured margin
+
+
+def _bits_of_weights(program) -> list[int]:
+    from pipeline.llm import footprint
+
+    return sorted(bits for bits in footprint._declared_bits(program).values() if bits < 16)
+
+
+def test_qnn_planner_keeps_the_layer_made_sensitive_at_8_bits_within_budget(
+        tiny_llm, qnn_program, samples, tmp_path):
+    """qnn_mixed_auto: measured on the fp32 model through QNN's own block grid, the linear made
+    sensitive (loud, an outlier in every block) is the one kept at 16a8w when the budget has
+    room for exactly one such layer; the converted program holds it at 8 bits."""
+    from pipeline.llm import qnn_tuning, sensitivity
+
+    hf, *_ = tiny_llm
+    model = type(hf)(hf.config).eval()
+    model.load_state_dict(hf.state_dict())
+    with torch.no_grad():
+        target = model.model.layers[1].mlp.down_proj.weight
+        target *= 30.0
+        target[:, ::32] *= 8.0
+    model.save_pretrained(tmp_path)
+    quant = _cfg("quant=qnn_mixed_auto", "quant.pt2e.block_size=32").quant
+    program, llm, params, metadata = qnn_program
+    scheme = schemes.scheme(quant)
+    shapes = {name: tuple(m.weight.shape) for name, m in sensitivity._candidates(model).items()}
+    candidates = qnn_tuning.four_bit_linears(scheme._prepare(quant, copy.deepcopy(program)))
+    assert len(candidates) == 14  # 7 linears x 2 layers; the head is 8-bit already
+    low = {n: qnn_tuning.tensor_bytes(shapes[n], 4, 32) for n in candidates}
+    name = "layers.1.feed_forward.w2"
+    extra = qnn_tuning.tensor_bytes(shapes[name], 8, 0) - low[name]
+    quant.mixed.budget_mb = (sum(low.values()) + extra + 10) / 1e6
+    stats = scheme.calibrate(quant, copy.deepcopy(program), samples, model_dir=tmp_path)
+    eight = [n for n, c in stats.plan["layers"].items() if c["bits"] == 8]
+    assert eight == [name], stats.plan["layers"]
+    assert stats.plan["estimated_bytes"] <= stats.plan["budget_bytes"]
+    converted = scheme.quantize(quant, copy.deepcopy(program), params, llm, metadata, stats)
+    plain = _quantize(_cfg("quant=qnn_16a4w_block", "quant.pt2e.block_size=32").quant,
+                      qnn_program, samples)[1]
+    assert _bits_of_weights(plain) == [4] * 14 + [8]  # the head
+    assert _bits_of_weights(converted) == [4] * 13 + [8, 8]
+
+
+def test_seq_mse_shrinks_scales_where_it_lowers_the_layer_error(qnn_program, samples,
+                                                                  tmp_path):
+    """qnn_16a4w_seqmse: one factor in (0, 1] per weight, some below 1, saved with the
+    calibration and applied at conversion, where it changes the 4-bit program."""
+    quant = _cfg("quant=qnn_16a4w_seqmse", "quant.pt2e.block_size=32").quant
+    program, llm, params, metadata = qnn_program
+    scheme = schemes.scheme(quant)
+    stats = scheme.calibrate(quant, copy.deepcopy(program), samples)
+    assert len(stats.seq_mse) == 15 and all(0 < f <= 1 for f in stats.seq_mse.values())
+    assert min(stats.seq_mse.values()) < 0.99, stats.seq_mse
+    scheme.save(stats, samples, tmp_path)
+    loaded = scheme.load(tmp_path)
+    assert loaded.seq_mse == stats.seq_mse and loaded.plan is None
+    searched = scheme.quantize(quant, copy.deepcopy(program), params, llm, metadata, loaded)
+    off = copy.deepcopy(quant)
+    off.pt2e.seq_mse_candidates = 0
+    plain = scheme.quantize(off, copy.deepcopy(program), params, llm, metadata,
+                            dataclasses.replace(stats, seq_mse=None))
+    assert not torch.equal(_decode(searched), _decode(plain))
+
+
+def test_seq_mse_and_mixed_precision_need_a_4_bit_qnn_recipe():
+    with pytest.raises(BadInput, match="searches 4-bit QNN weight scales"):
+        _cfg("quant=qnn_16a8w", "quant.pt2e.seq_mse_candidates=50")
+    with pytest.raises(BadInput, match="chooses 8-bit layers of a 4-bit QNN recipe"):
+        _cfg("quant=qnn_8a8w", "+quant.mixed={budget_mb: 10}")

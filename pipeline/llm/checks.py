@@ -30,6 +30,8 @@ PT2E_DTYPES = {
     "xnnpack": ("use_8a8w",),
     "qnn": ("use_16a4w", "use_16a4w_block", "use_8a8w", "use_16a8w"),
 }
+# The QNN recipes with 4-bit weights: what mixed precision and SeqMSE work on (qnn_tuning.py).
+QNN_4BIT_DTYPES = ("use_16a4w", "use_16a4w_block")
 # Activation observers a PT2E recipe may name: the quantizer's own, or torchao's MinMaxObserver
 # (QnnQuantizer takes one; XNNPACK's symmetric config has its own).
 PT2E_OBSERVERS = {"xnnpack": ("default",), "qnn": ("default", "minmax")}
@@ -107,6 +109,16 @@ def _check_pt2e(quant: QuantConfig, widths: list[int]) -> None:
             f"quant.pt2e.logits_margin={quant.pt2e.logits_margin} would narrow the calibrated "
             "range of the logits and clip them; use 1.0 (as observed) or more."
         )
+    four_bit_qnn = quant.pt2e.quantizer == "qnn" and quant.pt2e.dtype in QNN_4BIT_DTYPES
+    if quant.pt2e.seq_mse_candidates and not four_bit_qnn:
+        raise BadInput(f"quant.pt2e.seq_mse_candidates searches 4-bit QNN weight scales; "
+                       f"quant={quant.name} has quant.pt2e.dtype={quant.pt2e.dtype}.")
+    if not 0 <= quant.pt2e.seq_mse_candidates <= 1000:
+        raise BadInput(f"quant.pt2e.seq_mse_candidates={quant.pt2e.seq_mse_candidates} must be "
+                       "between 0 (off) and 1000.")
+    if quant.mixed is not None and not four_bit_qnn:
+        raise BadInput(f"quant.mixed with PT2E chooses 8-bit layers of a 4-bit QNN recipe; "
+                       f"quant={quant.name} has quant.pt2e.dtype={quant.pt2e.dtype}.")
 
 
 def _check_kv_cache(cfg: Config) -> None:
@@ -152,6 +164,8 @@ def _check_qnn(cfg: Config) -> None:
 
 def _check_quant(quant: QuantConfig, widths: list[int]) -> None:
     one_of("quant.method", quant.method, QUANT_METHODS)
+    if quant.mixed is not None and quant.mixed.budget_mb <= 0:
+        raise BadInput(f"quant.mixed.budget_mb={quant.mixed.budget_mb} must be positive.")
     if quant.method == "pt2e":
         _check_pt2e(quant, widths)
     if quant.method != "torchao":
@@ -176,8 +190,6 @@ def _check_quant(quant: QuantConfig, widths: list[int]) -> None:
     one_of("quant.source_grid", quant.source_grid, SOURCE_GRIDS)
     if not 0 <= quant.head_outliers <= 64:
         raise BadInput(f"quant.head_outliers={quant.head_outliers} must be between 0 and 64.")
-    if quant.mixed is not None and quant.mixed.budget_mb <= 0:
-        raise BadInput(f"quant.mixed.budget_mb={quant.mixed.budget_mb} must be positive.")
     if quant.source_grid != "none" and (quant.bits, quant.group_size) != (4, 32):
         raise BadInput(f"quant.source_grid={quant.source_grid} keeps 4-bit groups of 32; it needs "
                        "quant.bits=4 and quant.group_size=32.")

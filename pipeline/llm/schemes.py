@@ -21,8 +21,8 @@ import torch
 from pipeline import layout
 from pipeline.config import LayerException, QuantConfig, TensorQuant
 from pipeline.errors import BadInput
-from pipeline.llm import export
-from pipeline.progress import bar, log
+from pipeline.llm import export, pt2e
+from pipeline.progress import log
 
 
 class NoQuantization:
@@ -238,157 +238,7 @@ def apply_plan(quant: QuantConfig, plan: dict) -> QuantConfig:
                                head=family(HEAD, quant.head))
 
 
-def _takes_one_token(program: Any) -> bool:
-    """A static-shape program (QNN's) is the runner's one-token decode step; feed it that way."""
-    tokens = next(node for node in program.graph.nodes if node.op == "placeholder"
-                  and node.name == program.graph_signature.user_inputs[0])
-    return not isinstance(tokens.meta["val"].shape[-1], torch.SymInt)
-
-
-def _observe_unrecorded_weights(prepared: torch.fx.GraphModule, recorded: set[str]) -> None:
-    """Observe constant weights whose observers calibration does not record.
-
-    torchao's affine observers (QNN's per-block one) are not `ObserverBase` and keep min/max
-    outside `state_dict`; a weight's statistics come from the weight, so observing it again here
-    gives exactly what calibration saw.
-    """
-    from operator import attrgetter
-
-    for node in _weight_observer_nodes(prepared):
-        if node.target not in recorded:
-            prepared.get_submodule(node.target)(attrgetter(node.args[0].target)(prepared))
-
-
-def _weight_observer_nodes(prepared: torch.fx.GraphModule) -> list[torch.fx.Node]:
-    return [node for node in prepared.graph.nodes
-            if node.op == "call_module" and node.args and node.args[0].op == "get_attr"]
-
-
-def _freeze_weight_observers(prepared: torch.fx.GraphModule) -> None:
-    """After one call, observers of constant weights have seen all they ever will.
-
-    Re-observing every weight on every calibration token dominated QNN calibration (one token per
-    call over a 135M model); from here they pass values through with their statistics intact.
-    """
-    for node in _weight_observer_nodes(prepared):
-        prepared.get_submodule(node.target).forward = _identity
-
-
-def _identity(value: torch.Tensor) -> torch.Tensor:
-    return value
-
-
-# Ops that only move values: their output observers carry the logits' range onward.
-_RESHAPES = {"view", "reshape", "permute", "squeeze", "unsqueeze", "transpose", "select",
-             "slice", "clone", "_to_copy"}
-
-
-def logits_observers(prepared: torch.fx.GraphModule) -> list[str]:
-    """The observers between the output head and the program's first output (the logits)."""
-    output = next(node for node in prepared.graph.nodes if node.op == "output")
-    node = output.args[0]
-    node = node[0] if isinstance(node, tuple | list) else node
-    names = []
-    while isinstance(node, torch.fx.Node):
-        if node.op == "call_module":
-            names.append(node.target)
-        elif not (node.op == "call_function"
-                  and node.target.__name__.split(".")[0] in _RESHAPES):
-            break
-        node = node.args[0]
-    return names
-
-
-def widen_logits(prepared: torch.fx.GraphModule, margin: float) -> list[str]:
-    """Scale the calibrated min/max of the logits' observers by `margin`; their names.
-
-    Static activation ranges come from the fp32 model on the calibration split. The 4-bit model
-    on unseen text produces top logits up to 1.9x beyond that range (SmolLM2-135M, QNN 16a4w
-    block-64, 96 held-out tokens), and clipping the top logits flattens exactly the predictions
-    that count: perplexity 99.8, against 38.8 with the range doubled. At 16 bits, 3x the range
-    still resolves the logits in steps of about 0.003.
-    """
-    names = logits_observers(prepared)
-    seen: set[int] = set()  # observers of shared ranges hold one tensor: scale it once
-    for name in names:
-        observer = prepared.get_submodule(name)
-        for attr in ("min_val", "max_val"):
-            value = getattr(observer, attr, None)
-            if (isinstance(value, torch.Tensor) and value.numel() and value.data_ptr() not in seen
-                    and torch.isfinite(value).all()):
-                seen.add(value.data_ptr())
-                value.mul_(margin)
-    return names
-
-
-class Pt2eStatic:
-    """PT2E: annotate the exported graph, observe real calibration text, convert."""
-
-    def uses_calibration(self, quant: QuantConfig) -> bool:
-        return True
-
-    def _quantizer(self, quant: QuantConfig) -> Any:
-        from pipeline.llm import quantizers
-
-        return quantizers.build(quant)
-
-    def _prepare(self, quant: QuantConfig, program: Any) -> Any:
-        from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
-
-        return prepare_pt2e(program.module(), self._quantizer(quant))
-
-    def calibrate(self, quant: QuantConfig, program: Any, samples: list[torch.Tensor],
-                  **context: Any) -> dict:
-        from torchao.quantization.pt2e import ObserverBase
-
-        prepared = self._prepare(quant, program)
-        one_token_per_call = _takes_one_token(program)
-        with torch.no_grad():
-            for index, tokens in enumerate(bar(samples, desc="calibrating", unit="sample")):
-                if one_token_per_call:
-                    for position, token in enumerate(tokens):
-                        prepared(token.view(1, 1), {"input_pos": torch.tensor([position])})
-                        if index == position == 0:
-                            _freeze_weight_observers(prepared)
-                else:
-                    prepared(tokens.unsqueeze(0),
-                             {"input_pos": torch.tensor([0], dtype=torch.long)})
-        return {
-            name: module.state_dict()
-            for name, module in prepared.named_modules()
-            if isinstance(module, ObserverBase)
-        }
-
-    def save(self, stats: Any, samples: list[torch.Tensor], out: Path) -> dict[str, Any]:
-        """The observers' state dicts, as torch tensors."""
-        torch.save(stats, out / layout.OBSERVER_STATS)
-        return {"tokens": sum(len(s) for s in samples), "observers": len(stats)}
-
-    def load(self, folder: Path) -> Any:
-        stats = folder / layout.OBSERVER_STATS
-        return torch.load(stats, weights_only=True) if stats.exists() else None
-
-    def quantize(self, quant: QuantConfig, program: Any, params: dict, llm: Any,
-                 metadata: dict, stats: Any) -> Any:
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
-
-        prepared = self._prepare(quant, program)
-        observers = dict(prepared.named_modules())
-        for name, state in stats.items():
-            if name not in observers:
-                raise BadInput(f"calibration statistics do not fit this graph (no {name}).")
-            observers[name].load_state_dict(state)
-        _observe_unrecorded_weights(prepared, set(stats))
-        if quant.pt2e.logits_margin != 1.0:
-            widened = widen_logits(prepared, quant.pt2e.logits_margin)
-            log(f"logits range widened {quant.pt2e.logits_margin}x in {len(widened)} observers")
-        converted = convert_pt2e(prepared)
-        manager = export.edge_manager(converted, llm, metadata, quant.name)
-        manager.pre_autograd_graph_module = converted
-        return manager._export(converted)
-
-
-SCHEMES = {"none": NoQuantization(), "torchao": TorchaoWeights(), "pt2e": Pt2eStatic()}
+SCHEMES = {"none": NoQuantization(), "torchao": TorchaoWeights(), "pt2e": pt2e.Pt2eStatic()}
 
 
 def scheme(quant: QuantConfig) -> Any:

@@ -67,8 +67,22 @@ def _candidates(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
 def measure(model: torch.nn.Module, samples: list[torch.Tensor], quant: QuantConfig
             ) -> dict[str, dict[str, Any]]:
     """Per-candidate KL divergence from fp32 when only that tensor is at the recipe's 4 bits."""
+    def grid(name: str, weight: torch.Tensor) -> tuple[torch.Tensor, int]:
+        group = quant.group_size if name != EMBEDDING else _embedding_group(quant)
+        return fake_quantize(weight, 4, group, quant.symmetric or name == EMBEDDING), group
+
+    return measure_grids(model, samples, grid)
+
+
+def measure_grids(model: torch.nn.Module, samples: list[torch.Tensor], grid: Any,
+                  names: set[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Per-candidate KL divergence from fp32 when only that tensor is on its low-bit grid.
+
+    `grid(name, weight) -> (dequantized weight, group size)` is the recipe's grid; `names`, if
+    given, limits the candidates (ExecuTorch names, e.g. `layers.0.attention.wq`).
+    """
     if model.config.model_type != "llama":  # the candidates are named by Llama's layout
-        raise BadInput(f"quant=mixed_auto measures Llama-family models; this one is "
+        raise BadInput(f"mixed precision measures Llama-family models; this one is "
                        f"{model.config.model_type!r}: use a fixed recipe such as quant=8da4w_g32.")
     if model.get_output_embeddings() is not None:  # untie: the head is judged on its own
         head = model.get_output_embeddings()
@@ -76,13 +90,11 @@ def measure(model: torch.nn.Module, samples: list[torch.Tensor], quant: QuantCon
     batch = torch.stack(samples)
     with torch.no_grad():
         reference = model(batch).logits
-        found = _candidates(model)
+        found = {n: m for n, m in _candidates(model).items() if names is None or n in names}
         result = {}
         for name, module in bar(sorted(found.items()), desc="sensitivity", unit="tensor"):
             original = module.weight.data
-            group = quant.group_size if name != EMBEDDING else _embedding_group(quant)
-            module.weight.data = fake_quantize(original, 4, group, quant.symmetric
-                                                or name == EMBEDDING)
+            module.weight.data, group = grid(name, original)
             result[name] = {"kl": _kl(reference, model(batch).logits),
                             "shape": list(original.shape), "group_size": group}
             module.weight.data = original
@@ -93,12 +105,15 @@ def _embedding_group(quant: QuantConfig) -> int:
     return quant.embedding.group_size if quant.embedding and quant.embedding.bits == 4 else 32
 
 
-def plan(sensitivity: dict[str, dict[str, Any]], mixed: MixedConfig) -> dict[str, Any]:
-    """Everything at 4 bits, then the most sensitive at 8 bits (per row) while within budget."""
+def plan(sensitivity: dict[str, dict[str, Any]], mixed: MixedConfig,
+         size: Any = tensor_bytes) -> dict[str, Any]:
+    """Everything at 4 bits, then the most sensitive at 8 bits (per row) while within budget.
+
+    `size(shape, bits, group_size)` estimates a tensor's bytes on the target (XNNPACK's here).
+    """
     budget = int(mixed.budget_mb * 1_000_000)
-    low = {name: tensor_bytes(tuple(s["shape"]), 4, s["group_size"])
-           for name, s in sensitivity.items()}
-    high = {name: tensor_bytes(tuple(s["shape"]), 8, 0) for name, s in sensitivity.items()}
+    low = {name: size(tuple(s["shape"]), 4, s["group_size"]) for name, s in sensitivity.items()}
+    high = {name: size(tuple(s["shape"]), 8, 0) for name, s in sensitivity.items()}
     total = sum(low.values())
     if total > budget:
         raise BadInput(f"quant.mixed.budget_mb={mixed.budget_mb} is below the all-4-bit size of "
