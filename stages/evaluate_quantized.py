@@ -7,8 +7,7 @@ It needs no backend toolchain, so a QNN build is judged here before anyone owns 
 import json
 
 from pipeline import artifacts, config, errors, layout
-from pipeline.evaluation import evaluate
-from pipeline.llm import export, footprint
+from pipeline.evaluation import program
 from stages import output
 
 STAGE = "evaluate_quantized"
@@ -19,10 +18,7 @@ def main() -> None:
     inputs = [artifacts.require(p) for p in (layout.QUANTIZED, layout.MODEL, layout.SPLIT)]
     quantized, model, split = inputs
     with output(STAGE, cfg, inputs=inputs) as out:
-        metrics = evaluate.run_program(cfg, quantized.path, model.path, split.path)
-        if "skipped" not in metrics:  # QNN has no context binary here to measure
-            program = export.load_program(quantized.path / layout.PROGRAM)
-            metrics["weight_bytes_estimate"] = footprint.weight_bytes(program)
+        metrics = program.run(cfg, quantized.path, model.path, split.path)
         (out / layout.METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics))
 

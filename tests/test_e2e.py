@@ -227,15 +227,28 @@ def test_every_stage_refuses_a_tampered_input(built, tmp_path):
 
 
 def test_qnn_runs_through_the_stages_up_to_the_sdk(built, tmp_path):
-    """backend=qnn on a fresh config: QNN-shaped export, QnnQuantizer calibration, conversion
-    and the converted program's perplexity on the CPU; lowering stops for the missing SDK."""
+    """backend=qnn on a fresh config: QNN-shaped export, QnnQuantizer calibration with a
+    mixed-precision plan and SeqMSE, conversion, and the converted program's perplexity and
+    estimated size on the CPU; lowering stops for the missing SDK."""
     repo = copy_built(built.repo, tmp_path / "repo")
-    _edgerag(repo, "configure", "experiment=tiny", "backend=qnn", "quant=qnn_8a8w")
+    _edgerag(repo, "configure", "experiment=tiny", "backend=qnn", "quant=qnn_mixed_auto",
+             "quant.pt2e.seq_mse_candidates=10", "quant.mixed.budget_mb=0.03")
     ran = repro(repo, "evaluate_quantized")
     assert {"export", "calibrate", "quantize", "evaluate_quantized"} <= ran
     assert "fetch_model" not in ran  # the model did not change
+    plan = json.loads((repo / "data/calibration/plan.json").read_text())
+    bits = [layer["bits"] for layer in plan["layers"].values()]
+    # One layer's 7 linears: 21 kB at 4 bits, 39 kB at 8; a 30 kB budget keeps some of each.
+    assert len(bits) == 7 and 4 in bits and 8 in bits
+    assert len(plan["seq_mse"]) == 8  # and the head
     program = json.loads((repo / "data/eval_quantized/metrics.json").read_text())
     assert program["ppl"] > 0 and program["ppl_reference"] > 0 and program["tokens"] > 0
+    from pipeline import layout
+    from pipeline.llm import export, footprint
+
+    fp32 = footprint.weight_bytes(export.load_program(repo / layout.EXPORT / layout.PROGRAM))
+    # The tables dominate: the embedding at 16 bits, the head at 8, the rest far smaller.
+    assert 0.3 < program["weight_bytes_estimate"] / fp32 < 0.45
     env_free = sh([sys.executable, "-m", "dvc", "repro", "lower"], repo, check=False)
     assert env_free.returncode != 0 and "QNN_SDK_ROOT" in env_free.stderr + env_free.stdout
 

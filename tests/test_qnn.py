@@ -16,6 +16,7 @@ from pipeline.errors import BadInput
 from pipeline.llm import checks, export, lower, schemes
 
 SCHEMES = ("qnn_8a8w", "qnn_16a8w", "qnn_16a4w", "qnn_16a4w_block")
+QUANTIZE = "quantized_decomposed.quantize_per_tensor.default"
 PROMPT = [1, 17, 230, 99, 410, 5, 77, 301, 12, 44]
 
 
@@ -358,3 +359,33 @@ def test_seq_mse_and_mixed_precision_need_a_4_bit_qnn_recipe():
         _cfg("quant=qnn_16a8w", "quant.pt2e.seq_mse_candidates=50")
     with pytest.raises(BadInput, match="chooses 8-bit layers of a 4-bit QNN recipe"):
         _cfg("quant=qnn_8a8w", "+quant.mixed={budget_mb: 10}")
+
+
+def test_clip_counter_measures_how_well_calibrated_ranges_hold(converted, samples):
+    """evaluate_quantized's coverage figure. Exactly: at a quantize step of scale 0.1 (int8), 3 of
+    6 values fall outside [-128, 127]. In a converted program, on the text it was calibrated on
+    (MinMax ranges), next to nothing is clipped, and every quantize step is counted."""
+    import torchao.quantization.pt2e  # noqa: F401 (registers the quantized_decomposed ops)
+
+    from pipeline.evaluation.program import ClipCounter
+
+    def quantize(x):
+        return torch.ops.quantized_decomposed.quantize_per_tensor.default(
+            x, 0.1, 0, -128, 127, torch.int8)
+
+    graph = torch.fx.symbolic_trace(quantize)
+    counter = ClipCounter(graph)
+    graph(torch.tensor([0.0, 12.7, 12.8, -12.8, -12.9, 100.0]))
+    assert counter.summary() == {"activation_clip_pct": 50.0, "quantize_steps": 1,
+                                 "quantize_steps_clipping": 1}
+
+    module = copy.deepcopy(converted["qnn_16a8w"][1]).module()
+    counter = ClipCounter(module)
+    with torch.no_grad():
+        for position, token in enumerate(samples[0].tolist()):
+            module(torch.tensor([[token]]), {"input_pos": torch.tensor([position])})
+    held = counter.summary()
+    steps = sum(1 for n in converted["qnn_16a8w"][1].graph.nodes if str(n.target) == QUANTIZE)
+    assert held["quantize_steps"] == steps > 20
+    # A few values at the edges of a few ranges (rounding, QNN's fixed ranges), no more.
+    assert held["activation_clip_pct"] < 0.01, held

@@ -11,7 +11,6 @@ from pipeline import layout
 from pipeline.config import Config, EvalConfig
 from pipeline.errors import BadInput
 from pipeline.evaluation import lm_eval_adapter, perplexity, scorers, speed
-from pipeline.llm import checks
 from pipeline.progress import log
 from pipeline.runtime import program_bytes
 from pipeline.splits import read_jsonl
@@ -136,36 +135,3 @@ def summary(metrics: dict[str, Any]) -> str:
     lines = [f"{'metric':<{width}}  {'reference':>10}  {'.pte':>10}  {'delta':>9}"]
     lines += [f"{a:<{width}}  {b!s:>10}  {c!s:>10}  {d:>9}" for a, b, c, d in rows]
     return "\n".join(lines)
-
-
-def program_skipped(cfg: Config) -> str | None:
-    """Why evaluate_quantized may skip the program, or None when it must (`eval.program_ppl`)."""
-    if cfg.eval.program_ppl == "auto" and cfg.backend.name == "xnnpack":
-        return ("backend=xnnpack: evaluate_llm measures the shipped .pte itself "
-                "(eval.program_ppl=always measures the program too)")
-    return None
-
-
-def run_program(cfg: Config, quantized: Path, model_dir: Path, split_dir: Path) -> dict:
-    """Perplexity of the quantized program on the CPU beside fp32 (QNN's only judge here)."""
-    skipped = program_skipped(cfg)
-    if skipped:
-        log(f"quantized program not measured: {skipped}")
-        return {"skipped": skipped}
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from pipeline.llm import export
-
-    llm = checks.llm_config(cfg.model.executorch)
-    context = llm.export.max_context_length
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    program = scorers.ProgramScorer(export.load_program(quantized / layout.PROGRAM), context)
-    reference = scorers.EagerScorer(
-        AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), context)
-    texts = [record["text"] for record in read_jsonl(split_dir / layout.EVALUATION_SPLIT)]
-    ids = perplexity.eval_tokens(texts, tokenizer, cfg.eval.program_max_tokens)
-    windows = perplexity.windows(ids, min(cfg.eval.ppl_window, context))
-    log(f"perplexity of the quantized program (CPU): {len(ids)} tokens, {len(windows)} windows")
-    result = perplexity.score(program, reference, windows)
-    return {key: result[key] for key in ("ppl", "ppl_reference", "ppl_delta_pct", "tokens")}
