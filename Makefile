@@ -34,7 +34,7 @@ $(NODE_STAMP): tests/node/package-lock.json
 # pytest-xdist workers (tests/conftest.py builds the shared tiny build once and starts it first);
 # more than 4 gain little: a few long build tests set the wall time.
 TEST_WORKERS ?= $(shell python3 -c "import os; print(min(4, os.cpu_count() or 1))")
-XDIST := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+XDIST := -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 test: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest -q --durations=20 $(XDIST) $(if $(EDGERAG_SLOW),,-m "not slow")

@@ -53,9 +53,7 @@ def pytest_sessionfinish(session):
         shutil.rmtree(owned, ignore_errors=True)
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    _group_by_shared_fixture(items)
     _order_for_workers(items)
     if os.environ.get("EDGERAG_SLOW") == "1":
         return
@@ -65,32 +63,61 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def _group_by_shared_fixture(items) -> None:
-    """Keep a module's tests on one pytest-xdist worker when they share a fixture the module
-    defines for all of them (module- or session-scoped), so it is built once, not per worker."""
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        defs = [d[-1] for d in (info.name2fixturedefs.values() if info else ()) if d]
-        module = item.nodeid.split("::")[0]
-        if any(d.scope in ("module", "session") and d.baseid == module for d in defs):
-            item.add_marker(pytest.mark.xdist_group(module))
+# Modules whose tests go to pytest-xdist workers one by one; every other module is one unit of
+# work on one worker, so that its module-scoped fixtures are built once. (pytest-xdist's
+# `--dist loadgroup` would say this with marks, but with pytest 9.2 it silently stops grouping:
+# pytest-dev/pytest-xdist#1386.)
+SPREAD = {"tests/test_e2e.py"}
+
+
+def _unit(nodeid: str) -> str:
+    module = nodeid.split("::")[0]
+    return nodeid if module in SPREAD else module
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        """Units of work in collection order (`_order_for_workers`): see `SPREAD`."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    return ModuleScheduling(config, log)
 
 
 def _order_for_workers(items) -> None:
-    """Start the session's tiny build first and keep every other test that needs it for last, so
-    that under pytest-xdist (`make test` runs two workers) one worker builds while the others
-    run the tests that need no build. Within each part, whole modules that share a
-    module-scoped fixture (`xdist_group`) go first: they are the longest units of work."""
+    """Start the session's tiny build first and keep every other unit that needs it for last, so
+    that under pytest-xdist (`make test` runs two workers) one worker builds while the others run
+    the units that need no build, end-to-end ones (which build things of their own) first."""
     def needs_build(item) -> bool:
         return "tiny_release_build" in getattr(item, "fixturenames", ())
 
-    def grouped_first(part):
-        return sorted(part, key=lambda item: item.get_closest_marker("xdist_group") is None)
+    units: dict[str, list] = {}
+    for item in items:
+        units.setdefault(_unit(item.nodeid), []).append(item)
+    building = {u for u, members in units.items() if any(needs_build(i) for i in members)}
+    first = next((u for u in units if u in building and u.split("::")[0] in SPREAD), None)
 
-    builds = [item for item in items if needs_build(item)]
-    rest = [item for item in items if not needs_build(item)]
-    first = [item for item in builds if item.get_closest_marker("xdist_group") is None][:1]
-    items[:] = first + grouped_first(rest) + grouped_first([i for i in builds if i not in first])
+    def rank(unit: str) -> tuple[int, int]:
+        e2e = any("e2e" in item.keywords for item in units[unit])
+        if unit == first:
+            return (0, 0)
+        if unit not in building:
+            return (1, 0 if e2e else 1)
+        return (2, 1 if unit.split("::")[0] in SPREAD else 0)
+
+    items[:] = [item for unit in sorted(units, key=rank) for item in units[unit]]
+
+
+def build_lock(repo: Path):
+    """A lock on a built repository: held by a test running DVC or edgerag in it (DVC locks a
+    repository) and while `copy_built` copies it, so no copy is taken mid-command."""
+    from filelock import FileLock
+
+    return FileLock(f"{repo}.lock")
 
 
 def once_per_run(tmp_path_factory, name: str, make) -> tuple[Path, object]:
@@ -214,9 +241,8 @@ def copy_built(built: Path, root: Path) -> Path:
     that changes things without touching the shared build."""
     import shutil
 
-    # Not DVC's lock files: a test may be running DVC in the build while it is copied.
-    shutil.copytree(built, root, symlinks=True, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("lock", "rwlock", "rwlock.lock"))
+    with build_lock(built):
+        shutil.copytree(built, root, symlinks=True, dirs_exist_ok=True)
     return root
 
 

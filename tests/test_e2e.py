@@ -10,12 +10,9 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, copy_built, edgerag_script, repro, sh
+from tests.conftest import REPO, build_lock, copy_built, edgerag_script, repro, sh
 
 pytestmark = pytest.mark.e2e
-# Tests that run DVC or edgerag in the shared build itself, one at a time (DVC locks the repo);
-# the others work on private copies and run on any pytest-xdist worker.
-IN_THE_BUILD = pytest.mark.xdist_group("tiny-build")
 
 ALL_STAGES = {"fetch_model", "split", "export", "calibrate", "quantize", "lower", "make_tasks",
               "evaluate_llm", "evaluate_quantized", "fetch_embedder", "compile_embedder",
@@ -33,6 +30,14 @@ def built(tiny_release_build):
     return tiny_release_build
 
 
+@pytest.fixture
+def held(built):
+    """The shared build held for this test alone, which runs DVC or edgerag in it (see
+    `build_lock`); the other tests work on private copies."""
+    with build_lock(built.repo):
+        yield
+
+
 def _edgerag(repo, *args, check=True):
     return sh([edgerag_script(), *args], repo, check=check)
 
@@ -45,8 +50,7 @@ def _committed_sweep_runs() -> list[str]:
     return names
 
 
-@IN_THE_BUILD
-def test_release_on_a_fresh_clone_skips_the_runs_it_lacks_and_verifies(built):
+def test_release_on_a_fresh_clone_skips_the_runs_it_lacks_and_verifies(built, held):
     out, err = built.result.stdout, built.result.stderr
     assert built.ran == ALL_STAGES
     for name in _committed_sweep_runs():  # experiments of the machine that ran the sweep
@@ -58,8 +62,7 @@ def test_release_on_a_fresh_clone_skips_the_runs_it_lacks_and_verifies(built):
     assert "files match manifest.json (stage promote)" in verified
 
 
-@IN_THE_BUILD
-def test_the_pte_runs_in_the_stock_runner_and_nothing_reruns(built):
+def test_the_pte_runs_in_the_stock_runner_and_nothing_reruns(built, held):
     from executorch.extension.llm.runner import GenerationConfig
 
     from pipeline.runtime import text_runner
@@ -75,8 +78,7 @@ def test_the_pte_runs_in_the_stock_runner_and_nothing_reruns(built):
     assert repro(built.repo) == set()
 
 
-@IN_THE_BUILD
-def test_metrics_follow_the_contract(built):
+def test_metrics_follow_the_contract(built, held):
     metrics = json.loads((built.repo / "data/eval/metrics.json").read_text())
     for key in ("ppl", "ppl_reference", "pte_bytes", "decode_tok_s", "prefill_tok_s",
                 "peak_rss_mb", "long_prompt_decode_tok_s", "long_prompt_ttft_ms"):
@@ -158,8 +160,7 @@ def test_a_build_missing_the_rule_is_not_promoted(built, tmp_path):
     assert not (repo / "releases/strict").exists()
 
 
-@IN_THE_BUILD
-def test_ask_shows_the_answer_and_sources_not_the_runners_log(built):
+def test_ask_shows_the_answer_and_sources_not_the_runners_log(built, held):
     question = ["ask", "What does the assert statement do?", "--k", "3", "--max-new-tokens", "8"]
     done = _edgerag(built.repo, *question)
     assert "\n\nSources:\n[1] pydoc:" in done.stdout
