@@ -142,7 +142,7 @@ class Pt2eStatic:
         prepared = self._prepare(quant, program)  # fresh observers: the grids to measure
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         measured = sensitivity.measure_grids(model, samples[: quant.mixed.samples],
-                                             qnn_tuning.grid(prepared),
+                                             qnn_tuning.grid(prepared), quant.name,
                                              qnn_tuning.four_bit_linears(prepared))
         return sensitivity.plan(measured, quant.mixed, qnn_tuning.tensor_bytes)
 

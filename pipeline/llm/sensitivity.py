@@ -71,10 +71,10 @@ def measure(model: torch.nn.Module, samples: list[torch.Tensor], quant: QuantCon
         group = quant.group_size if name != EMBEDDING else _embedding_group(quant)
         return fake_quantize(weight, 4, group, quant.symmetric or name == EMBEDDING), group
 
-    return measure_grids(model, samples, grid)
+    return measure_grids(model, samples, grid, quant.name)
 
 
-def measure_grids(model: torch.nn.Module, samples: list[torch.Tensor], grid: Any,
+def measure_grids(model: torch.nn.Module, samples: list[torch.Tensor], grid: Any, recipe: str,
                   names: set[str] | None = None) -> dict[str, dict[str, Any]]:
     """Per-candidate KL divergence from fp32 when only that tensor is on its low-bit grid.
 
@@ -82,7 +82,7 @@ def measure_grids(model: torch.nn.Module, samples: list[torch.Tensor], grid: Any
     given, limits the candidates (ExecuTorch names, e.g. `layers.0.attention.wq`).
     """
     if model.config.model_type != "llama":  # the candidates are named by Llama's layout
-        raise BadInput(f"mixed precision measures Llama-family models; this one is "
+        raise BadInput(f"quant={recipe} measures Llama-family models; this one is "
                        f"{model.config.model_type!r}: use a fixed recipe such as quant=8da4w_g32.")
     if model.get_output_embeddings() is not None:  # untie: the head is judged on its own
         head = model.get_output_embeddings()
