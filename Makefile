@@ -32,7 +32,7 @@ $(NODE_STAMP): tests/node/package-lock.json
 	else echo "npm not found: tests/test_portability.py will skip"; fi
 
 # pytest-xdist workers (tests/conftest.py builds the shared tiny build once and starts it first);
-# more than 4 gain little: a few long build tests set the wall time.
+# capped at 4 because each worker may build a tiny model at once (measured with 2 only).
 TEST_WORKERS ?= $(shell python3 -c "import os; print(min(4, os.cpu_count() or 1))")
 XDIST := -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 

@@ -13,10 +13,10 @@ import torch
 
 from pipeline import conf, config, errors
 from pipeline.errors import BadInput
+from pipeline.evaluation.program import QUANTIZE
 from pipeline.llm import checks, export, lower, schemes
 
 SCHEMES = ("qnn_8a8w", "qnn_16a8w", "qnn_16a4w", "qnn_16a4w_block")
-QUANTIZE = "quantized_decomposed.quantize_per_tensor.default"
 PROMPT = [1, 17, 230, 99, 410, 5, 77, 301, 12, 44]
 
 
@@ -95,7 +95,7 @@ def test_qnn_export_has_no_custom_cpu_ops_and_matches_the_xnnpack_export(qnn_pro
 def test_each_scheme_calibrates_and_converts_at_its_bit_widths(converted, name):
     stats, program = converted[name]
     assert sum("min_val" in state for state in stats.observers.values()) > 10
-    activations = _q_ranges(program, "quantized_decomposed.quantize_per_tensor.default")
+    activations = _q_ranges(program, QUANTIZE)
     assert (0, 255 if name == "qnn_8a8w" else 65535) in activations, activations
     weights = _q_ranges(program, "quantized_decomposed.dequantize_per_channel.default")
     if name == "qnn_16a4w_block":
@@ -281,7 +281,7 @@ def test_logits_margin_widens_only_the_logits_range(qnn_program, converted):
 
     def scales(p):
         return [float(n.args[1]) for n in p.graph.nodes
-                if str(n.target) == "quantized_decomposed.quantize_per_tensor.default"]
+                if str(n.target) == QUANTIZE]
 
     before, after = scales(ones), scales(wide)
     assert len(before) == len(after)
