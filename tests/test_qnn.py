@@ -389,3 +389,21 @@ def test_clip_counter_measures_how_well_calibrated_ranges_hold(converted, sample
     assert held["quantize_steps"] == steps > 20
     # A few values at the edges of a few ranges (rounding, QNN's fixed ranges), no more.
     assert held["activation_clip_pct"] < 0.01, held
+
+
+def test_program_scorer_folds_the_weights_once_and_changes_no_logit(converted):
+    """evaluate_quantized's speed: the weights' dequantize steps are computed once, not per token,
+    and the logits are the converted program's own, bit for bit."""
+    from pipeline.evaluation import scorers
+
+    program = converted["qnn_16a4w_block"][1]
+    expected = _decode(program)
+    scorer = scorers.ProgramScorer(copy.deepcopy(program), 128)
+    with torch.no_grad():
+        folded = torch.stack([scorer._last_logits([token], pos)
+                              for pos, token in enumerate(PROMPT)])
+    assert torch.equal(folded, expected.reshape(folded.shape))
+    per_token = {str(n.target) for n in scorer.module.graph.nodes if n.op == "call_function"}
+    assert not {t for t in per_token if "dequantize_per_channel" in t or "dequantize_affine" in t}
+    assert _targets(program) & {"quantized_decomposed.dequantize_per_channel.default",
+                                "torchao.dequantize_affine.default"}

@@ -79,6 +79,7 @@ def run(cfg: Config, quantized: Path, model_dir: Path, split_dir: Path) -> dict:
     context = llm.export.max_context_length
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     loaded = export.load_program(quantized / layout.PROGRAM)
+    weight_bytes = footprint.weight_bytes(loaded)  # before the scorer folds the weights
     program = scorers.ProgramScorer(loaded, context)
     clipping = ClipCounter(program.module)
     reference = scorers.EagerScorer(
@@ -89,4 +90,4 @@ def run(cfg: Config, quantized: Path, model_dir: Path, split_dir: Path) -> dict:
     log(f"perplexity of the quantized program (CPU): {len(ids)} tokens, {len(windows)} windows")
     result = perplexity.score(program, reference, windows)
     return {**{key: result[key] for key in ("ppl", "ppl_reference", "ppl_delta_pct", "tokens")},
-            "weight_bytes_estimate": footprint.weight_bytes(loaded), **clipping.summary()}
+            "weight_bytes_estimate": weight_bytes, **clipping.summary()}
