@@ -61,6 +61,7 @@ class ModelConfig:
 class EmbedderConfig:
     name: str = MISSING
     source: Source = field(default_factory=Source)
+    tokenizer_source: Source | None = None  # a random source's tokenizer (a model folder's)
     max_seq_len: int = 256
     quantize: str = "none"
 
@@ -308,7 +309,9 @@ def _check_semantics(cfg: Config, executorch: bool) -> None:
     one_of("model.source.kind", cfg.model.source.kind, SOURCE_KINDS)
     if cfg.model.source.kind == "random" and cfg.model.tokenizer_source is None:
         raise BadInput("model.tokenizer_source must be set when model.source.kind=random.")
-    one_of("embedder.source.kind", cfg.embedder.source.kind, SOURCE_KINDS[:3])
+    one_of("embedder.source.kind", cfg.embedder.source.kind, SOURCE_KINDS)
+    if cfg.embedder.source.kind == "random" and cfg.embedder.tokenizer_source is None:
+        raise BadInput("embedder.tokenizer_source must be set when embedder.source.kind=random.")
     one_of("calibration.source", cfg.calibration.source, CALIBRATION_SOURCES)
     if not 0.0 < cfg.calibration.eval_fraction < 1.0:
         raise BadInput(

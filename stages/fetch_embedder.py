@@ -1,7 +1,7 @@
-"""Fetch the embedder's sentence-transformers folder (weights, tokenizer) to data/embedder_src."""
+"""Fetch the embedder's model folder (weights, config, tokenizer) to data/embedder_src."""
 
-from pipeline import config, errors, sources
-from pipeline.retrieval import embedder
+from pipeline import config, errors
+from pipeline.retrieval import embedder_source
 from stages import output
 
 STAGE = "fetch_embedder"
@@ -9,9 +9,8 @@ STAGE = "fetch_embedder"
 
 def main() -> None:
     cfg = config.load()
-    model_dir = sources.materialize(cfg.embedder.source)
     with output(STAGE, cfg, byte_identical=True) as out:
-        out.notes.update(embedder.copy_source(model_dir, out.path))
+        out.notes.update(embedder_source.fetch(cfg.embedder, out.path))
 
 
 if __name__ == "__main__":

