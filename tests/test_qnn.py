@@ -407,3 +407,24 @@ def test_program_scorer_folds_the_weights_once_and_changes_no_logit(converted):
     assert not {t for t in per_token if "dequantize_per_channel" in t or "dequantize_affine" in t}
     assert _targets(program) & {"quantized_decomposed.dequantize_per_channel.default",
                                 "torchao.dequantize_affine.default"}
+
+
+def test_linears_kept_at_16a8w_observe_activations_as_the_recipe_does(qnn_program):
+    """The head and a mixed plan's 8-bit linears take the recipe's activation observer (MinMax);
+    ExecuTorch's default, a moving average of each call's range, clipped SmolLM2's decoder
+    outliers (qnn_mixed_auto scored perplexity 1,211 with it)."""
+    from torchao.quantization.pt2e import MinMaxObserver, MovingAverageMinMaxObserver
+
+    from pipeline.llm import qnn_tuning
+
+    quant = _cfg("quant=qnn_16a4w_block", "quant.pt2e.block_size=32").quant
+    program = qnn_program[0]
+    prepared = schemes.scheme(quant)._prepare(
+        quant, copy.deepcopy(program), {"layers": {"layers.0.feed_forward.w2": {"bits": 8}}})
+    linears = qnn_tuning.linear_weights(prepared)
+    for name in ("output", "layers.0.feed_forward.w2"):
+        node = linears[name][0]
+        observers = [prepared.get_submodule(n.target) for n in (node.args[0], *node.users)
+                     if n.op == "call_module"]
+        assert observers and all(type(o) is MinMaxObserver for o in observers), observers
+        assert not any(isinstance(o, MovingAverageMinMaxObserver) for o in observers)
