@@ -271,7 +271,7 @@ def test_a_retrieval_only_sweep_rebuilds_no_llm_stage(swept):
 def interrupted(tiny_release_build, tmp_path_factory):
     """A sweep killed (SIGTERM) while its second job runs, then the same sweep run again. Job 0
     is the session's build (restored); job 1 changes the chunk size, so it builds its corpus,
-    its index (about 20 s of embedding) and its answers."""
+    its index and its answers; where the signal lands among them depends on the machine."""
     import signal
     import subprocess
     import time
@@ -320,5 +320,9 @@ def test_a_resumed_sweep_runs_only_the_unfinished_jobs(interrupted):
     assert "job 0 finished in an earlier run: k-0" in resumed.stdout
     assert (repo / "sweeps/k/jobs/0/result.json").read_text() == killed["first"]
     assert [(row["job"], row["status"]) for row in rows] == [("0", "ok"), ("1", "ok")]
-    assert "build_index" in rows[1]["stages_run"].split()  # what the kill stopped, done now
+    # What the kill stopped is done now: the index of job 1's chunks was built on resume, or
+    # restored from the run cache when the killed run had finished it before the signal.
+    log = (repo / "sweeps/k/jobs/1/dvc.out").read_text()
+    assert ("Running stage 'build_index'" in log
+            or "Stage 'build_index' is cached - skipping run" in log), log
     assert (repo / "params.yaml").read_text() == params
