@@ -3,13 +3,14 @@ data/index/index.usearch from all of them.
 
 Recall@10 against exact search (on held-out sentences from the evaluation split) and the worst
 cosine between the `.pte` and fp32 embeddings are measured here and kept in the manifest notes;
-how many chunks were embedded, reused and removed goes to the run record.
+how many chunks were embedded, reused and removed goes to the run record. Embedding runs in
+local processes, or on a Dask cluster when EDGERAG_EMBED_CLUSTER names one (embed_cluster.py).
 """
 
 from pathlib import Path
 
 from pipeline import artifacts, config, errors, layout, splits
-from pipeline.retrieval import corpus, embedder, index, vectors
+from pipeline.retrieval import corpus, embed_cluster, embedder, index, vectors
 from stages import output
 
 STAGE = "build_index"
@@ -26,14 +27,15 @@ def main() -> None:
     pte = embedder.load_pte(compiled.path)
     store = vectors.VectorStore(
         vectors.store_path(vectors.embedder_identity(compiled.manifest["files"])), pte.dim)
-    workers = embedder.default_workers()
-    with (output(STAGE, cfg, inputs=inputs, byte_identical=True) as out,
-          embedder.pte_pool(compiled.path, workers) as embed):
+    cluster, workers = embed_cluster.address(), embedder.default_workers()
+    pool = (embed_cluster.pool(compiled.path, cluster) if cluster
+            else embedder.pte_pool(compiled.path, workers))
+    with output(STAGE, cfg, inputs=inputs, byte_identical=True) as out, pool as embed:
         measured = index.run(
             cfg.index, chunks, pte, embedder.load_reference(source.path, compiled.path),
             index.held_out_queries(held_out), out.path, store, str(Path.cwd().resolve()),
             embed)
-        out.timings["embed_workers"] = workers
+        out.timings.update({"embed_cluster": cluster} if cluster else {"embed_workers": workers})
         out.timings.update({key: measured.pop(key) for key in index.RUN_FACTS})
         out.notes.update(measured)
     store.close()

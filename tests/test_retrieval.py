@@ -358,3 +358,36 @@ def test_two_embedding_processes_give_the_single_process_vectors(compiled, pydoc
     with embedder.pte_pool(compiled[0], 2) as embed:
         spread = embed(texts)
     assert spread.tobytes() == alone.tobytes()
+
+
+def test_two_dask_workers_on_the_loopback_give_the_single_process_vectors(
+        compiled, pydoc_docs, tiny_cfg, model_dir):
+    from distributed import Client, LocalCluster, get_task_stream
+
+    from pipeline.retrieval import embed_cluster
+
+    texts = [c.text for c in _chunks(tiny_cfg, model_dir, pydoc_docs[:2])][:24]
+    alone = embedder.load_pte(compiled[0]).embed(texts)
+    with (LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                       dashboard_address=None) as cluster,
+          Client(cluster.scheduler_address) as watcher, get_task_stream(watcher) as tasks,
+          embed_cluster.pool(compiled[0], cluster.scheduler_address) as embed):
+        spread = embed(texts)
+        again = embed(texts[:5])
+    assert spread.tobytes() == alone.tobytes() and again.tobytes() == alone[:5].tobytes()
+    shards = [task for task in tasks.data if task["key"].startswith("_embed_shard")]
+    assert len({task["worker"] for task in shards}) == 2  # both workers embedded
+    assert len(shards) == 4 + 3  # two per worker thread a call: 24 texts by 6, 5 by 2, 2 and 1
+
+
+def test_an_unreachable_embedding_cluster_is_named_in_one_sentence(tmp_path):
+    import dask
+
+    from pipeline.retrieval import embed_cluster
+
+    (tmp_path / layout.EMBEDDER_META).write_text('{"dim": 4}')
+    refusal = r"could not reach the Dask scheduler at tcp://127.0.0.1:9 \(EDGERAG_EMBED_CLUSTER\)"
+    with (dask.config.set({"distributed.comm.timeouts.connect": "2s"}),
+          pytest.raises(BadInput, match=refusal),
+          embed_cluster.pool(tmp_path, "tcp://127.0.0.1:9") as embed):
+        embed(["a text"])

@@ -18,12 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline import artifacts, config, layout
+from pipeline import artifacts, config, dask_cluster, layout
 from pipeline.errors import BadInput
 from pipeline.experiments import exp_queue, results, sweep
 
 RESOURCE = "edgerag"
-CLUSTER_EXTRA = "sweep-cluster"
 
 
 def _git(*args: str, cwd: Path | str = ".") -> str:
@@ -110,10 +109,9 @@ def run(address: str, sweep_name: str, rows: list[dict[str, Any]], threads: int 
         on_done: Any, where: tuple[str, str, str]) -> None:
     """Submit the shared stages, then every planned row, to the Dask scheduler at `address`;
     `on_done(row)` hears each finished row; the experiments are pulled here at the end."""
-    try:
-        from distributed import Client, as_completed
-    except ModuleNotFoundError:
-        raise BadInput(f"--cluster needs Dask: pip install -e '.[{CLUSTER_EXTRA}]'.") from None
+    client = dask_cluster.connect(address, "--cluster")
+    from distributed import as_completed
+
     git_url, dvc_url, rev = where  # remotes(), checked before any job was planned
     jobs_dir = sweep.SWEEPS / sweep_name / "jobs"
     params = {row["job"]: (jobs_dir / str(row["job"]) / config.PARAMS_FILE).read_text()
@@ -123,10 +121,6 @@ def run(address: str, sweep_name: str, rows: list[dict[str, Any]], threads: int 
     shared = sweep.shared_stages([OmegaConf.to_container(OmegaConf.create(text))
                                   for text in params.values()]) if len(rows) > 1 else []
     names = {row["job"]: f"{sweep_name}-{row['job']}" for row in rows}
-    try:
-        client = Client(address, timeout="30s")
-    except OSError as error:
-        raise BadInput(f"could not reach the Dask scheduler at {address}: {error}") from None
     with client:
         if not any(RESOURCE in info.get("resources", {})
                    for info in client.scheduler_info()["workers"].values()):

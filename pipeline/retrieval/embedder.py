@@ -188,12 +188,20 @@ def load_pte(embedder_dir: Path) -> Embedder:
 
 def load_pte_files(pte: Path, tokenizer: Path, dim: int) -> Embedder:
     """An embedder `.pte` and its tokenizer wherever they live (an artifact, a release)."""
+    return _runtime_embedder(str(pte), Tokenizer.from_file(str(tokenizer)), dim)
+
+
+def load_pte_bytes(pte: bytes, tokenizer_json: str, dim: int) -> Embedder:
+    """The same from the files' contents, where they arrived over the network (a Dask worker)."""
+    return _runtime_embedder(pte, Tokenizer.from_str(tokenizer_json), dim)
+
+
+def _runtime_embedder(pte: str | bytes, tokenizer: Tokenizer, dim: int) -> Embedder:
     import executorch.kernels.quantized  # noqa: F401 - embedding_byte for 8-bit word tables
     from executorch.runtime import Runtime
 
-    method = Runtime.get().load_program(str(pte)).load_method("forward")
-    return Embedder(Tokenizer.from_file(str(tokenizer)),
-                    lambda ids, mask: method.execute([ids, mask])[0], dim)
+    method = Runtime.get().load_program(pte).load_method("forward")
+    return Embedder(tokenizer, lambda ids, mask: method.execute([ids, mask])[0], dim)
 
 
 def default_workers() -> int:
