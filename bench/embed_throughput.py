@@ -1,9 +1,12 @@
-"""Embedding throughput: `python -m bench.embed_throughput FOLDER [--embedder DIR] [--chunks N]`.
+"""Embedding throughput: `python -m bench.embed_throughput FOLDER [--embedder DIR] [--chunks N]
+[--cluster tcp://HOST:8786]`.
 
 Chunks per second of the built embedder `.pte` (`build_index`'s own `Embedder.embed`, one text
 per call) on the first N chunks of a folder, in one process with ExecuTorch's threadpool at 1
-and at every core, and in 1 and 2 worker processes of one thread each. Workers are started and
-warmed before the clock starts; one outer clock per row.
+and at every core, in 1 and 2 worker processes of one thread each, and on a Dask cluster through
+`build_index`'s own `embed_cluster.pool` (`--cluster`, else a local one of one single-thread
+worker per core on the loopback interface; skipped without Dask). Workers are started and warmed
+before the clock starts; one outer clock per row.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--embedder", type=Path, default=Path(layout.EMBEDDER))
     parser.add_argument("--chunks", type=int, default=256)
+    parser.add_argument("--cluster", help="a Dask scheduler's address (default: start a local one)")
     args = parser.parse_args(argv)
     texts = _texts(args.folder, args.embedder / layout.TOKENIZER, args.chunks)
     cores = os.cpu_count() or 1
@@ -78,6 +82,31 @@ def main(argv: list[str] | None = None) -> None:
             rate = done / (time.monotonic() - started)
         print(json.dumps({"workers": workers, "threads": 1, "chunks": done,
                           "chunks_per_s": round(rate, 1)}), flush=True)
+    _on_cluster(args.embedder, texts, args.cluster, cores)
+
+
+def _on_cluster(embedder_dir: Path, texts: list[str], address: str | None, cores: int) -> None:
+    from contextlib import ExitStack
+
+    from pipeline.retrieval import embed_cluster
+
+    try:
+        from distributed import LocalCluster
+    except ModuleNotFoundError:
+        print(json.dumps({"cluster": "skipped: pip install -e '.[cluster]'"}), flush=True)
+        return
+    with ExitStack() as stack:
+        if address is None:
+            address = stack.enter_context(LocalCluster(
+                n_workers=cores, threads_per_worker=1, processes=True, host="127.0.0.1",
+                dashboard_address=None)).scheduler_address
+        embed = stack.enter_context(embed_cluster.pool(embedder_dir, address))
+        embed(["warm"] * 2 * cores)  # ships the embedder and loads it on every worker thread
+        started = time.monotonic()
+        done = len(embed(texts))
+        rate = done / (time.monotonic() - started)
+    print(json.dumps({"cluster": address, "chunks": done, "chunks_per_s": round(rate, 1)}),
+          flush=True)
 
 
 if __name__ == "__main__":
