@@ -28,7 +28,7 @@ import numpy as np
 from pipeline import dask_cluster, layout
 
 ENV = "EDGERAG_EMBED_CLUSTER"
-TASKS_PER_WORKER = 2  # shards per worker thread per call: a slow worker holds up less of each call
+TASKS_PER_THREAD = 2  # shards per worker thread per call: a slow worker holds up less of each call
 _FILES = (layout.EMBEDDER_PTE, layout.TOKENIZER, layout.EMBEDDER_META)
 _LOADED = threading.local()  # per worker thread: an ExecuTorch method runs one call at a time
 
@@ -73,7 +73,7 @@ def pool(embedder_dir: Path, where: str) -> Iterator[Callable[[list[str]], np.nd
             [state["files"]] = client.scatter([files], broadcast=True)
         client = state["client"]
         threads = max(1, sum(client.nthreads().values()))  # tasks the cluster runs at once
-        size = max(1, -(-len(texts) // (threads * TASKS_PER_WORKER)))
+        size = max(1, -(-len(texts) // (threads * TASKS_PER_THREAD)))
         futures = [client.submit(_embed_shard, state["files"], state["identity"],
                                  texts[start:start + size], pure=False)
                    for start in range(0, len(texts), size)]
