@@ -79,6 +79,7 @@ def build(git_url: str, dvc_url: str, rev: str, experiment: str, params: str,
     clone = _worker_repo(git_url, dvc_url, rev)
     exp_queue.dvc("fetch", "--run-cache", cwd=clone)  # what other workers pushed: restored
     artifacts.atomic_write_text(clone / config.PARAMS_FILE, params)
+    exp_queue.drop_lock(clone)  # the clone's is origin's; `git reset` brings it back next job
     started = time.monotonic()
     # The shared stages are a plain `dvc repro` of those stages (an experiment would commit the
     # whole lock, whose other outputs this clone never built); a job is a whole experiment.

@@ -16,12 +16,14 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from pipeline import artifacts
 from pipeline.errors import BadInput
 
 QUEUED, RUNNING, SUCCESS, FAILED = "Queued", "Running", "Success", "Failed"
 DONE = (SUCCESS, FAILED)
 POLL_S = 2.0
 KILL_WAIT_S = 60.0
+LOCK = Path("dvc.lock")
 
 
 def default_threads(jobs: int) -> int:
@@ -44,11 +46,27 @@ def dvc(*args: str, cwd: Path | str = ".", threads: int | None = None
 
 
 def enqueue(name: str, targets: Iterable[str] = ()) -> None:
-    """Queue the workspace as it is now (params.yaml included) as experiment `name`."""
-    done = dvc("exp", "run", "--queue", "--name", name, *targets)
+    """Queue the workspace as it is now (params.yaml included) as experiment `name`, without its
+    dvc.lock (see `drop_lock`); the workspace keeps its lock."""
+    saved = LOCK.read_text() if LOCK.is_file() else None
+    drop_lock(Path("."))
+    try:
+        done = dvc("exp", "run", "--queue", "--name", name, *targets)
+    finally:
+        if saved is not None:
+            artifacts.atomic_write_text(LOCK, saved)
     if done.returncode != 0:
         why = (done.stderr.strip().splitlines() or ["no message"])[-1].removeprefix("ERROR: ")
         raise BadInput(f"DVC could not queue experiment {name}: {why}")
+
+
+def drop_lock(repo: Path) -> None:
+    """A job's workspace starts without dvc.lock, so DVC matches each stage by its run cache alone.
+    A lock committed elsewhere pins that build's run records (data/runs/, unique to each build):
+    for a stage whose params and deps still match it, DVC restores from the lock, finds those
+    records in no cache here, and rebuilds the stage instead of asking the run cache; an
+    experiment of some stages also fails to commit the lock's other outputs it never built."""
+    (repo / LOCK).unlink(missing_ok=True)
 
 
 def forget(names: Iterable[str]) -> None:
