@@ -22,7 +22,7 @@ from tokenizers import Tokenizer
 from pipeline import layout
 from pipeline.config import RerankerConfig
 from pipeline.errors import BadInput
-from pipeline.retrieval.embedder import to_pte
+from pipeline.retrieval.embedder import ATTENTION, to_pte
 
 Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -54,7 +54,7 @@ def load_model(model_dir: Path) -> PairScorer:
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir),
-                                                               attn_implementation="sdpa")
+                                                               attn_implementation=ATTENTION)
     if model.config.num_labels != 1:
         raise BadInput(f"{model_dir} scores {model.config.num_labels} labels; a reranker "
                        "gives one relevance logit per pair (a cross-encoder).")
