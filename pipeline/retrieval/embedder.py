@@ -211,7 +211,7 @@ def _runtime_embedder(pte: str | bytes, tokenizer: Tokenizer, dim: int) -> Embed
 
 def default_workers() -> int:
     """One embedding process per core this process may use (`EDGERAG_EMBED_WORKERS` overrides):
-    on 2 cores, 2 processes of one thread embed 1.26× as fast as one process of two threads
+    on 2 cores, 2 processes of one thread embed 1.17× as fast as one process of two threads
     (`python -m bench.embed_throughput`)."""
     return int(os.environ.get("EDGERAG_EMBED_WORKERS") or len(os.sched_getaffinity(0)))
 
