@@ -26,10 +26,14 @@ METRICS = {"llm": {"pte_bytes": 9, "ppl_delta_pct": 3.0}, "retrieval": {"recall_
 TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 
 
-def _appended(doc: corpus.Document) -> corpus.Document:
-    if doc.source != "pydoc:for":
-        return doc
-    return corpus.Document(doc.source, doc.text + "\n\nA paragraph the new release added.\n")
+def _edited(doc: corpus.Document) -> corpus.Document:
+    """`for` gains a paragraph; `assert` a blank first line, which moves every chunk's offsets
+    and changes no chunk's text, so its chunks keep their keys."""
+    if doc.source == "pydoc:for":
+        return corpus.Document(doc.source, doc.text + "\n\nA paragraph the new release added.\n")
+    if doc.source == "pydoc:assert":
+        return corpus.Document(doc.source, "\n" + doc.text)
+    return doc
 
 
 @pytest.fixture(scope="module", params=["f16", "i8"])
@@ -44,7 +48,7 @@ def pair(request, tiny_cfg, tiny_ptes, tiny_embedder, tiny_embedder_source, tiny
                                   tiny_tokenizer[1], tiny_embedder[0], tiny_embedder_source,
                                   topics, METRICS, TEMPLATE, index_cfg, edit)
 
-    old, new = release("old", OLD_TOPICS), release("new", NEW_TOPICS, _appended)
+    old, new = release("old", OLD_TOPICS), release("new", NEW_TOPICS, _edited)
     notes = delta.write(old, new, root / "delta")
     return old, new, root / "delta", notes
 
@@ -60,11 +64,12 @@ def test_old_release_plus_delta_is_the_new_release(pair, tmp_path):
     delta.apply(path, installed)
     assert _files(installed) == _files(new)
     bundle.open_release(installed)
-    before = {c.key for c in corpus.read_chunks(old / bundle.CHUNKS)}
-    after = {c.key for c in corpus.read_chunks(new / bundle.CHUNKS)}
-    assert (notes["added_chunks"], notes["removed_chunks"]) == (
-        len(after - before), len(before - after))
-    assert 0 < notes["added_chunks"] < len(after) and notes["removed_chunks"] > 0
+    before = {c.key: c for c in corpus.read_chunks(old / bundle.CHUNKS)}
+    after = {c.key: c for c in corpus.read_chunks(new / bundle.CHUNKS)}
+    moved = sum(key in before and before[key] != chunk for key, chunk in after.items())
+    assert (notes["added_chunks"], notes["changed_chunks"], notes["removed_chunks"]) == (
+        len(after.keys() - before.keys()), moved, len(before.keys() - after.keys()))
+    assert 0 < notes["added_chunks"] < len(after) and notes["removed_chunks"] > 0 and moved > 0
 
 
 def test_the_delta_carries_only_what_changed(pair):

@@ -1,10 +1,10 @@
 """Release deltas: what a device downloads to go from one release to the next.
 
 A delta holds the new release's manifest verbatim (`target_manifest.json`), every shipped file
-that changed whole (`files/`), and for the documents only what changed: the added chunks (text,
-source, offsets) with their vectors as the new index stores them, the removed keys, and the new
-chunk order. Chunk keys are content hashes (`corpus.chunk_key`), so a key means the same chunk
-in both releases.
+that changed whole (`files/`), and for the documents only what changed: the added chunks and
+those an edit moved (text, source, offsets) with their vectors as the new index stores them, the
+removed keys, and the new chunk order. Chunk keys are content hashes (`corpus.chunk_key`), so a
+key means the same chunk in both releases.
 
 Applying rebuilds the three document files the way `build_index` does (`chunks.jsonl` in order,
 `chunks.sqlite` by key, the usearch index by key from the kept and added vectors). For f16 and
@@ -79,7 +79,10 @@ def write(old_path: Path, new_path: Path, dest: Path) -> dict[str, Any]:
              and (name not in DOCUMENT_FILES or (name == bundle.INDEX and not rebuild))]
     before = {c.key: c for c in corpus.read_chunks(old / bundle.CHUNKS)}
     after = corpus.read_chunks(new / bundle.CHUNKS)
-    added = sorted((c for c in after if c.key not in before), key=lambda c: c.key)
+    # A key is the chunk's text, source and heading, not where it sits: an edit above it moves its
+    # offsets and keeps its key, so the delta carries every record that differs, new key or not.
+    added = sorted((c for c in after if before.get(c.key) != c), key=lambda c: c.key)
+    changed = sum(c.key in before for c in added)
     removed = np.array(sorted(set(before) - {c.key for c in after}), dtype=np.int64)
     new_index = Index.restore(str(new / bundle.INDEX), view=True)
     keys = np.array([c.key for c in added], dtype=np.uint64)
@@ -88,7 +91,8 @@ def write(old_path: Path, new_path: Path, dest: Path) -> dict[str, Any]:
     notes = {"base_manifest_sha256": old.manifest_sha256,
              "target_manifest_sha256": new.manifest_sha256,
              "base": label(old), "target": label(new),
-             "added_chunks": len(added), "removed_chunks": len(removed),
+             "added_chunks": len(added) - changed, "changed_chunks": changed,
+             "removed_chunks": len(removed),
              "whole_files": sorted(whole)}
     with artifacts.writer(dest, stage=STAGE, config={}) as out:
         shutil.copyfile(new / layout.MANIFEST, out / TARGET)
@@ -167,7 +171,8 @@ def apply(delta_path: Path, release_path: Path) -> dict[str, Any]:
 
 def describe(notes: dict[str, Any]) -> str:
     return (f"{notes['base']} → {notes['target']}: {notes['added_chunks']} chunks added, "
-            f"{notes['removed_chunks']} removed, whole files: "
+            f"{notes.get('changed_chunks', 0)} moved, {notes['removed_chunks']} removed, "
+            "whole files: "
             f"{', '.join(notes['whole_files']) or 'none'}")
 
 
