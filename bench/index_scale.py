@@ -2,11 +2,12 @@
 
 Random unit vectors of the embedder's width, indexed with build_index's own code
 (`pipeline.retrieval.index.build` and `widen_search`) per storage dtype. For each: build time,
-file size, the breadth `widen_search` picks for recall@10 ≥ 0.99 on the index's own vectors,
-then on separate random queries recall@10 against exact search and single-query latency p50/p99
-at that breadth, for the index loaded into memory and memory-mapped (`Index.restore(view=True)`,
-as ask opens it), with the resident memory each costs (RSS of a fresh process). Random vectors
-have no cluster structure, so they are the hard case for HNSW: real embeddings need less.
+file size, the breadth `widen_search` picks for recall@10 ≥ 0.99 on random probe queries (as
+build_index widens on half its held-out queries), then on other random queries recall@10 against
+exact search and single-query latency p50/p99 at that breadth, for the index loaded into memory
+and memory-mapped (`Index.restore(view=True)`, as ask opens it), with the resident memory each
+costs (RSS of a fresh process). Random vectors have no cluster structure, so they are the hard
+case for HNSW: real embeddings need less.
 """
 
 from __future__ import annotations
@@ -62,13 +63,13 @@ def _measure(n: int, dim: int, dtype: str, work: Path) -> dict:
     from usearch.index import search
 
     rng = np.random.default_rng(n)
-    vectors, queries = _unit(rng, n, dim), _unit(rng, QUERIES, dim)
+    vectors, queries, probes = _unit(rng, n, dim), _unit(rng, QUERIES, dim), _unit(rng, PROBES, dim)
     keys = np.arange(n, dtype=np.uint64)
     cfg = IndexConfig(dtype=dtype)
     started = time.monotonic()
     built = index.build(cfg, vectors, keys)
     build_s = time.monotonic() - started
-    expansion = index.widen_search(built, vectors, keys, vectors[:: max(1, n // PROBES)], cfg)
+    expansion = index.widen_search(built, vectors, keys, probes, cfg)
     found = built.search(queries, 10).keys
     exact = search(vectors, queries, 10, metric="cos", exact=True).keys
     recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact, strict=True)]))
