@@ -225,9 +225,11 @@ def run(model_dir: Path, model_cfg: Any, out: Path, backend: str = "xnnpack") ->
     params = families.model_args(hf_config)
     llm = checks.llm_config(model_cfg.executorch)
     log(f"building ExecuTorch's Llama from the {hf_config.model_type} checkpoint")
-    weights = families.to_meta(hf_config, load_file(model_dir / "model.safetensors"))
-    model = apply(build_eager(params, llm, weights),
-                  runner_transforms(llm, backend, model_cfg.kv_cache))
+    # The checkpoint's tensors are copied into the model and dropped here, not held through
+    # torch.export: that was 0.5 GB of the stage's peak for SmolLM2-135M.
+    model = apply(build_eager(params, llm, families.to_meta(
+        hf_config, load_file(model_dir / "model.safetensors"))),
+        runner_transforms(llm, backend, model_cfg.kv_cache))
     eos_ids = sorted({tokenizer.eos_token_id, *_as_list(hf_config.eos_token_id)} - {None})
     metadata = runner_metadata(params, llm, _bos_id(tokenizer, hf_config, eos_ids), eos_ids)
     log("torch.export (strict, KV cache, dynamic prompt length)")
