@@ -342,6 +342,17 @@ def test_the_search_is_widened_to_the_narrowest_breadth_that_holds_recall():
     assert index.search_settings(built, cfg)["expansion_search"] == chosen // 2
 
 
+def test_a_breadth_cap_below_the_recall_target_is_said(monkeypatch, capsys):
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((4000, 32)).astype(np.float32)
+    cfg = IndexConfig(dtype="f32", connectivity=4, expansion_add=16, expansion_search=2)
+    built = index.build(cfg, vectors)
+    monkeypatch.setattr(index, "MAX_EXPANSION", 4)
+    assert index.widen_search(built, vectors, None, vectors[:100], cfg) == 4
+    said = capsys.readouterr().err
+    assert "at the widest search breadth (4), below index.min_recall_at_10" in said
+
+
 class _RandomEmbedder:
     """Unit vectors drawn from a seed per text: 2,000 of them are a corpus HNSW finds hard."""
 
