@@ -419,12 +419,15 @@ def test_two_dask_workers_on_the_loopback_give_the_single_process_vectors(
                        dashboard_address=None) as cluster,
           Client(cluster.scheduler_address) as watcher, get_task_stream(watcher) as tasks,
           embed_cluster.pool(compiled[0], cluster.scheduler_address) as embed):
+        watcher.wait_for_workers(2)  # shards are cut by the threads registered at call time
         spread = embed(texts)
         again = embed(texts[:5])
     assert spread.tobytes() == alone.tobytes() and again.tobytes() == alone[:5].tobytes()
     shards = [task for task in tasks.data if task["key"].startswith("_embed_shard")]
     assert len({task["worker"] for task in shards}) == 2  # both workers embedded
-    assert len(shards) == 4 + 3  # two per worker thread a call: 24 texts by 6, 5 by 2, 2 and 1
+    # two per worker thread a call: 24 texts by 6, 5 by 2, 2 and 1. Keys, not records: under load
+    # the task stream can record one task twice (8 records for 7 tasks, seen beside a benchmark)
+    assert len({task["key"] for task in shards}) == 4 + 3
 
 
 def test_an_unreachable_embedding_cluster_is_named_in_one_sentence(tmp_path):
