@@ -60,8 +60,6 @@ def _opened(path: str, view: bool, expansion: int, queries: str) -> dict:
 
 
 def _measure(n: int, dim: int, dtype: str, work: Path) -> dict:
-    from usearch.index import search
-
     rng = np.random.default_rng(n)
     vectors, queries, probes = _unit(rng, n, dim), _unit(rng, QUERIES, dim), _unit(rng, PROBES, dim)
     keys = np.arange(n, dtype=np.uint64)
@@ -70,9 +68,7 @@ def _measure(n: int, dim: int, dtype: str, work: Path) -> dict:
     built = index.build(cfg, vectors, keys)
     build_s = time.monotonic() - started
     expansion = index.widen_search(built, vectors, keys, probes, cfg)
-    found = built.search(queries, 10).keys
-    exact = search(vectors, queries, 10, metric="cos", exact=True).keys
-    recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact, strict=True)]))
+    recall = index.recall_at_k(built, vectors, queries, keys=keys)
     path = work / f"{n}-{dtype}.usearch"
     built.save(str(path))
     np.save(work / "queries.npy", queries)
