@@ -81,17 +81,17 @@ def write(old_path: Path, new_path: Path, dest: Path) -> dict[str, Any]:
     after = corpus.read_chunks(new / bundle.CHUNKS)
     # A key is the chunk's text, source and heading, not where it sits: an edit above it moves its
     # offsets and keeps its key, so the delta carries every record that differs, new key or not.
-    added = sorted((c for c in after if before.get(c.key) != c), key=lambda c: c.key)
-    changed = sum(c.key in before for c in added)
+    carried = sorted((c for c in after if before.get(c.key) != c), key=lambda c: c.key)
+    changed = sum(c.key in before for c in carried)
     removed = np.array(sorted(set(before) - {c.key for c in after}), dtype=np.int64)
     new_index = Index.restore(str(new / bundle.INDEX), view=True)
-    keys = np.array([c.key for c in added], dtype=np.uint64)
+    keys = np.array([c.key for c in carried], dtype=np.uint64)
     vectors = (np.stack(new_index.get(keys, dtype=np.float32)) if len(keys)
                else np.zeros((0, new_index.ndim), np.float32))
     notes = {"base_manifest_sha256": old.manifest_sha256,
              "target_manifest_sha256": new.manifest_sha256,
              "base": label(old), "target": label(new),
-             "added_chunks": len(added) - changed, "changed_chunks": changed,
+             "added_chunks": len(carried) - changed, "changed_chunks": changed,
              "removed_chunks": len(removed),
              "whole_files": sorted(whole)}
     with artifacts.writer(dest, stage=STAGE, config={}) as out:
@@ -99,7 +99,7 @@ def write(old_path: Path, new_path: Path, dest: Path) -> dict[str, Any]:
         (out / FILES_DIR).mkdir()
         for name in whole:
             shutil.copyfile(new / name, out / FILES_DIR / name)
-        corpus.write_chunks(out / ADDED_CHUNKS, added)
+        corpus.write_chunks(out / ADDED_CHUNKS, carried)
         _save_npy(out / ADDED_VECTORS, vectors)
         _save_npy(out / REMOVED_KEYS, removed)
         _save_npy(out / ORDER, np.array([c.key for c in after], dtype=np.int64))
