@@ -3,7 +3,7 @@
 import json
 
 from pipeline import artifacts, config, errors, layout
-from pipeline.evaluation import evaluate
+from pipeline.evaluation import contract
 from stages import output
 
 STAGE = "evaluate"
@@ -14,7 +14,7 @@ def main() -> None:
     inputs = [artifacts.require(p) for p in (layout.EVAL_LLM, layout.EVAL_QUANTIZED,
                                              layout.EVAL_RAG, layout.INDEX, layout.EMBEDDER)]
     llm, quantized, rag, index, embedder = inputs
-    metrics = evaluate.gather(json.loads((llm / layout.METRICS).read_text()),
+    metrics = contract.gather(json.loads((llm / layout.METRICS).read_text()),
                               json.loads((quantized / layout.METRICS).read_text()),
                               json.loads((rag / layout.METRICS).read_text()),
                               {**index.manifest["notes"],
@@ -22,7 +22,7 @@ def main() -> None:
                               embedder.manifest["files"])
     with output(STAGE, cfg, inputs=inputs, byte_identical=False) as out:
         (out / layout.METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
-    print(evaluate.summary(metrics))
+    print(contract.summary(metrics))
 
 
 if __name__ == "__main__":
