@@ -149,32 +149,51 @@ def tiny_cfg():
     return config.validate(conf.compose(["experiment=tiny"]))
 
 
-@pytest.fixture(scope="session")
-def tiny_llm(tiny_cfg):
+def _random_llm(tiny_cfg, layers: int):
     """(hf_model, params, llm_config, meta_state_dict) for a seeded random tiny Llama."""
     import dataclasses
 
     from pipeline.llm import checkpoint, checks, families
 
-    # Two layers, where experiment=tiny builds one: layer-indexed code (weight names, KV caches,
-    # per-layer plans) is checked here; the stage graph's mechanics need only one layer, and
-    # each layer costs about 20 s of lowering.
-    source = dataclasses.replace(tiny_cfg.model.source, n_layers=2)
+    source = dataclasses.replace(tiny_cfg.model.source, n_layers=layers)
     hf = checkpoint.random_model(source, vocab_size=512, bos_id=1, eos_id=2)
     params = families.model_args(hf.config)
     llm = checks.llm_config(tiny_cfg.model.executorch)
     return hf, params, llm, families.to_meta(hf.config, hf.state_dict())
 
 
-@pytest.fixture(scope="session")
-def tiny_program(tiny_llm):
-    """The tiny model exported as the export stage does (KV cache, custom SDPA, metadata)."""
+def _exported(random_llm):
+    """The model exported as the export stage does (KV cache, custom SDPA, metadata)."""
     from pipeline.llm import export
 
-    _, params, llm, weights = tiny_llm
+    _, params, llm, weights = random_llm
     metadata = export.runner_metadata(params, llm, 1, [2])
     model = export.apply(export.build_eager(params, llm, weights), export.runner_transforms(llm))
     return export.export_program(model, llm, metadata, "tiny"), metadata
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tiny_cfg):
+    """Two layers, where experiment=tiny builds one: layer-indexed code (weight names, KV caches,
+    per-layer plans) is checked here; the stage graph's mechanics need only one layer."""
+    return _random_llm(tiny_cfg, 2)
+
+
+@pytest.fixture(scope="session")
+def tiny_program(tiny_llm):
+    return _exported(tiny_llm)
+
+
+@pytest.fixture(scope="session")
+def pte_llm(tiny_cfg):
+    """`tiny_llm` with one layer: the model of the tests that lower to XNNPACK (`tiny_ptes`), for
+    each layer costs about 10 s of ExecuTorch's lowering at 8da4w (measured; 2 s to export)."""
+    return _random_llm(tiny_cfg, 1)
+
+
+@pytest.fixture(scope="session")
+def pte_program(pte_llm):
+    return _exported(pte_llm)
 
 
 def sh(args, cwd, check=True):
@@ -301,13 +320,13 @@ def tiny_tokenizer(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_quantized(tiny_llm, tiny_program):
-    """The tiny program quantized 8da4w (group 32) as the quantize stage does."""
+def pte_quantized(pte_llm, pte_program):
+    """The one-layer program quantized 8da4w (group 32) as the quantize stage does."""
     from pipeline.config import QuantConfig, TensorQuant
     from pipeline.llm import schemes
 
-    _, params, llm, _ = tiny_llm
-    program, metadata = tiny_program
+    _, params, llm, _ = pte_llm
+    program, metadata = pte_program
     quant = QuantConfig(name="8da4w", method="torchao", activations="int8_dynamic", bits=4,
                         group_size=32, embedding=TensorQuant(bits=8, group_size=0))
     return schemes.scheme(quant).quantize(quant, program, params, llm, metadata, None)
@@ -315,16 +334,16 @@ def tiny_quantized(tiny_llm, tiny_program):
 
 @pytest.fixture(scope="session")
 def tiny_ptes(request, tmp_path_factory):
-    """The tiny program lowered to XNNPACK twice, once per test run: fp32 and 8da4w (group 32)."""
+    """`pte_program` lowered to XNNPACK twice, once per test run: fp32 and 8da4w (group 32)."""
     import copy
 
     from pipeline.config import BackendConfig
     from pipeline.llm import lower
 
     def build(folder: Path) -> list[str]:
-        _, _, llm, _ = request.getfixturevalue("tiny_llm")
-        program, metadata = request.getfixturevalue("tiny_program")
-        quantized = request.getfixturevalue("tiny_quantized")
+        _, _, llm, _ = request.getfixturevalue("pte_llm")
+        program, metadata = request.getfixturevalue("pte_program")
+        quantized = request.getfixturevalue("pte_quantized")
         for name, exported in (("fp32", program), ("8da4w", quantized)):
             pte = lower.to_pte(copy.deepcopy(exported), llm, metadata,
                                BackendConfig(name="xnnpack"), name)

@@ -181,7 +181,7 @@ def test_pte_timing_worker_on_the_tiny_model(tiny_ptes, tiny_tokenizer):
     assert answer["process"]["peak_rss_mb"] > 0
 
 
-def test_pte_perplexity_worker_matches_eager(tiny_ptes, tiny_llm, tiny_tokenizer, tmp_path):
+def test_pte_perplexity_worker_matches_eager(tiny_ptes, pte_llm, tiny_tokenizer, tmp_path):
     from pipeline.evaluation import perplexity, scorers
 
     tokenizer, _ = tiny_tokenizer
@@ -189,7 +189,7 @@ def test_pte_perplexity_worker_matches_eager(tiny_ptes, tiny_llm, tiny_tokenizer
     (tmp_path / "windows.json").write_text(json.dumps(windows))
     answer = run_worker("ppl_pte", {"pte": str(tiny_ptes["fp32"]),
                                     "windows_file": str(tmp_path / "windows.json")}, threads=1)
-    eager = quality.score_windows(scorers.EagerScorer(tiny_llm[0], 128), windows)
+    eager = quality.score_windows(scorers.EagerScorer(pte_llm[0], 128), windows)
     assert answer["tokens"] == eager["tokens"] == sum(len(w) - 1 for w in windows)
     assert abs(answer["ppl"] - eager["ppl"]) / eager["ppl"] < 1e-3
 
@@ -248,12 +248,12 @@ def test_llamacpp_workers_on_the_source_gguf(tmp_path):
     assert 1.0 < scored["ppl"] < 49152
 
 
-def test_a_whole_run_on_the_tiny_model_writes_json_and_table(tmp_path, tiny_llm, tiny_ptes,
+def test_a_whole_run_on_the_tiny_model_writes_json_and_table(tmp_path, pte_llm, tiny_ptes,
                                                              tiny_tokenizer, monkeypatch):
     from bench import run
 
     monkeypatch.setattr(run, "PROMPT", TEXT)   # the real prompt outgrows the tiny context
-    hf, *_ = tiny_llm
+    hf, *_ = pte_llm
     _, folder = tiny_tokenizer
     data = tmp_path / "data"
     hf.save_pretrained(data / "model")
@@ -318,18 +318,19 @@ def test_a_pte_too_short_for_the_longest_prompt_stops_the_bench_before_timing(ti
 
 
 def test_profile_counts_the_lowered_ops_per_token_with_no_attention_transposes(tiny_ptes,
-                                                                                tiny_llm):
+                                                                                pte_llm):
     """The tiny 8da4w .pte per decoded token: one 4-bit GEMM per linear, no XNNPACK transposes
     (lower runs export_llm's canonical pass; without it each layer ran six)."""
     from bench.profile import OpCost, profile
 
-    _, params, *_ = tiny_llm
+    _, params, *_ = pte_llm
     costs = profile(tiny_ptes["8da4w"], steps=4)
     ops = {name: cost for name, cost in costs.items() if isinstance(cost, OpCost)}
     gemms = sum(c.calls_per_token for name, c in ops.items() if "QB4W" in name)
     assert gemms == 7 * params["n_layers"]
     assert not [name for name in ops if "Transpose" in name]
-    assert 0 < costs["delegate_calls"] <= 12 * params["n_layers"]  # what export_llm's .pte has
+    # four, and ten per layer (measured: 14 at one layer; 24 at two, as export_llm's .pte has)
+    assert 0 < costs["delegate_calls"] <= 4 + 10 * params["n_layers"]
     # single ops, costliest first, add up to the per-name totals
     instances = costs["instances"]
     assert [i[0] for i in instances] == sorted((i[0] for i in instances), reverse=True)

@@ -19,8 +19,8 @@ def windows(tiny_tokenizer):
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_llm):
-    hf, *_ = tiny_llm
+def reference(pte_llm):
+    hf, *_ = pte_llm
     return scorers.EagerScorer(hf, 128)
 
 
@@ -30,17 +30,23 @@ def test_fp32_pte_perplexity_equals_eager(tiny_ptes, reference, windows):
     assert abs(result["ppl"] - result["ppl_reference"]) / result["ppl_reference"] < 1e-3
 
 
-def test_quantized_pte_perplexity_is_its_programs(tiny_ptes, tiny_quantized, reference,
+def test_quantized_pte_perplexity_is_its_programs(tiny_ptes, pte_quantized, reference,
                                                   windows):
     """The runtime scores the quantized `.pte` as the quantized program scores on the CPU: what
-    lowering adds is kernel rounding, not a different model."""
+    lowering adds is kernel rounding, not a different model. A random model's perplexity barely
+    moves under 4 bits (-0.005% here), so its tokens' log-probabilities say it: the `.pte` sits
+    far nearer its program than the program sits to fp32 (about 20 times, measured)."""
     import copy
 
-    pte = perplexity.score(scorers.RuntimeScorer(tiny_ptes["8da4w"]), reference, windows)
-    program = perplexity.score(scorers.ProgramScorer(copy.deepcopy(tiny_quantized), 128),
-                               reference, windows)
-    assert 0.01 < abs(pte["ppl_delta_pct"]) < 50  # really quantized, and not broken
-    assert abs(pte["ppl"] - program["ppl"]) / program["ppl"] < 0.01
+    ours = scorers.RuntimeScorer(tiny_ptes["8da4w"])
+    program = scorers.ProgramScorer(copy.deepcopy(pte_quantized), 128)
+    pte_ppl = perplexity.score(ours, reference, windows)
+    program_ppl = perplexity.score(program, reference, windows)
+    assert abs(pte_ppl["ppl"] - program_ppl["ppl"]) / program_ppl["ppl"] < 0.01
+    for window in windows:
+        got, quantized, fp32 = (scorers.target_logprobs(s, window, 1)
+                                for s in (ours, program, reference))
+        assert 0 < (got - quantized).norm() < (quantized - fp32).norm() / 5
 
 
 def test_long_context_is_prefilled_in_chunks(tiny_ptes, reference):
@@ -148,11 +154,11 @@ def test_tasks_are_deterministic_across_interpreters(tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
-def test_program_scorer_matches_the_runtime(tiny_program, tiny_ptes):
+def test_program_scorer_matches_the_runtime(pte_program, tiny_ptes):
     """The CPU judge of fake-quantized (QNN) programs agrees with the runtime on fp32."""
     import copy
 
-    program, _ = tiny_program
+    program, _ = pte_program
     ids = [1, 40, 80, 120, 160, 200, 240]
     ours = scorers.target_logprobs(scorers.ProgramScorer(copy.deepcopy(program), 128), ids, 2)
     runtime = scorers.target_logprobs(scorers.RuntimeScorer(tiny_ptes["fp32"]), ids, 2)

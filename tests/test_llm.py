@@ -93,11 +93,11 @@ def test_pt2e_uses_the_calibration_statistics(tiny_llm, tiny_program):
     assert 0 < error < coarse_error
 
 
-def test_fp32_pte_in_the_runtime_matches_the_program(tiny_llm, tiny_program, tiny_ptes):
+def test_fp32_pte_in_the_runtime_matches_the_program(pte_llm, pte_program, tiny_ptes):
     from pipeline import runtime
 
-    program, _ = tiny_program
-    _, _, llm, _ = tiny_llm
+    program, _ = pte_program
+    _, _, llm, _ = pte_llm
     loaded = runtime.Program(tiny_ptes["fp32"])
     assert loaded.constant("get_max_seq_len") == llm.export.max_seq_length
     assert loaded.constant("get_bos_id") == 1
@@ -107,7 +107,7 @@ def test_fp32_pte_in_the_runtime_matches_the_program(tiny_llm, tiny_program, tin
     assert torch.allclose(got, ref, atol=1e-3, rtol=1e-3), (got - ref).abs().max()
 
 
-def test_8da8w_puts_every_linear_in_xnnpack_and_stays_closer_than_4_bits(tiny_llm, tiny_program,
+def test_8da8w_puts_every_linear_in_xnnpack_and_stays_closer_than_4_bits(pte_llm, pte_program,
                                                                          tmp_path):
     """quant=8da8w (the home of a Q8_0 source): int8 weights per row, which XNNPACK's qc8w
     kernels run, where 8 bits in groups of 32 (Q8_0's own grid) fail lowering."""
@@ -115,8 +115,8 @@ def test_8da8w_puts_every_linear_in_xnnpack_and_stays_closer_than_4_bits(tiny_ll
     from pipeline.config import BackendConfig
     from pipeline.llm import lower
 
-    _, params, llm, _ = tiny_llm
-    program, metadata = tiny_program
+    _, params, llm, _ = pte_llm
+    program, metadata = pte_program
     recipe = config.validate(conf.compose(["experiment=tiny", "quant=8da8w"])).quant
     eight = schemes.scheme(recipe).quantize(recipe, copy.deepcopy(program), params, llm,
                                             metadata, None)

@@ -202,15 +202,15 @@ def test_a_plan_becomes_exceptions_and_family_precisions():
     assert (applied.embedding.bits, applied.embedding.group_size) == (4, 32)
 
 
-def test_a_weights_file_runs_identically_and_stores_the_tied_table_once(tiny_llm, tiny_program,
+def test_a_weights_file_runs_identically_and_stores_the_tied_table_once(pte_llm, pte_program,
                                                                         tmp_path):
     """llm.pte + llm.ptd: the same logits as a self-contained .pte, the 8-bit table kept once."""
     from pipeline.config import BackendConfig, XnnpackConfig
     from pipeline.llm import lower
     from pipeline.runtime import Program, llm_logits, program_bytes
 
-    _, params, llm, _ = tiny_llm
-    program, metadata = tiny_program
+    _, params, llm, _ = pte_llm
+    program, metadata = pte_program
     quant = QuantConfig(name="t", method="torchao", activations="int8_dynamic", bits=4,
                         group_size=32, embedding=TensorQuant(bits=8), head=TensorQuant(bits=8))
     quantized = schemes.scheme(quant).quantize(quant, program, params, llm, metadata, None)
@@ -271,9 +271,9 @@ def test_a_gguf_says_which_of_its_grids_are_kept_and_which_are_rounded_again(tin
 
     tokenizer = sources.materialize(tiny_cfg.model.tokenizer_source)
     q8 = tiny_gguf.write(tmp_path / "q8.gguf", tokenizer, linears="Q8_0", layers=1)
-    assert checkpoint.gguf_types(q8) == {"Q8_0": 8}  # seven linears and the embedding
+    assert checkpoint.check_gguf(q8) == {"Q8_0": 8}  # seven linears and the embedding
     q41 = tiny_gguf.write(tmp_path / "q41.gguf", tokenizer, linears="Q4_1", layers=1)
-    note = checkpoint.grid_note(checkpoint.gguf_types(q41))
+    note = checkpoint.grid_note(checkpoint.check_gguf(q41))
     assert "Kept exactly by quant=q4_1_grid: Q4_1." in note and ": Q8_0 ×1." in note
     assert note.endswith("Q8_0's nearest XNNPACK grid is quant=8da8w (8 bits per row).")
     assert "rounded a second time" in checkpoint.grid_note({"Q4_K": 7, "Q6_K": 1})
