@@ -90,9 +90,11 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def _order_for_workers(items) -> None:
-    """Start the session's tiny build first and keep every other unit that needs it for last, so
-    that under pytest-xdist (`make test` runs two workers) one worker builds while the others run
-    the units that need no build, end-to-end ones (which build things of their own) first."""
+    """Start the session's tiny build first, beside the end-to-end units that build things of
+    their own (`test_reproducibility`'s fresh build), then every unit that needs the build, and
+    the unit tests last. Under pytest-xdist (`make test` runs two workers) the longest units thus
+    start first, and the short ones fill in behind them: with the unit tests first, the last
+    end-to-end unit (a minute or more) ran alone at the end of the run."""
     def needs_build(item) -> bool:
         return "tiny_release_build" in getattr(item, "fixturenames", ())
 
@@ -107,7 +109,7 @@ def _order_for_workers(items) -> None:
         if unit == first:
             return (0, 0)
         if unit not in building:
-            return (1, 0 if e2e else 1)
+            return (1, 0) if e2e else (3, 0)
         return (2, 1 if unit.split("::")[0] in SPREAD else 0)
 
     items[:] = [item for unit in sorted(units, key=rank) for item in units[unit]]
