@@ -117,6 +117,36 @@ def test_a_qwen3_from_the_hub_runs_through_every_stage(built, tiny_cfg, tmp_path
     assert answer["timings"]["prompt_tokens"] == answer["timings"]["runner_prompt_tokens"]
 
 
+def test_a_grid_recipe_compiles_a_llama_cpp_file_through_the_stages(built, tiny_cfg, tmp_path):
+    """model=local on a GGUF of real Q4_1 blocks (tests/tiny_gguf.py), kept exactly. Q4_0 takes
+    the same stages; its grid is checked where it differs, in tests/test_quant_recipes.py."""
+    from executorch.extension.llm.runner import GenerationConfig
+
+    from pipeline import sources
+    from pipeline.runtime import text_runner
+    from tests import tiny_gguf
+
+    repo = copy_built(built.repo, tmp_path / "repo")
+    (tmp_path / "model").mkdir()
+    tiny_gguf.write(tmp_path / "model/tiny.gguf",
+                    sources.materialize(tiny_cfg.model.tokenizer_source), linears="Q4_1",
+                    layers=1)
+    _edgerag(repo, "configure", "experiment=tiny", "model=local",
+             f"model.source.path={tmp_path / 'model'}", "+model.source.file=tiny.gguf",
+             "quant=q4_1_grid", "model.linear_widths=[64,128]",
+             "model.executorch.export.max_seq_length=128",
+             "model.executorch.export.max_context_length=128")
+    assert {"fetch_model", "export", "calibrate", "quantize", "lower"} <= repro(repo, "lower")
+    notes = json.loads((repo / "data/calibration/manifest.json").read_text())["notes"]
+    assert notes["uses_calibration"] and notes["head_outliers"]  # the head's outlier channel
+    lowered = repo / "data/lowered"
+    pieces = []
+    text_runner(lowered / "llm.pte", lowered / "tokenizer.json").generate(
+        "The Python language reference says", GenerationConfig(
+            max_new_tokens=4, temperature=0.0, echo=False), pieces.append, lambda _stats: None)
+    assert len(pieces) == 4
+
+
 def test_qnn_runs_through_the_stages_up_to_the_sdk(built, tmp_path):
     """backend=qnn on a fresh config: QNN-shaped export, QnnQuantizer calibration with a
     mixed-precision plan and SeqMSE, conversion, and the converted program's perplexity and
@@ -153,36 +183,6 @@ def test_mixed_auto_measures_a_plan_and_a_group_size_change_remeasures_it(built,
     _edgerag(repo, "configure", "experiment=tiny", "quant=mixed_auto", "quant.mixed.budget_mb=10",
              "quant.group_size=64")
     assert repro(repo, "calibrate") == {"calibrate"}  # the plan was measured at group size 32
-
-
-def test_a_grid_recipe_compiles_a_llama_cpp_file_through_the_stages(built, tiny_cfg, tmp_path):
-    """model=local on a GGUF of real Q4_1 blocks (tests/tiny_gguf.py), kept exactly. Q4_0 takes
-    the same stages; its grid is checked where it differs, in tests/test_quant_recipes.py."""
-    from executorch.extension.llm.runner import GenerationConfig
-
-    from pipeline import sources
-    from pipeline.runtime import text_runner
-    from tests import tiny_gguf
-
-    repo = copy_built(built.repo, tmp_path / "repo")
-    (tmp_path / "model").mkdir()
-    tiny_gguf.write(tmp_path / "model/tiny.gguf",
-                    sources.materialize(tiny_cfg.model.tokenizer_source), linears="Q4_1",
-                    layers=1)
-    _edgerag(repo, "configure", "experiment=tiny", "model=local",
-             f"model.source.path={tmp_path / 'model'}", "+model.source.file=tiny.gguf",
-             "quant=q4_1_grid", "model.linear_widths=[64,128]",
-             "model.executorch.export.max_seq_length=128",
-             "model.executorch.export.max_context_length=128")
-    assert {"fetch_model", "export", "calibrate", "quantize", "lower"} <= repro(repo, "lower")
-    notes = json.loads((repo / "data/calibration/manifest.json").read_text())["notes"]
-    assert notes["uses_calibration"] and notes["head_outliers"]  # the head's outlier channel
-    lowered = repo / "data/lowered"
-    pieces = []
-    text_runner(lowered / "llm.pte", lowered / "tokenizer.json").generate(
-        "The Python language reference says", GenerationConfig(
-            max_new_tokens=4, temperature=0.0, echo=False), pieces.append, lambda _stats: None)
-    assert len(pieces) == 4
 
 
 def _stage_inputs() -> dict[str, list[str]]:
