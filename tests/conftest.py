@@ -107,13 +107,12 @@ def _order_for_workers(items) -> None:
     building = {u for u, members in units.items() if any(needs_build(i) for i in members)}
     first = next((u for u in units if u in building and u.split("::")[0] in SPREAD), None)
 
-    def rank(unit: str) -> tuple[int, int]:
-        e2e = any("e2e" in item.keywords for item in units[unit])
+    def rank(unit: str) -> int:
         if unit == first:
-            return (0, 0)
+            return 0
         if unit not in building:
-            return (1, 0) if e2e else (3, 0)
-        return (2, 1 if unit.split("::")[0] in SPREAD else 0)
+            return 1 if any("e2e" in item.keywords for item in units[unit]) else 4
+        return 3 if unit.split("::")[0] in SPREAD else 2
 
     items[:] = [item for unit in sorted(units, key=rank) for item in units[unit]]
 
