@@ -10,6 +10,7 @@ import re
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from omegaconf import OmegaConf
 
@@ -279,9 +280,10 @@ def test_a_retrieval_only_sweep_rebuilds_no_llm_stage(swept):
 
 @pytest.fixture(scope="module")
 def interrupted(tiny_release_build, tmp_path_factory):
-    """A sweep killed (SIGTERM) while its second job runs, then the same sweep run again. Job 0
-    is the session's build (restored); job 1 changes the chunk size, so it builds its corpus,
-    its index and its answers; where the signal lands among them depends on the machine."""
+    """A sweep killed (SIGTERM) while one of its second job's stages runs, then the same sweep
+    run again. Job 0 is the session's build (restored: no stage runs); job 1 changes the chunk
+    size, so it builds its corpus, its index and its answers; which of them the signal meets
+    depends on the machine (a fixed wait once let job 1 finish before the signal)."""
     import signal
     import subprocess
     import time
@@ -301,7 +303,9 @@ def interrupted(tiny_release_build, tmp_path_factory):
     while not (first.is_file() and json.loads(first.read_text())["status"] == "ok"):
         assert sweep_run.poll() is None and time.monotonic() < deadline, sweep_run.stderr.read()
         time.sleep(1)
-    time.sleep(10)  # job 1 is well into its stages
+    while not _a_stage_runs_under(repo / ".dvc/tmp/exps"):
+        assert sweep_run.poll() is None and time.monotonic() < deadline, sweep_run.stderr.read()
+        time.sleep(0.2)
     sweep_run.send_signal(signal.SIGTERM)
     out, err = sweep_run.communicate(timeout=300)
     killed = {"rc": sweep_run.returncode, "stderr": err, "first": first.read_text(),
@@ -312,6 +316,15 @@ def interrupted(tiny_release_build, tmp_path_factory):
     resumed = sh(command, repo)
     rows = list(csv.DictReader((repo / "sweeps/k/results.csv").open()))
     return repo, branch, params, killed, resumed, rows
+
+
+def _a_stage_runs_under(folder: Path) -> bool:
+    """Whether a `python -m stages.<name>` process works in a DVC experiment's workspace."""
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        command, cwd = proc.info["cmdline"] or [], proc.info["cwd"] or ""
+        if cwd.startswith(str(folder)) and any(arg.startswith("stages.") for arg in command):
+            return True
+    return False
 
 
 @pytest.mark.e2e
