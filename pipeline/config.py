@@ -208,6 +208,13 @@ class EvalConfig:
     speed_long_prompt_tokens: int = 0  # a held-out prompt of RAG's length (0: none); see speed.py
 
 
+# The least each eval setting can be and still measure something: a perplexity window scores from
+# its second token on, lm-eval needs a document, the speed figure a token and a run.
+EVAL_MINIMUMS = {"ppl_window": 2, "ppl_max_tokens": 2, "program_max_tokens": 2,
+                 "tasks_limit": 1, "speed_new_tokens": 1, "speed_repeats": 1,
+                 "speed_long_prompt_tokens": 0}
+
+
 @dataclass
 class RetrievalConfig:
     """Query time: dense (usearch), keyword (SQLite FTS5, BM25) or both fused by reciprocal rank.
@@ -320,6 +327,9 @@ def _check_semantics(cfg: Config, executorch: bool) -> None:
     if cfg.calibration.num_samples < 1 or cfg.calibration.seq_len < 2:
         raise BadInput("calibration.num_samples must be ≥ 1 and calibration.seq_len ≥ 2.")
     one_of("eval.program_ppl", cfg.eval.program_ppl, PROGRAM_PPL)
+    for key, least in EVAL_MINIMUMS.items():  # here, not in evaluate_llm after the LLM stages
+        if getattr(cfg.eval, key) < least:
+            raise BadInput(f"eval.{key}={getattr(cfg.eval, key)} must be at least {least}.")
     checks.check(cfg, executorch)
 
 

@@ -14,7 +14,7 @@ from pipeline.errors import BadInput
 
 def check(cfg: Config) -> None:
     from pipeline.device import retrieve
-    from pipeline.evaluation import evaluate, rag
+    from pipeline.evaluation import rag
     from pipeline.retrieval import corpus, embedder, index, reranker
 
     embedder.check(cfg.embedder)
@@ -25,5 +25,4 @@ def check(cfg: Config) -> None:
     corpus.check(cfg.corpus)
     index.check(cfg.index)
     retrieve.check(cfg.retrieval)
-    evaluate.check(cfg.eval)
     rag.check(cfg.rag_eval)

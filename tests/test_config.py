@@ -101,6 +101,17 @@ def test_executorch_section_is_checked_by_llmconfig(tmp_path):
                           capture_output=True, text=True)
     assert done.stdout == "[]\n" and done.returncode == 1
     assert "BadInput: model.executorch.export.max_seq_lenght is not valid" in done.stderr
+    # configure's and sweep's check reads ExecuTorch's own LlmConfig, without its package's
+    # torchao and dynamo (3 s).
+    probe = ("import sys; from omegaconf import OmegaConf; from pipeline import config, errors\n"
+             "try: config.validate(OmegaConf.load(sys.argv[1]))\n"
+             "except errors.BadInput as error: print(error)\n"
+             "print(sorted(m for m in ('torch', 'executorch') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "params.yaml")], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.stdout.startswith("model.executorch.export.max_seq_lenght is not valid for "
+                                  "ExecuTorch's LlmConfig: Key 'max_seq_lenght' not in")
+    assert done.stdout.endswith("\n[]\n"), done.stdout + done.stderr
 
 
 def test_cli_exits_2_with_one_line(tmp_path):

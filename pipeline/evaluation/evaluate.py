@@ -8,25 +8,11 @@ from typing import Any
 from unittest import mock
 
 from pipeline import layout
-from pipeline.config import Config, EvalConfig
-from pipeline.errors import BadInput
+from pipeline.config import Config
 from pipeline.evaluation import lm_eval_adapter, perplexity, scorers, speed
 from pipeline.progress import log
 from pipeline.runtime import program_bytes
 from pipeline.splits import read_jsonl
-
-# The least each setting can be and still measure something: a perplexity window scores from its
-# second token on, lm-eval needs a document, the speed figure a token and a run.
-EVAL_MINIMUMS = {"ppl_window": 2, "ppl_max_tokens": 2, "program_max_tokens": 2,
-                 "tasks_limit": 1, "speed_new_tokens": 1, "speed_repeats": 1,
-                 "speed_long_prompt_tokens": 0}
-
-
-def check(cfg: EvalConfig) -> None:
-    """At configure time, not in evaluate_llm after the LLM stages have run."""
-    for key, least in EVAL_MINIMUMS.items():
-        if getattr(cfg, key) < least:
-            raise BadInput(f"eval.{key}={getattr(cfg, key)} must be at least {least}.")
 
 
 def _task_manager(tasks_dir: Path) -> Any:

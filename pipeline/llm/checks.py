@@ -8,7 +8,11 @@ called).
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import re
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -52,7 +56,7 @@ def check(cfg: Config, executorch: bool) -> None:
     _check_kv_cache(cfg)
     _check_qnn(cfg)
     if executorch:
-        llm_config(cfg.model.executorch)
+        _merged(_llm_config_alone().LlmConfig, cfg.model.executorch)
 
 
 def llm_config(section: Any) -> Any:
@@ -60,8 +64,28 @@ def llm_config(section: Any) -> Any:
     validates the section, and a bad key or value is one sentence."""
     from executorch.extension.llm.export.config.llm_config import LlmConfig
 
+    return _merged(LlmConfig, section)
+
+
+@functools.cache
+def _llm_config_alone() -> ModuleType:
+    """ExecuTorch's llm_config module, loaded by itself to check a section (`edgerag configure`,
+    sweep planning). It imports only the standard library, but importing it by name first runs
+    its package's `__init__`, which imports torchao and dynamo: 3 of configure's 3.5 s. Stages
+    use the real import (`llm_config`), whose classes ExecuTorch's own code expects."""
+    package = importlib.util.find_spec("executorch")
+    if package is None or not package.submodule_search_locations:
+        raise BadInput("ExecuTorch is not installed; run `make setup`.")
+    path = Path(package.submodule_search_locations[0]) / "extension/llm/export/config/llm_config.py"
+    spec = importlib.util.spec_from_file_location("edgerag_llm_config_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _merged(llm_config_class: type, section: Any) -> Any:
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(LlmConfig), section or {})
+        merged = OmegaConf.merge(OmegaConf.structured(llm_config_class), section or {})
     except (ConfigKeyError, ValidationError) as error:
         raise BadInput(
             f"model.executorch.{error.full_key} is not valid for ExecuTorch's LlmConfig: "
