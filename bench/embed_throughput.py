@@ -5,14 +5,16 @@ Chunks per second of the built embedder `.pte` (`build_index`'s own `Embedder.em
 per call) on the first N chunks of a folder, in one process with ExecuTorch's threadpool at 1
 and at every core, in 1 and 2 worker processes of one thread each, and on a Dask cluster through
 `build_index`'s own `embed_cluster.pool` (`--cluster`, else a local one of one single-thread
-worker per core on the loopback interface; skipped without Dask). Workers are started and warmed
-before the clock starts; one outer clock per row.
+worker per core on the loopback interface; skipped without Dask). Workers are started (spawned,
+as `build_index` starts them) and warmed before the clock starts; one outer clock per row, and
+the start's own time beside it, from which the last row says how many chunks repay it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -65,23 +67,31 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     texts = _texts(args.folder, args.embedder / layout.TOKENIZER, args.chunks)
     cores = os.cpu_count() or 1
+    rates = {}
     for threads in sorted({1, cores}):
         _start(str(args.embedder), threads)
         started = time.monotonic()
         _embed(texts)
-        rate = len(texts) / (time.monotonic() - started)
+        rates[0] = len(texts) / (time.monotonic() - started)
         print(json.dumps({"workers": 0, "threads": threads, "chunks": len(texts),
-                          "chunks_per_s": round(rate, 1)}), flush=True)
+                          "chunks_per_s": round(rates[0], 1)}), flush=True)
     for workers in (1, 2):
-        with ProcessPoolExecutor(workers, initializer=_start,
-                                 initargs=(str(args.embedder), 1)) as pool:
+        opened = time.monotonic()
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_start, initargs=(str(args.embedder), 1)) as pool:
             list(pool.map(_embed, [["warm"]] * workers))
             started = time.monotonic()
             parts = [texts[i::workers] for i in range(workers)]
             done = sum(pool.map(_embed, parts))
-            rate = done / (time.monotonic() - started)
+            rates[workers] = done / (time.monotonic() - started)
         print(json.dumps({"workers": workers, "threads": 1, "chunks": done,
-                          "chunks_per_s": round(rate, 1)}), flush=True)
+                          "chunks_per_s": round(rates[workers], 1),
+                          "start_s": round(started - opened, 2)}), flush=True)
+    # From how many chunks the 2-process pool, start included, beats this process's threads
+    # (embedder.POOL_MIN_TEXTS).
+    saved_per_chunk = 1 / rates[0] - 1 / rates[2]
+    print(json.dumps({"pool_pays_from_chunks": round((started - opened) / saved_per_chunk)
+                      if saved_per_chunk > 0 else None}), flush=True)
     _on_cluster(args.embedder, texts, args.cluster, cores)
 
 

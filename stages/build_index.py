@@ -27,7 +27,7 @@ def main() -> None:
     pte = embedder.load_pte(compiled.path)
     store = vectors.VectorStore(
         vectors.store_path(vectors.embedder_identity(compiled.manifest["files"])), pte.dim)
-    cluster, workers = embed_cluster.address(), embedder.default_workers()
+    cluster, workers = embed_cluster.address(), embedder.default_workers(len(chunks))
     pool = (embed_cluster.pool(compiled.path, cluster) if cluster
             else embedder.pte_pool(compiled.path, workers))
     with output(STAGE, cfg, inputs=inputs, byte_identical=True) as out, pool as embed:

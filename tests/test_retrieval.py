@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import zlib
 
 import numpy as np
@@ -405,6 +406,16 @@ def test_two_embedding_processes_give_the_single_process_vectors(compiled, pydoc
     with embedder.pte_pool(compiled[0], 2) as embed:
         spread = embed(texts)
     assert spread.tobytes() == alone.tobytes()
+
+
+def test_a_small_corpus_is_embedded_in_this_process_and_a_large_one_by_one_per_core(
+        monkeypatch):
+    monkeypatch.delenv("EDGERAG_EMBED_WORKERS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2})
+    assert embedder.default_workers(embedder.POOL_MIN_TEXTS - 1) == 1
+    assert embedder.default_workers(embedder.POOL_MIN_TEXTS) == 3
+    monkeypatch.setenv("EDGERAG_EMBED_WORKERS", "2")
+    assert embedder.default_workers(10) == 2
 
 
 def test_two_dask_workers_on_the_loopback_give_the_single_process_vectors(

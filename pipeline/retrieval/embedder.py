@@ -209,11 +209,20 @@ def _runtime_embedder(pte: str | bytes, tokenizer: Tokenizer, dim: int) -> Embed
     return Embedder(tokenizer, lambda ids, mask: method.execute([ids, mask])[0], dim)
 
 
-def default_workers() -> int:
-    """One embedding process per core this process may use (`EDGERAG_EMBED_WORKERS` overrides):
-    on 2 cores, 2 processes of one thread embed 1.17× as fast as one process of two threads
-    (`python -m bench.embed_throughput`)."""
-    return int(os.environ.get("EDGERAG_EMBED_WORKERS") or len(os.sched_getaffinity(0)))
+# Fewer texts than this are embedded sooner by this process (a thread per core) than by a pool
+# whose processes first spend about 3.4 s importing torch and ExecuTorch: on 2 cores the pool
+# pays from 1,531 texts for the default MiniLM (256 tokens) and 2,148 at 64 tokens
+# (`pool_pays_from_chunks` in `python -m bench.embed_throughput`).
+POOL_MIN_TEXTS = 1536
+
+
+def default_workers(texts: int) -> int:
+    """How many processes embed a corpus of `texts` (`EDGERAG_EMBED_WORKERS` overrides): one per
+    core this process may use, where 2 processes of one thread embed 1.23× as fast as one of two
+    threads (`python -m bench.embed_throughput`), but one below POOL_MIN_TEXTS."""
+    if os.environ.get("EDGERAG_EMBED_WORKERS"):
+        return int(os.environ["EDGERAG_EMBED_WORKERS"])
+    return len(os.sched_getaffinity(0)) if texts >= POOL_MIN_TEXTS else 1
 
 
 _WORKER: dict[str, Embedder] = {}
