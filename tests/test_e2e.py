@@ -84,13 +84,12 @@ def test_changes_rerun_only_what_they_touch(built, tmp_path):
 def test_a_qwen3_from_the_hub_runs_through_every_stage(built, tiny_cfg, tmp_path, monkeypatch):
     """A non-Llama family from a pinned hub revision (a hub cache laid out here, offline): a tiny
     random instance of Qwen 3's config, with no BOS token as Qwen's tokenizers have none."""
-    from pipeline import sources
     from pipeline.llm import checkpoint
     from tests import tiny_families
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     cache = tmp_path / "hf" / "hub" / "models--edgerag--tiny-qwen3"
-    tokenizer = checkpoint.load_tokenizer(sources.materialize(tiny_cfg.model.tokenizer_source))
+    tokenizer = checkpoint.load_tokenizer(tiny_cfg.model.tokenizer_source)
     tokenizer.bos_token = None
     tiny_families.write_folder("qwen3", cache / "snapshots" / commit, tokenizer, layers=1)
     (cache / "refs").mkdir()
@@ -340,11 +339,10 @@ def test_metrics_follow_the_contract(built, held):
 def test_each_family_from_a_local_folder_runs_every_stage(built, tiny_cfg, tmp_path, family):
     """model=local on a tiny random instance of the family's real config, under the tiny
     config's 8da4w recipe (Qwen 3, from the hub, runs in every suite above)."""
-    from pipeline import sources
     from pipeline.llm import checkpoint
     from tests import tiny_families
 
-    tokenizer = checkpoint.load_tokenizer(sources.materialize(tiny_cfg.model.tokenizer_source))
+    tokenizer = checkpoint.load_tokenizer(tiny_cfg.model.tokenizer_source)
     tiny_families.write_folder(family, tmp_path / "model", tokenizer,
                                layers=tiny_families.DEPTH.get(family, 1))
     repo = copy_built(built.repo, tmp_path / "repo")

@@ -84,10 +84,9 @@ def test_a_family_outside_the_table_is_refused_naming_the_known_ones():
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_cfg):
-    from pipeline import sources
     from pipeline.llm import checkpoint
 
-    return checkpoint.load_tokenizer(sources.materialize(tiny_cfg.model.tokenizer_source))
+    return checkpoint.load_tokenizer(tiny_cfg.model.tokenizer_source)
 
 
 @pytest.mark.parametrize("family", LOWERED)

@@ -39,8 +39,11 @@ IDENTICAL = {"fetch_model": "model", "split": "split", "export": "export",
 def builds(request, tmp_path_factory):
     fresh = copy_repo(tmp_path_factory.mktemp("rebuild") / "repo", "experiment=tiny")
     offline = "0" if os.environ.get("HF_HUB_OFFLINE") == "1" else "1"  # the session's opposite
-    cache = tmp_path_factory.mktemp("cache")  # the wheels, but no vectors: a clean index build
-    shutil.copytree(Path(os.environ["EDGERAG_CACHE"]) / "wheels", cache / "wheels")
+    # The wheels alone: no vectors (a clean index build), nothing extracted or converted from them.
+    cache = tmp_path_factory.mktemp("cache")
+    for wheel in (Path(os.environ["EDGERAG_CACHE"]) / "wheels").glob("*/*.whl"):
+        (cache / "wheels" / wheel.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(wheel, cache / "wheels" / wheel.parent.name / wheel.name)
     env = {**os.environ, "PYTHONHASHSEED": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": offline,
            "EDGERAG_CACHE": str(cache),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}

