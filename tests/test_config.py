@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -85,33 +86,36 @@ def test_unknown_key_in_params_file_is_named(tmp_path):
         config.load(path)
 
 
+def _in_a_fresh_interpreter(code: str, params: Path) -> subprocess.CompletedProcess:
+    """`code` run where nothing is imported yet, with a params.yaml path as sys.argv[1]."""
+    return subprocess.run([sys.executable, "-c", code, str(params)], cwd=REPO,
+                          capture_output=True, text=True)
+
+
 def test_executorch_section_is_checked_by_llmconfig(tmp_path):
     raw = OmegaConf.create(OmegaConf.to_container(conf.compose([])))
     raw.model.executorch.export["max_seq_lenght"] = 5
-    with pytest.raises(BadInput, match=r"model.executorch.*not valid for ExecuTorch's LlmConfig"):
-        config.validate(raw)  # what configure and sweep run
-    # A stage loads params.yaml without importing ExecuTorch (seconds per stage); the LLM
-    # stages check the section where they read it.
     OmegaConf.save(raw, tmp_path / "params.yaml")
-    probe = ("import sys; from pipeline import config; from pipeline.llm import checks; "
-             "cfg = config.load(sys.argv[1]); "
-             "print(sorted(m for m in ('torch', 'executorch') if m in sys.modules)); "
-             "checks.llm_config(cfg.model.executorch)")
-    done = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "params.yaml")], cwd=REPO,
-                          capture_output=True, text=True)
-    assert done.stdout == "[]\n" and done.returncode == 1
-    assert "BadInput: model.executorch.export.max_seq_lenght is not valid" in done.stderr
-    # configure's and sweep's check reads ExecuTorch's own LlmConfig, without its package's
-    # torchao and dynamo (3 s).
-    probe = ("import sys; from omegaconf import OmegaConf; from pipeline import config, errors\n"
-             "try: config.validate(OmegaConf.load(sys.argv[1]))\n"
-             "except errors.BadInput as error: print(error)\n"
-             "print(sorted(m for m in ('torch', 'executorch') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "params.yaml")], cwd=REPO,
-                          capture_output=True, text=True)
+    # What configure and sweep run: ExecuTorch's own LlmConfig checks the section, without its
+    # package's torchao and dynamo (3 s).
+    done = _in_a_fresh_interpreter(
+        "import sys; from omegaconf import OmegaConf; from pipeline import config, errors\n"
+        "try: config.validate(OmegaConf.load(sys.argv[1]))\n"
+        "except errors.BadInput as error: print(error)\n"
+        "print(sorted(m for m in ('torch', 'executorch') if m in sys.modules))",
+        tmp_path / "params.yaml")
     assert done.stdout.startswith("model.executorch.export.max_seq_lenght is not valid for "
                                   "ExecuTorch's LlmConfig: Key 'max_seq_lenght' not in")
     assert done.stdout.endswith("\n[]\n"), done.stdout + done.stderr
+    # A stage loads params.yaml without this section's check or ExecuTorch; the LLM stages check
+    # it where they read it, through ExecuTorch's real import.
+    done = _in_a_fresh_interpreter(
+        "import sys; from pipeline import config; from pipeline.llm import checks; "
+        "cfg = config.load(sys.argv[1]); "
+        "print(sorted(m for m in ('torch', 'executorch') if m in sys.modules)); "
+        "checks.llm_config(cfg.model.executorch)", tmp_path / "params.yaml")
+    assert done.stdout == "[]\n" and done.returncode == 1
+    assert "BadInput: model.executorch.export.max_seq_lenght is not valid" in done.stderr
 
 
 def test_cli_exits_2_with_one_line(tmp_path):
