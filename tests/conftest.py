@@ -16,11 +16,21 @@ PINNED_WHEELS = ("model.tokenizer_source", "embedder.tokenizer_source")
 _OWNED_CACHE = pytest.StashKey[Path]()
 
 
+def copy_wheels(cache: Path, into: Path, slot: str = "*") -> None:
+    """One download cache's wheels (of one sha256 slot, or all) into another, and nothing
+    extracted or made from them: the copy holds what a clean machine holds after its downloads."""
+    import shutil
+
+    for wheel in (cache / "wheels").glob(f"{slot}/*.whl"):
+        target = into / "wheels" / wheel.parent.name
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(wheel, target / wheel.name)
+
+
 def pytest_sessionstart(session):
     """Fetch the pinned wheels once into a cache this run owns, then forbid downloads: a test
     that reaches the package index fails loudly (pip runs with --no-index). pytest-xdist's
     workers start after this and inherit the cache and the guard from the environment."""
-    import shutil
     import tempfile
 
     from omegaconf import OmegaConf
@@ -36,10 +46,7 @@ def pytest_sessionstart(session):
     cfg = config.validate(conf.compose(["experiment=tiny"]))
     for key in PINNED_WHEELS:
         source = OmegaConf.select(OmegaConf.structured(cfg), key)
-        seed = users / "wheels" / source.sha256
-        if seed.is_dir():  # this machine fetched it before: sources re-checks its sha256
-            shutil.copytree(seed, owned / "wheels" / source.sha256,
-                            ignore=shutil.ignore_patterns("extracted", ".*"))
+        copy_wheels(users, owned, source.sha256)  # fetched here before: sources re-checks it
         sources.materialize(source)
     os.environ["PIP_NO_INDEX"] = "1"
     # DVC sends a usage report after each command (a daemon) unless the repository's config says

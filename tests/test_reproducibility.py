@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import copy_repo
+from tests.conftest import copy_repo, copy_wheels
 
 pytestmark = pytest.mark.e2e
 
@@ -39,11 +38,8 @@ IDENTICAL = {"fetch_model": "model", "split": "split", "export": "export",
 def builds(request, tmp_path_factory):
     fresh = copy_repo(tmp_path_factory.mktemp("rebuild") / "repo", "experiment=tiny")
     offline = "0" if os.environ.get("HF_HUB_OFFLINE") == "1" else "1"  # the session's opposite
-    # The wheels alone: no vectors (a clean index build), nothing extracted or converted from them.
-    cache = tmp_path_factory.mktemp("cache")
-    for wheel in (Path(os.environ["EDGERAG_CACHE"]) / "wheels").glob("*/*.whl"):
-        (cache / "wheels" / wheel.parent.name).mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(wheel, cache / "wheels" / wheel.parent.name / wheel.name)
+    cache = tmp_path_factory.mktemp("cache")  # the wheels, but no vectors: a clean index build
+    copy_wheels(Path(os.environ["EDGERAG_CACHE"]), cache)
     env = {**os.environ, "PYTHONHASHSEED": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": offline,
            "EDGERAG_CACHE": str(cache),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
