@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     texts = _texts(args.folder, args.embedder / layout.TOKENIZER, args.chunks)
     cores = os.cpu_count() or 1
-    rates = {}
+    rates, starts = {}, {}
     for threads in sorted({1, cores}):
         _start(str(args.embedder), threads)
         started = time.monotonic()
@@ -83,14 +83,14 @@ def main(argv: list[str] | None = None) -> None:
             started = time.monotonic()
             parts = [texts[i::workers] for i in range(workers)]
             done = sum(pool.map(_embed, parts))
-            rates[workers] = done / (time.monotonic() - started)
+            rates[workers], starts[workers] = done / (time.monotonic() - started), started - opened
         print(json.dumps({"workers": workers, "threads": 1, "chunks": done,
                           "chunks_per_s": round(rates[workers], 1),
-                          "start_s": round(started - opened, 2)}), flush=True)
+                          "start_s": round(starts[workers], 2)}), flush=True)
     # From how many chunks the 2-process pool, start included, beats this process's threads
     # (embedder.POOL_MIN_TEXTS).
     saved_per_chunk = 1 / rates[0] - 1 / rates[2]
-    print(json.dumps({"pool_pays_from_chunks": round((started - opened) / saved_per_chunk)
+    print(json.dumps({"pool_pays_from_chunks": round(starts[2] / saved_per_chunk)
                       if saved_per_chunk > 0 else None}), flush=True)
     _on_cluster(args.embedder, texts, args.cluster, cores)
 

@@ -1,9 +1,10 @@
 """Every section of a config checked before any work starts.
 
 `edgerag configure` and `edgerag sweep` (before its first job) call `check`, so a bad index,
-embedder, corpus, retrieval or evaluation value fails there in one sentence instead of in its
+embedder, corpus, retrieval or RAG-evaluation value fails there in one sentence instead of in its
 stage after the LLM stages have spent many minutes. The rules live with the modules that own the
-allowed values; this only calls them. (`config.validate` checks the schema and the LLM sections.)
+allowed values; this only calls them. (`config.validate` checks the schema, the eval minimums
+and the LLM sections.)
 """
 
 from __future__ import annotations
