@@ -118,6 +118,15 @@ def test_executorch_section_is_checked_by_llmconfig(tmp_path):
     assert "BadInput: model.executorch.export.max_seq_lenght is not valid" in done.stderr
 
 
+def test_the_section_is_still_checked_if_executorch_moves_its_llm_config_file(monkeypatch):
+    from executorch.extension.llm.export.config.llm_config import LlmConfig
+
+    from pipeline.llm import checks
+
+    monkeypatch.setattr(checks, "LLM_CONFIG_FILE", "moved/elsewhere.py")
+    assert checks._llm_config_class.__wrapped__() is LlmConfig  # the real import, slower
+
+
 def test_cli_exits_2_with_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "configure", "quant.group_size=128",

@@ -12,7 +12,6 @@ import functools
 import importlib.util
 import re
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -56,7 +55,7 @@ def check(cfg: Config, executorch: bool) -> None:
     _check_kv_cache(cfg)
     _check_qnn(cfg)
     if executorch:
-        _merged(_llm_config_alone().LlmConfig, cfg.model.executorch)
+        _merged(_llm_config_class(), cfg.model.executorch)
 
 
 def llm_config(section: Any) -> Any:
@@ -67,20 +66,28 @@ def llm_config(section: Any) -> Any:
     return _merged(LlmConfig, section)
 
 
+# ExecuTorch's LlmConfig module, inside its package.
+LLM_CONFIG_FILE = "extension/llm/export/config/llm_config.py"
+
+
 @functools.cache
-def _llm_config_alone() -> ModuleType:
-    """ExecuTorch's llm_config module, loaded by itself to check a section (`edgerag configure`,
-    sweep planning). It imports only the standard library, but importing it by name first runs
-    its package's `__init__`, which imports torchao and dynamo: 3 of configure's 3.5 s. Stages
-    use the real import (`llm_config`), whose classes ExecuTorch's own code expects."""
+def _llm_config_class() -> type:
+    """ExecuTorch's LlmConfig from its module loaded by itself, to check a section (`edgerag
+    configure`, sweep planning). The module imports only the standard library, but importing it
+    by name first runs its package's `__init__`, which imports torchao and dynamo: 3 of
+    configure's 4 s. Stages use the real import (`llm_config`), whose classes ExecuTorch's own
+    code expects; so does this if ExecuTorch ever moves the file."""
     package = importlib.util.find_spec("executorch")
-    if package is None or not package.submodule_search_locations:
-        raise BadInput("ExecuTorch is not installed; run `make setup`.")
-    path = Path(package.submodule_search_locations[0]) / "extension/llm/export/config/llm_config.py"
+    locations = package.submodule_search_locations if package else None
+    path = Path(locations[0]) / LLM_CONFIG_FILE if locations else None
+    if path is None or not path.is_file():
+        from executorch.extension.llm.export.config.llm_config import LlmConfig
+
+        return LlmConfig
     spec = importlib.util.spec_from_file_location("edgerag_llm_config_check", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module
+    return module.LlmConfig
 
 
 def _merged(llm_config_class: type, section: Any) -> Any:
