@@ -67,14 +67,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     texts = _texts(args.folder, args.embedder / layout.TOKENIZER, args.chunks)
     cores = os.cpu_count() or 1
-    rates, starts = {}, {}
+    in_process, rates, starts = {}, {}, {}
     for threads in sorted({1, cores}):
         _start(str(args.embedder), threads)
         started = time.monotonic()
         _embed(texts)
-        rates[0] = len(texts) / (time.monotonic() - started)
+        in_process[threads] = len(texts) / (time.monotonic() - started)
         print(json.dumps({"workers": 0, "threads": threads, "chunks": len(texts),
-                          "chunks_per_s": round(rates[0], 1)}), flush=True)
+                          "chunks_per_s": round(in_process[threads], 1)}), flush=True)
     for workers in (1, 2):
         opened = time.monotonic()
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
                           "start_s": round(starts[workers], 2)}), flush=True)
     # From how many chunks the 2-process pool, start included, beats this process's threads
     # (embedder.POOL_MIN_TEXTS).
-    saved_per_chunk = 1 / rates[0] - 1 / rates[2]
+    saved_per_chunk = 1 / in_process[cores] - 1 / rates[2]
     print(json.dumps({"pool_pays_from_chunks": round(starts[2] / saved_per_chunk)
                       if saved_per_chunk > 0 else None}), flush=True)
     _on_cluster(args.embedder, texts, args.cluster, cores)

@@ -34,7 +34,8 @@ def check_gguf(path: Path) -> dict[str, int]:
 @functools.lru_cache(maxsize=8)
 def _checked_gguf(path: Path, size: int, mtime_ns: int) -> dict[str, int]:
     """`check_gguf` once per file version: the header holds every vocabulary string (parsing
-    SmolLM2's takes about 2 s), and a fetch asks three times (tokenizer, weights, notes)."""
+    SmolLM2's takes about 2 s), and a fetch asks up to three times (a tokenizer it converts,
+    the weights, the notes)."""
     from gguf import GGUFReader
 
     try:
