@@ -27,9 +27,9 @@ _WORKER: dict = {}
 
 
 def _threads(n: int) -> None:
-    from executorch.extension.pybindings import portable_lib
+    from pipeline import runtime
 
-    portable_lib._unsafe_reset_threadpool(n)
+    runtime.bindings()._unsafe_reset_threadpool(n)
 
 
 def _start(folder: str, threads: int) -> None:

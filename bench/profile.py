@@ -39,12 +39,10 @@ def profile(pte: str | Path, steps: int = 16, prompt: tuple[int, ...] = (1, 5, 7
     """
     import torch
     from executorch.devtools import Inspector
-    from executorch.extension.pybindings import portable_lib
 
-    from pipeline.runtime import data_path, register_llm_kernels
+    from pipeline.runtime import bindings, data_path
 
-    register_llm_kernels()
-    module = portable_lib._load_for_executorch(str(pte), data_path(pte), enable_etdump=True)
+    module = bindings()._load_for_executorch(str(pte), data_path(pte), enable_etdump=True)
     module.run_method("forward", (torch.tensor([list(prompt)]), torch.tensor([0])))
     for step in range(steps):
         module.run_method("forward", (torch.tensor([[prompt[-1]]]),

@@ -11,10 +11,10 @@ from bench.report import timing_sample
 
 def _pin_threads(threads: int) -> int:
     """Size ExecuTorch's shared CPU thread pool (XNNPACK runs on it); return what it reports."""
-    from executorch.extension.pybindings import portable_lib
+    from pipeline import runtime
 
-    portable_lib._unsafe_reset_threadpool(threads)
-    return int(portable_lib._threadpool_get_thread_count())
+    runtime.bindings()._unsafe_reset_threadpool(threads)
+    return int(runtime.bindings()._threadpool_get_thread_count())
 
 
 def time_generation(pte: str, tokenizer: str, prompt: str, new_tokens: int, repeats: int,

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -73,23 +74,54 @@ def runner_rates(stats: Any) -> dict[str, float]:
     }
 
 
+def bindings() -> ModuleType:
+    """ExecuTorch's runtime: the `_C` extension that `portable_lib` re-exports whole and
+    `executorch.runtime` wraps, with every kernel library our programs call registered.
+
+    Both wrappers first import ExecuTorch's whole compiler (`executorch.exir`, for one warning
+    class): 2.3 s of every process that only runs a `.pte` (`ask`, `build_index`, the
+    evaluations, each embedding worker) before its first token or vector.
+    """
+    register_llm_kernels()
+    from executorch.extension.pybindings import _C  # after torch: it links libtorch
+
+    return _C
+
+
+_KERNEL_LIBRARIES = {"executorch.extension.llm.custom_ops": "*custom_ops_aot_lib.*",
+                     "executorch.kernels.quantized": "*quantized_ops_aot_lib.*"}
+
+
 def register_llm_kernels() -> None:
-    """LLM programs use ExecuTorch's custom SDPA/KV-cache and quantized kernels; load them first."""
-    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
-    from executorch.kernels import quantized  # noqa: F401
+    """Load the kernel libraries of LLM programs (custom SDPA and KV cache, quantized embeddings
+    and linears) that ExecuTorch ships beside `custom_ops.py` and `executorch.kernels.quantized`.
+
+    Those modules load the same files, but `custom_ops.py` first imports the compiler and
+    inductor (2.5 s) to register tracing rules that only an export uses; it skips the load when
+    the ops are already registered, so an export that imports it after this still works.
+    """
+    import importlib.util
+
+    for package, pattern in _KERNEL_LIBRARIES.items():
+        folder = Path(importlib.util.find_spec(package).submodule_search_locations[0]).resolve()
+        [library] = folder.glob(pattern)
+        if str(library) not in torch.ops.loaded_libraries:
+            torch.ops.load_library(library)
+
+
+def method_names(program: Any) -> set[str]:
+    return {program.get_method_name(i) for i in range(program.num_methods())}
 
 
 def constants(pte: str | Path, names: tuple[str, ...]) -> dict[str, Any]:
     """A program's constant metadata methods (`get_max_seq_len`, `get_eos_ids`, …) that it has,
     read without loading its weights or its `forward`."""
-    from executorch.runtime import Runtime
-
-    program = Runtime.get().load_program(str(pte))
+    program = bindings()._load_program(str(pte))
+    present = method_names(program)
     found = {}
-    for name in names:
-        if name in program.method_names:
-            values = program.load_method(name).execute([])
-            found[name] = values[0] if len(values) == 1 else list(values)
+    for name in (name for name in names if name in present):
+        values = program.load_method(name)([])
+        found[name] = values[0] if len(values) == 1 else list(values)
     return found
 
 
@@ -100,24 +132,27 @@ def context_length(pte: str | Path) -> int | None:
 
 
 class Program:
-    """A loaded `.pte`: its `forward` method and its constant metadata methods."""
+    """A loaded `.pte`, from its path (with the weights file beside it) or its bytes (kept here:
+    the runtime reads them in place): its `forward` method and its constant metadata methods."""
 
-    def __init__(self, path: str | Path):
-        from executorch.runtime import Runtime
-
-        register_llm_kernels()
-        self.path = Path(path)
-        self._program = Runtime.get().load_program(str(path), data_path=data_path(path))
+    def __init__(self, pte: str | Path | bytes):
+        runtime = bindings()
+        if isinstance(pte, bytes):
+            self._bytes = pte
+            self._program = runtime._load_program_from_buffer(pte)
+        else:
+            self._program = runtime._load_program(str(pte), data_path=data_path(pte))
+        self._methods = method_names(self._program)
         self._forward = self._program.load_method("forward")
 
     def constant(self, name: str) -> Any:
-        if name not in self._program.method_names:
+        if name not in self._methods:
             return None
-        values = self._program.load_method(name).execute([])
+        values = self._program.load_method(name)([])
         return values[0] if len(values) == 1 else list(values)
 
     def forward(self, *inputs: torch.Tensor) -> list[Any]:
-        return self._forward.execute(list(inputs))
+        return self._forward(list(inputs))
 
 
 def llm_logits(program: Program, tokens: list[int], start_pos: int) -> torch.Tensor:

@@ -44,11 +44,11 @@ def _embed_shard(files: dict[str, bytes], identity: str, texts: list[str]) -> np
     if loaded is None:
         loaded = _LOADED.embedders = {}
     if identity not in loaded:
-        from executorch.extension.pybindings import portable_lib
-
+        from pipeline import runtime
         from pipeline.retrieval import embedder
 
-        portable_lib._unsafe_reset_threadpool(1)  # Dask's workers and threads are the parallelism
+        # Dask's workers and threads are the parallelism.
+        runtime.bindings()._unsafe_reset_threadpool(1)
         meta = json.loads(files[layout.EMBEDDER_META])
         loaded[identity] = embedder.load_pte_bytes(
             files[layout.EMBEDDER_PTE], files[layout.TOKENIZER].decode("utf-8"), meta["dim"])

@@ -202,17 +202,18 @@ def load_pte_bytes(pte: bytes, tokenizer_json: str, dim: int) -> Embedder:
 
 
 def _runtime_embedder(pte: str | bytes, tokenizer: Tokenizer, dim: int) -> Embedder:
-    import executorch.kernels.quantized  # noqa: F401 - embedding_byte for 8-bit word tables
-    from executorch.runtime import Runtime
+    from pipeline.runtime import Program
 
-    method = Runtime.get().load_program(pte).load_method("forward")
-    return Embedder(tokenizer, lambda ids, mask: method.execute([ids, mask])[0], dim)
+    program = Program(pte)
+    return Embedder(tokenizer, lambda ids, mask: program.forward(ids, mask)[0], dim)
 
 
-# Fewer texts than this are embedded sooner by this process (a thread per core) than by a pool
-# whose processes first spend about 3.4 s importing torch and ExecuTorch: on 2 cores the pool
-# pays from 1,531 texts for the default MiniLM (256 tokens) and 2,148 at 64 tokens
-# (`pool_pays_from_chunks` in `python -m bench.embed_throughput`).
+# Fewer texts than this are embedded by this process (a thread per core), not by a pool. The
+# pool starts in about 1.1 s (each process imports torch and ExecuTorch's runtime) and the bench
+# says it pays from 157 and 271 texts (`pool_pays_from_chunks` in `python -m
+# bench.embed_throughput`, AWS CLI chunks); but the stage itself, on the default's 929 pydoc
+# chunks, took 25.6 and 26.6 s with the pool against 24.3 and 26.1 s without (`python -m
+# stages.build_index`, an empty vector store, EDGERAG_EMBED_WORKERS=2 and 1).
 POOL_MIN_TEXTS = 1536
 
 
@@ -229,9 +230,9 @@ _WORKER: dict[str, Embedder] = {}
 
 
 def _worker_start(embedder_dir: str) -> None:
-    from executorch.extension.pybindings import portable_lib
+    from pipeline import runtime
 
-    portable_lib._unsafe_reset_threadpool(1)  # the processes are the parallelism
+    runtime.bindings()._unsafe_reset_threadpool(1)  # the processes are the parallelism
     _WORKER["pte"] = load_pte(Path(embedder_dir))
 
 

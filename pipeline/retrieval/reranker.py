@@ -102,11 +102,11 @@ class Reranker:
 
 def load_pte_files(pte: Path, tokenizer: Path) -> Reranker:
     """A reranker `.pte` and its tokenizer wherever they live (an artifact, a release)."""
-    from executorch.runtime import Runtime
+    from pipeline.runtime import Program
 
-    method = Runtime.get().load_program(str(pte)).load_method("forward")
+    program = Program(pte)
     return Reranker(Tokenizer.from_file(str(tokenizer)),
-                    lambda *inputs: method.execute(list(inputs))[0])
+                    lambda *inputs: program.forward(*inputs)[0])
 
 
 def load_reference(model_dir: Path, max_seq_len: int) -> Reranker:
