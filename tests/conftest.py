@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -344,25 +346,41 @@ def pte_quantized(pte_llm, pte_program):
 
 
 @pytest.fixture(scope="session")
-def tiny_ptes(request, tmp_path_factory):
-    """`pte_program` lowered to XNNPACK twice, once per test run: fp32 and 8da4w (group 32)."""
+def tiny_ptes(request, tmp_path_factory) -> Mapping[str, Path]:
+    """`pte_program` lowered to XNNPACK, fp32 and 8da4w (group 32): each once per test run, when a
+    test first asks for it, so a worker that needs one while another worker lowers the other
+    builds its own instead of waiting (the lowerings are single-threaded)."""
     import copy
 
     from pipeline.config import BackendConfig
     from pipeline.llm import lower
 
-    def build(folder: Path) -> list[str]:
+    names = ("fp32", "8da4w")
+
+    def build(name: str, folder: Path) -> str:
         _, _, llm, _ = request.getfixturevalue("pte_llm")
         program, metadata = request.getfixturevalue("pte_program")
-        quantized = request.getfixturevalue("pte_quantized")
-        for name, exported in (("fp32", program), ("8da4w", quantized)):
-            pte = lower.to_pte(copy.deepcopy(exported), llm, metadata,
-                               BackendConfig(name="xnnpack"), name)
-            (folder / f"{name}.pte").write_bytes(pte)
-        return ["fp32", "8da4w"]
+        exported = program if name == "fp32" else request.getfixturevalue("pte_quantized")
+        pte = lower.to_pte(copy.deepcopy(exported), llm, metadata, BackendConfig(name="xnnpack"),
+                           name)
+        (folder / f"{name}.pte").write_bytes(pte)
+        return name
 
-    folder, names = once_per_run(tmp_path_factory, "tiny-ptes", build)
-    return {name: folder / f"{name}.pte" for name in names}
+    class Lowered(Mapping):
+        def __getitem__(self, name: str) -> Path:
+            if name not in names:
+                raise KeyError(name)
+            folder, _ = once_per_run(tmp_path_factory, f"tiny-pte-{name}",
+                                     functools.partial(build, name))
+            return folder / f"{name}.pte"
+
+        def __iter__(self):
+            return iter(names)
+
+        def __len__(self) -> int:
+            return len(names)
+
+    return Lowered()
 
 
 @pytest.fixture(scope="session")
