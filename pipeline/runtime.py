@@ -109,20 +109,22 @@ def register_llm_kernels() -> None:
             torch.ops.load_library(library)
 
 
-def method_names(program: Any) -> set[str]:
+def _method_names(program: Any) -> set[str]:
     return {program.get_method_name(i) for i in range(program.num_methods())}
+
+
+def _constant(program: Any, name: str) -> Any:
+    """A constant metadata method's value (`get_max_seq_len`: an int; `get_eos_ids`: a list)."""
+    values = program.load_method(name)([])
+    return values[0] if len(values) == 1 else list(values)
 
 
 def constants(pte: str | Path, names: tuple[str, ...]) -> dict[str, Any]:
     """A program's constant metadata methods (`get_max_seq_len`, `get_eos_ids`, …) that it has,
     read without loading its weights or its `forward`."""
     program = bindings()._load_program(str(pte))
-    present = method_names(program)
-    found = {}
-    for name in (name for name in names if name in present):
-        values = program.load_method(name)([])
-        found[name] = values[0] if len(values) == 1 else list(values)
-    return found
+    present = _method_names(program)
+    return {name: _constant(program, name) for name in names if name in present}
 
 
 def context_length(pte: str | Path) -> int | None:
@@ -132,8 +134,8 @@ def context_length(pte: str | Path) -> int | None:
 
 
 class Program:
-    """A loaded `.pte`, from its path (with the weights file beside it) or its bytes (kept here:
-    the runtime reads them in place): its `forward` method and its constant metadata methods."""
+    """A loaded `.pte`, from its path (with the weights file beside it) or its bytes (held for the
+    program's life, as `executorch.runtime` holds them): its `forward` and its constants."""
 
     def __init__(self, pte: str | Path | bytes):
         runtime = bindings()
@@ -142,14 +144,11 @@ class Program:
             self._program = runtime._load_program_from_buffer(pte)
         else:
             self._program = runtime._load_program(str(pte), data_path=data_path(pte))
-        self._methods = method_names(self._program)
+        self._methods = _method_names(self._program)
         self._forward = self._program.load_method("forward")
 
     def constant(self, name: str) -> Any:
-        if name not in self._methods:
-            return None
-        values = self._program.load_method(name)([])
-        return values[0] if len(values) == 1 else list(values)
+        return _constant(self._program, name) if name in self._methods else None
 
     def forward(self, *inputs: torch.Tensor) -> list[Any]:
         return self._forward(list(inputs))
