@@ -13,8 +13,9 @@ def _pin_threads(threads: int) -> int:
     """Size ExecuTorch's shared CPU thread pool (XNNPACK runs on it); return what it reports."""
     from pipeline import runtime
 
-    runtime.bindings()._unsafe_reset_threadpool(threads)
-    return int(runtime.bindings()._threadpool_get_thread_count())
+    bindings = runtime.bindings()
+    bindings._unsafe_reset_threadpool(threads)
+    return int(bindings._threadpool_get_thread_count())
 
 
 def time_generation(pte: str, tokenizer: str, prompt: str, new_tokens: int, repeats: int,

