@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import numpy as np
 import pytest
 
 from pipeline import layout
@@ -140,6 +141,18 @@ def test_a_looping_answer_stops_and_is_cut_before_the_repeat():
     assert guard.text() == sentence.strip()
 
 
+def test_the_first_complete_answer_ends_at_a_blank_line_outside_code():
+    shown, stopped = [], []
+    guard = answer.Guard(set(), shown.append, lambda: stopped.append(True), first_answer=True)
+    for piece in ("Use", " `with`", ":\n```\nwith f:\n\n", "    pass\n```\n", "It closes.",
+                  "\n\nHere", "'s an example"):
+        guard(piece)
+    assert stopped == [True] and guard.ended and not guard.repeated
+    assert guard.text() == "Use `with`:\n```\nwith f:\n\n    pass\n```\nIt closes."
+    assert "".join(shown).strip() == guard.text()  # what streamed is what was kept
+    assert answer.first_answer_end("\n\nLeading blank lines first.") is None
+
+
 def test_special_tokens_never_reach_the_answer():
     guard = answer.Guard({"<|im_end|>"}, lambda _piece: None, lambda: None)
     for piece in ("The answer", " is 42.", "<|im_end|>"):
@@ -147,13 +160,54 @@ def test_special_tokens_never_reach_the_answer():
     assert guard.text() == "The answer is 42."
 
 
-def test_evidence_quotes_the_sentences_sharing_most_words_with_the_question():
-    passages = [("pydoc:with", 100, "Intro text here. The with statement calls __exit__ on "
-                 "the context manager. Unrelated closing words.")]
-    quoted = answer.evidence("What does the with statement call on exit?", passages, most=1)
-    assert quoted[0].text == "The with statement calls __exit__ on the context manager."
+def _meaning(texts):
+    """A stand-in embedder: a sentence means the set of its words (unit bag-of-words vectors),
+    so which sentence is nearest is known."""
+    vocabulary = sorted({w for t in texts for w in answer.content_words(t)})
+    rows = np.array([[float(w in answer.content_words(t)) for w in vocabulary] for t in texts])
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-9)
+
+
+def test_evidence_quotes_the_sentences_nearest_the_question_by_the_embedder():
+    passages = [("pydoc:with", 100, "Intro text here, about nothing much at all. The with "
+                 "statement calls __exit__ on the context manager, e.g. a file. Short one. "
+                 "Unrelated closing words that say nothing.")]
+    quoted = answer.evidence("What does the with statement call on exit?", passages, _meaning,
+                             most=2)
+    assert quoted[0].text == ("The with statement calls __exit__ on the context manager, e.g. "
+                              "a file.")
     text = passages[0][2]
     assert text[quoted[0].start - 100 : quoted[0].end - 100] == quoted[0].text
+    assert all(q.text != "Short one." for q in quoted)  # a fragment is no quote
+
+
+def test_evidence_ties_go_to_the_earlier_source_and_nothing_is_quoted_from_nothing():
+    same = "The statement calls the method on exit here."
+    passages = [("b", 0, same), ("a", 0, same)]
+    assert [q.source for q in answer.evidence("calls method exit", passages, _meaning)] == \
+        ["b", "a"]
+    assert answer.evidence("anything", [("a", 0, "Too short.")], _meaning) == []
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Edit CMakeLists.txt first. Then run make.", ["Edit CMakeLists.txt first.", "Then run make."]),
+    ("Python 3.11.2 adds it. Older ones do not.", ["Python 3.11.2 adds it.", "Older ones do not."]),
+    ("Use a context manager, e.g. open(). It closes the file.",
+     ["Use a context manager, e.g. open().", "It closes the file."]),
+    ("Call `os.path.join(a, b). x` to join. Done here.",
+     ["Call `os.path.join(a, b). x` to join.", "Done here."]),
+    ("A wrapped line\nwhich goes on. Next one!\n\nA new paragraph without a stop",
+     ["A wrapped line which goes on.", "Next one!", "A new paragraph without a stop"]),
+    ("Ask J. Smith about it. He knows?", ["Ask J. Smith about it.", "He knows?"]),
+    ("See (the manual.) Then stop.", ["See (the manual.)", "Then stop."]),
+])
+def test_the_sentence_splitter_keeps_names_versions_abbreviations_and_code_whole(text,
+                                                                                  expected):
+    from pipeline.device.sentences import sentences
+
+    found = sentences(text)
+    assert [s for _, _, s in found] == expected
+    assert all(" ".join(text[a:b].split()) == s for a, b, s in found)
 
 
 class _Reranker:

@@ -4,9 +4,9 @@
 - A 135M model decoding greedily often loops. `Guard` watches the words as they stream; once the
   last `REPEAT_WORDS` words already occurred in that order, the answer has started over: the
   runner is stopped and the repeat is cut from the answer.
-- Evidence: the sentences of the prompt's sources that share the most content words with the
-  question, with their document and character offsets. With a small model the quoted evidence
-  is often the most useful part of an answer.
+- Evidence: the sentences of the prompt's sources nearest the question by meaning (the release's
+  own embedder `.pte`), with their document and character offsets. With a small model the
+  quoted evidence is often the most useful part of an answer.
 """
 
 from __future__ import annotations
@@ -15,12 +15,16 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from pipeline.device.retrieve import STOPWORDS
+from pipeline.device.sentences import sentences
 
 REPEAT_WORDS = 6
+MIN_QUOTE_WORDS = 5
+QUOTE_CANDIDATES = 24
 _WORD = re.compile(r"\S+")
 _CONTENT = re.compile(r"[A-Za-z0-9_]+")
-_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|\n|$)")
 
 
 def content_words(text: str) -> set[str]:
@@ -40,21 +44,48 @@ def repeat_start(words: list[str], n: int = REPEAT_WORDS) -> int | None:
     return None
 
 
+def first_answer_end(text: str) -> int | None:
+    """Where the first complete answer ends: the first blank line after some words, outside a
+    code block (a small model's "Here's an example:" is where its answers start to wander)."""
+    fenced = False
+    position = 0
+    for line in text.splitlines(keepends=True):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not line.strip() and not fenced and _WORD.search(text[:position]) \
+                and line.endswith("\n"):
+            return position
+        position += len(line)
+    return None
+
+
 class Guard:
-    """Streams pieces on, drops special tokens, and stops the runner when the answer loops."""
+    """Streams pieces on, drops special tokens, and stops the runner when the answer loops, or
+    (`first_answer`) when its first complete answer has ended."""
 
     def __init__(self, special: set[str], on_piece: Callable[[str], None],
-                 stop: Callable[[], None]) -> None:
+                 stop: Callable[[], None], first_answer: bool = False) -> None:
         self.special, self.on_piece, self.stop = special, on_piece, stop
+        self.first_answer = first_answer
         self.pieces: list[str] = []
         self.repeated = False
+        self.ended = False
 
     def __call__(self, piece: str) -> None:
-        if self.repeated or piece in self.special:
+        if self.repeated or self.ended or not piece or piece in self.special:
             return
+        shown = sum(map(len, self.pieces))
         self.pieces.append(piece)
+        text = "".join(self.pieces)
+        end = first_answer_end(text) if self.first_answer else None
+        if end is not None:
+            self.ended = True
+            self.stop()
+            if text[shown:end]:
+                self.on_piece(text[shown:end])
+            return
         self.on_piece(piece)
-        if repeat_start(_WORD.findall("".join(self.pieces))) is not None:
+        if repeat_start(_WORD.findall(text)) is not None:
             self.repeated = True
             self.stop()
 
@@ -62,6 +93,9 @@ class Guard:
         text = "".join(self.pieces)
         for token in self.special:
             text = text.replace(token, "")
+        if self.ended:
+            end = first_answer_end(text)
+            text = text[:end] if end is not None else text
         if self.repeated:
             words = list(_WORD.finditer(text))
             cut = repeat_start([w.group() for w in words])
@@ -77,18 +111,25 @@ class Evidence:
     text: str
 
 
-def evidence(question: str, passages: list[tuple[str, int, str]], most: int = 2
-             ) -> list[Evidence]:
-    """The `most` sentences of `passages` ((source, start offset, text)) that share the most
-    content words with the question; ties go to the earlier source and sentence."""
+def evidence(question: str, passages: list[tuple[str, int, str]],
+             embed: Callable[[list[str]], np.ndarray], most: int = 2) -> list[Evidence]:
+    """The `most` sentences of `passages` ((source, start offset, text)) nearest the question by
+    the embedder's meaning (cosine of unit vectors). Fragments under `MIN_QUOTE_WORDS` words are
+    no quote; at most `QUOTE_CANDIDATES` sentences are embedded, those sharing the most content
+    words with the question first; ties go to the earlier source and sentence."""
     wanted = content_words(question)
-    scored = []
+    candidates = []
     for order, (source, offset, text) in enumerate(passages):
-        for match in _SENTENCE.finditer(text):
-            sentence = match.group().strip()
-            overlap = len(wanted & content_words(sentence))
-            if overlap and len(sentence) >= 20:
-                begin = offset + match.start() + len(match.group()) - len(match.group().lstrip())
-                scored.append((-overlap, order, match.start(),
-                               Evidence(source, begin, begin + len(sentence), sentence)))
-    return [item[-1] for item in sorted(scored, key=lambda s: s[:3])[:most]]
+        for begin, end, sentence in sentences(text):
+            if len(_WORD.findall(sentence)) >= MIN_QUOTE_WORDS:
+                overlap = len(wanted & content_words(sentence))
+                candidates.append((-overlap, order, begin,
+                                   Evidence(source, offset + begin, offset + end, sentence)))
+    candidates = sorted(candidates, key=lambda c: c[:3])[:QUOTE_CANDIDATES]
+    if not candidates:
+        return []
+    vectors = embed([question, *(c[-1].text for c in candidates)])
+    nearness = vectors[1:] @ vectors[0]
+    ranked = sorted(zip(nearness, candidates, strict=True),
+                    key=lambda pair: (-round(float(pair[0]), 4), pair[1][1], pair[1][2]))
+    return [candidate[-1] for _, candidate in ranked[:most]]

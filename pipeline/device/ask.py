@@ -9,7 +9,9 @@ Nothing here opens a socket (a test runs it with socket creation disabled).
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -21,10 +23,15 @@ from omegaconf import OmegaConf
 from pipeline.config import RetrievalConfig
 from pipeline.device import prompt
 from pipeline.device.answer import Evidence, Guard, evidence
+from pipeline.device.pieces import PieceDecoder, runner_tokenizer
 from pipeline.device.retrieve import Retriever
 from pipeline.errors import BadInput
 from pipeline.release import bundle
 from pipeline.runtime import context_length, native_logs, runner_rates
+
+# Stop at the end of the first complete answer (`answer.first_answer_end`): measured on the
+# tune half (bench/answer_levers.py), it is what keeps a small model from looping.
+FIRST_ANSWER = True
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,7 @@ class Assistant:
         from pipeline.runtime import text_runner
 
         self.verbose = verbose
+        self.first_answer = FIRST_ANSWER
         with native_logs(verbose):  # loading logs from C++ too (tokenizer regexes, metadata)
             # Memory-mapped, as a phone opens it: a large index is paged in as searched.
             index = Index.restore(str(files[bundle.INDEX]), view=True)
@@ -104,7 +112,11 @@ class Assistant:
                                                      files[bundle.TOKENIZER_CONFIG])
             self.special = _special_tokens(files[bundle.TOKENIZER])
             self.context_length = _context_length(files[bundle.LLM])
-            self.runner = text_runner(files[bundle.LLM], files[bundle.TOKENIZER])
+            # The runner's own copy of the tokenizer, its pieces made whole here (`pieces`).
+            self._workdir = tempfile.TemporaryDirectory(prefix="edgerag-ask-")
+            tokenizer, self.decoding = runner_tokenizer(files[bundle.TOKENIZER],
+                                                        Path(self._workdir.name))
+            self.runner = text_runner(files[bundle.LLM], tokenizer)
 
     def passage(self, source: Source) -> str:
         """The text a source put in the prompt (its chunk, cut where the prompt cut it)."""
@@ -150,7 +162,8 @@ class Assistant:
                "last_cut": bool(placed) and len(placed[-1][1]) < len(placed[-1][0][0].text)}
         sources = [Source(n, chunk.source, chunk.start, chunk.start + len(text), score)
                    for n, ((chunk, score), text) in enumerate(placed, start=1)]
-        guard = Guard(self.special, on_piece, self.runner.stop)
+        guard = Guard(self.special, on_piece, self.runner.stop, self.first_answer)
+        decoder = PieceDecoder(self.decoding, self.special)
         stats: list[Any] = []
         self.runner.reset()
         # warming=True only turns off the runner's own printing of tokens and of its report to
@@ -158,9 +171,11 @@ class Assistant:
         with native_logs(self.verbose):
             self.runner.generate(fitted.prompt, GenerationConfig(
                 max_new_tokens=max_new_tokens, temperature=0.0, echo=False, warming=True),
-                guard, stats.append)
+                lambda piece: guard(decoder.feed(piece)), stats.append)
+        guard(decoder.flush())
         quoted = evidence(question, [(chunk.source, chunk.start, text)
-                                     for (chunk, _), text in placed])
+                                     for (chunk, _), text in placed],
+                          self.retriever.embedder.embed)
         timings = _timings(retrieval_ms, fitted.tokens, stats[-1] if stats else None)
         timings["total_ms"] = round((time.monotonic() - started) * 1000.0, 1)
         return Answer(question, guard.text(), sources, quoted, timings, guard.repeated, fit)
@@ -181,18 +196,33 @@ def _timings(retrieval_ms: float, prompt_tokens: int, stats: Any) -> dict[str, f
     return timings
 
 
+def _readable(question: str, where: str) -> str:
+    """The question as the tokenizer can take it; bytes that are not UTF-8 are refused."""
+    try:
+        question.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadInput(f"{where} is not valid UTF-8 text; ask in UTF-8.") from None
+    return question
+
+
 def _questions(question: str | None) -> Iterator[str]:
-    """The one question given, or every non-empty line of stdin until EOF."""
+    """The one question given, or every non-empty line of stdin until EOF (a line that is not
+    UTF-8 comes through with its bad bytes kept as surrogates, for `_readable` to refuse)."""
     if question is not None:
         yield question
         return
+    if sys.stdin is None or sys.stdin.closed:
+        raise BadInput("no question was given and stdin is closed; pass the question as an "
+                       "argument or on stdin.")
     interactive = sys.stdin.isatty()
+    lines = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else None
     while True:
         if interactive:
             print("> ", end="", file=sys.stderr, flush=True)
-        line = sys.stdin.readline()
-        if not line:
+        raw = lines.readline() if lines is not None else sys.stdin.readline()
+        if not raw:
             return
+        line = raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
         if line.strip():
             yield line.strip()
 
@@ -215,16 +245,43 @@ def _print_sources(answer: Answer) -> None:
             print(f"- \"{quote.text}\" ({quote.source}, characters {quote.start}-{quote.end})")
 
 
+def _check_flags(k: int | None, max_new_tokens: int) -> None:
+    for flag, value in (("--k", k), ("--max-new-tokens", max_new_tokens)):
+        if value is not None and value < 1:
+            raise BadInput(f"{flag}={value} must be at least 1.")
+
+
 def main(question: str | None, release: str, k: int | None, max_new_tokens: int,
-         as_json: bool, verbose: bool = False) -> None:
-    if (k is not None and k < 1) or max_new_tokens < 1:
-        raise BadInput(f"--k={k} and --max-new-tokens={max_new_tokens} must both be at least 1.")
+         as_json: bool, verbose: bool = False) -> int:
+    """Answer each question; a bad one (not UTF-8, empty, longer than the context) is refused
+    in one line on stderr and the session goes on, and the exit status is then 2. A reader
+    that stops reading (`ask … | head -1`) ends the session quietly, with status 0."""
+    _check_flags(k, max_new_tokens)
+    if question is not None:
+        _readable(question, "the question")
     assistant = Assistant.from_release(Path(release), verbose)
-    for asked in _questions(question):
-        if as_json:
-            answer = assistant.ask(asked, k, max_new_tokens, lambda _piece: None)
-            print(answer.as_json(), flush=True)
-        else:
-            answer = assistant.ask(asked, k, max_new_tokens,
-                                   lambda piece: print(piece, end="", flush=True))
-            _print_sources(answer)
+    refused = 0
+    try:
+        for number, asked in enumerate(_questions(question), start=1):
+            try:
+                _readable(asked, f"stdin line {number}")
+                if as_json:
+                    answer = assistant.ask(asked, k, max_new_tokens, lambda _piece: None)
+                    print(answer.as_json(), flush=True)
+                else:
+                    answer = assistant.ask(asked, k, max_new_tokens,
+                                           lambda piece: print(piece, end="", flush=True))
+                    _print_sources(answer)
+            except BadInput as error:
+                if question is not None:
+                    raise
+                refused += 1
+                print(f"edgerag: {error}", file=sys.stderr, flush=True)
+    except BrokenPipeError:
+        # Python's advice for a closed pipe: point stdout at /dev/null so the interpreter's
+        # own flush at exit does not raise a second time.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
+    return 2 if refused else 0

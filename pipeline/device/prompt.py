@@ -55,8 +55,9 @@ def user_message(question: str, passages: list[Passage]) -> str:
 class ChatFormat:
     """The model's chat template (Jinja, sandboxed as transformers renders it), or plain text."""
 
-    def __init__(self, template: str | None, special_tokens: dict[str, str]) -> None:
-        self.special_tokens = special_tokens
+    def __init__(self, template: str | None, special_tokens: dict[str, str],
+                 system: str = SYSTEM) -> None:
+        self.special_tokens, self.system = special_tokens, system
         self.template = None
         if template:
             from jinja2.ext import loopcontrols
@@ -79,8 +80,9 @@ class ChatFormat:
     def render(self, question: str, passages: list[Passage]) -> str:
         message = user_message(question, passages)
         if self.template is None:
-            return f"{SYSTEM}\n\n{message}\nAnswer:"
-        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": message}]
+            return f"{self.system}\n\n{message}\nAnswer:"
+        messages = [{"role": "system", "content": self.system},
+                    {"role": "user", "content": message}]
         return self.template.render(messages=messages, add_generation_prompt=True,
                                     **self.special_tokens)
 

@@ -1,0 +1,80 @@
+"""What keeps answers from looping: `python -m bench.answer_levers [--half tune] [--levers …]`.
+
+Runs evaluate_rag's own loop (`rag.ask_all` over `ask.Assistant`) on the built artifacts in
+data/ once per lever (the system line, a worked example in it, the generation length, stopping
+at the end of the first complete answer) and prints one row per lever: choose on `tune`, report
+`test`. Greedy decoding throughout: the stock runner's only sampling setting is a temperature,
+and a sampled answer is not reproducible.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline import config, layout
+from pipeline.device import prompt
+from pipeline.device.ask import Assistant
+from pipeline.evaluation import rag
+from pipeline.release import bundle
+from pipeline.retrieval.corpus import read_chunks
+
+COLUMNS = ("repetition_rate", "answer_terms_recall", "answer_f1", "grounded",
+           "median_total_ms")
+# The system line before this bench (kept to measure against).
+OLD_SYSTEM = ("Answer from the numbered sources only and cite them like [1]; if they lack it, "
+              "say so.")
+BRIEF = ("Answer the question in one or two sentences, from the numbered sources only, and "
+         "cite them like [1].")
+# A worked example on a topic no project corpus covers, written for this bench.
+EXAMPLE = (BRIEF + "\n\nExample.\nSources:\n[1] Tides\nThe tide rises and falls twice a day "
+           "because of the Moon's pull.\nQuestion: How often does the tide rise?\nAnswer: "
+           "Twice a day, pulled by the Moon [1].")
+
+
+@dataclass(frozen=True)
+class Lever:
+    system: str
+    first_answer: bool
+    max_new_tokens: int | None = None  # None: the build's rag_eval.max_new_tokens
+
+
+LEVERS = {
+    "before": Lever(OLD_SYSTEM, False),
+    "short_generation_48": Lever(OLD_SYSTEM, False, 48),
+    "first_answer": Lever(OLD_SYSTEM, True),
+    "brief_system": Lever(BRIEF, False),
+    "brief_system+first_answer": Lever(BRIEF, True),
+    "example+first_answer": Lever(EXAMPLE, True),
+    "shipped": Lever(prompt.SYSTEM, True),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.answer_levers", description=__doc__)
+    parser.add_argument("--half", choices=rag.SPLITS, default="tune")
+    parser.add_argument("--levers", default=",".join(LEVERS))
+    args = parser.parse_args(argv)
+    cfg = config.load()
+    sources = {c.source for c in read_chunks(Path(layout.INDEX) / layout.CHUNKS)}
+    questions = [q for q in rag.read_questions(Path(cfg.rag_eval.questions), sources)
+                 if q["split"] == args.half]
+    assistant = Assistant(bundle.run_sources(Path(".")), cfg.retrieval)
+    print(f"| lever | {args.half} questions | " + " | ".join(COLUMNS) + " |")
+    print("|---|---:|" + "---:|" * len(COLUMNS))
+    for name in args.levers.split(","):
+        lever = LEVERS[name]
+        assistant.chat.system, assistant.first_answer = lever.system, lever.first_answer
+        records = rag.ask_all(assistant, questions, cfg.retrieval.k,
+                              max(cfg.retrieval.candidates, rag.NDCG_DEPTH),
+                              lever.max_new_tokens or cfg.rag_eval.max_new_tokens)
+        row = rag.summarize(records, args.half)
+        print(f"| {name} | {row['questions']} | "
+              + " | ".join(f"{row.get(c, '—')}" for c in COLUMNS) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    from pipeline.errors import run
+
+    run(main)
