@@ -216,6 +216,17 @@ EVAL_MINIMUMS = {"ppl_window": 2, "ppl_max_tokens": 2, "program_max_tokens": 2,
 
 
 @dataclass
+class AbstainConfig:
+    """"Not in your documents" (`pipeline/device/abstain.py`): abstain when the weighted sum of
+    the retrieval signals is below `below` (0: never)."""
+
+    below: float = 0.0
+    dense_cosine: float = 1.0
+    keyword_agreement: float = 0.0
+    coverage: float = 0.0
+
+
+@dataclass
 class RetrievalConfig:
     """Query time: dense (usearch), keyword (SQLite FTS5, BM25) or both fused by reciprocal rank.
 
@@ -231,6 +242,7 @@ class RetrievalConfig:
     keyword_weight: float = 1.0
     rerank: bool = False  # rescore the fused top `rerank_candidates` with the reranker
     rerank_candidates: int = 20
+    abstain: AbstainConfig = field(default_factory=AbstainConfig)
 
 
 @dataclass

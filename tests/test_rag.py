@@ -96,8 +96,13 @@ def test_question_sets_name_documents_the_corpus_has(tmp_path):
                                        "does not have"):
         rag.read_questions(path, {"pydoc:with"})
     path.write_text('{"question": "no expectation"}\n')
-    with pytest.raises(BadInput, match="line 1 needs a question and the document"):
+    with pytest.raises(BadInput, match="line 1 needs a question and either the document"):
         rag.read_questions(path, {"pydoc:with"})
+    path.write_text('{"question": "both?", "expect": ["pydoc:with"], "unanswerable": true}\n')
+    with pytest.raises(BadInput, match="line 1 needs a question and either the document"):
+        rag.read_questions(path, {"pydoc:with"})
+    path.write_text('{"question": "How do I install pip?", "unanswerable": true}\n')
+    assert rag.read_questions(path, {"pydoc:with"})[0]["unanswerable"] is True
 
 
 def test_the_shipped_question_sets_hold_together():
@@ -292,3 +297,46 @@ def test_rerank_without_a_reranker_fails_at_configure(tmp_path):
     assert done.returncode == 2 and not (tmp_path / "params.yaml").exists()
     assert done.stderr.strip() == ("edgerag: retrieval.rerank=true needs a reranker: choose one "
                                    "with reranker=… (conf/reranker/).")
+
+
+def test_an_invented_command_is_flagged_and_a_quoted_one_is_not():
+    from pipeline.device.unsupported import code_spans, unsupported
+
+    sources = ["Rotate the logs with logrotate: add /etc/logrotate.d/package and run "
+               "`logrotate --force /etc/logrotate.conf`."]
+    invented = "Use `rm -rf /var/log/package.log` to keep it small."
+    assert unsupported(invented, sources) == ["rm -rf /var/log/package.log"]
+    quoted = "Run `logrotate  --force /etc/logrotate.conf` or edit /etc/logrotate.d/package."
+    assert unsupported(quoted, sources) == []
+    fenced = "Like this:\n```sh\nlogrotate --force /etc/logrotate.conf\nshred -u x.log\n```"
+    assert unsupported(fenced, sources) == ["shred -u x.log"]
+    assert code_spans("Call os.path.join() with --verbose on ./a/b, not plain words.") == [
+        "os.path.join()", "--verbose", "./a/b"]
+    assert unsupported("Plain advice with no code at all.", sources) == []
+
+
+def test_the_abstention_rule_weighs_its_signals_against_a_threshold():
+    from pipeline.config import AbstainConfig
+    from pipeline.device import abstain
+
+    assert abstain.rule(RetrievalConfig()) is None  # the default never abstains
+    rule = abstain.rule(RetrievalConfig(abstain=AbstainConfig(below=0.9, dense_cosine=1.0,
+                                                              coverage=0.5)))
+    near = {"dense_cosine": 0.7, "keyword_agreement": 0.0, "coverage": 0.6}
+    far = {"dense_cosine": 0.3, "keyword_agreement": 1.0, "coverage": 0.4}
+    assert not rule.abstains(near) and rule.abstains(far)
+
+
+def test_the_summary_scores_abstention_over_both_kinds_of_question():
+    def row(unanswerable, abstained, unsupported=()):
+        return {"split": "test", "unanswerable": unanswerable, "abstained": abstained,
+                "unsupported": list(unsupported), "repeated": False, "timings": {},
+                **({} if unanswerable else {"hit_at_1": 1.0, "evidence_hit_at_1": 1.0})}
+
+    rows = [row(True, True), row(True, False), row(False, False, ["rm -rf /"]),
+            row(False, False), row(False, True), row(False, False)]
+    summary = rag.summarize(rows, "test")
+    assert summary["questions"] == 4 and summary["unanswerable_questions"] == 2
+    assert summary["abstain_recall"] == 0.5 and summary["false_abstain_rate"] == 0.25
+    assert summary["unsupported_code_rate"] == 0.25  # 1 of the 4 answers given
+    assert summary["evidence_hit_at_1"] == 1.0

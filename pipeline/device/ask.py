@@ -14,17 +14,18 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
 from pipeline.config import RetrievalConfig
-from pipeline.device import prompt
+from pipeline.device import abstain, prompt
 from pipeline.device.answer import Evidence, Guard, evidence
 from pipeline.device.pieces import PieceDecoder, runner_tokenizer
 from pipeline.device.retrieve import Retriever
+from pipeline.device.unsupported import unsupported
 from pipeline.errors import BadInput
 from pipeline.release import bundle
 from pipeline.runtime import context_length, native_logs, runner_rates
@@ -52,6 +53,9 @@ class Answer:
     timings: dict[str, float]
     repeated: bool  # the answer started over and was cut there
     fit: dict[str, int | bool]  # retrieved vs placed chunks, and whether the last placed was cut
+    unsupported: list[str] = field(default_factory=list)  # code no placed source says
+    abstained: bool = False  # the documents do not answer it (`abstain`): no answer generated
+    signals: dict[str, float] = field(default_factory=dict)  # what `abstain.Rule` judged
 
     @property
     def context_cut(self) -> bool:
@@ -90,6 +94,7 @@ class Assistant:
 
         self.verbose = verbose
         self.first_answer = FIRST_ANSWER
+        self.abstention = abstain.rule(retrieval)
         with native_logs(verbose):  # loading logs from C++ too (tokenizer regexes, metadata)
             # Memory-mapped, as a phone opens it: a large index is paged in as searched.
             index = Index.restore(str(files[bundle.INDEX]), view=True)
@@ -142,8 +147,6 @@ class Assistant:
 
     def ask(self, question: str, k: int | None, max_new_tokens: int,
             on_piece: Callable[[str], None]) -> Answer:
-        from executorch.extension.llm.runner import GenerationConfig
-
         if not question.strip():
             raise BadInput("the question is empty; ask something about the documents.")
         budget = self.context_length - max_new_tokens
@@ -162,6 +165,28 @@ class Assistant:
                "last_cut": bool(placed) and len(placed[-1][1]) < len(placed[-1][0][0].text)}
         sources = [Source(n, chunk.source, chunk.start, chunk.start + len(text), score)
                    for n, ((chunk, score), text) in enumerate(placed, start=1)]
+        texts = [text for _, text in placed]
+        measured = abstain.signals(self.retriever, question, [c.key for (c, _), _ in placed],
+                                   texts)
+        abstained = self.abstention is not None and self.abstention.abstains(measured)
+        quoted = evidence(question, [(chunk.source, chunk.start, text)
+                                     for (chunk, _), text in placed],
+                          self.retriever.embedder.embed)
+        if abstained:
+            on_piece(abstain.ABSTENTION)
+            text, repeated, stats = abstain.ABSTENTION, False, None
+        else:
+            text, repeated, stats = self._generate(fitted.prompt, max_new_tokens, on_piece)
+        timings = _timings(retrieval_ms, fitted.tokens, stats)
+        timings["total_ms"] = round((time.monotonic() - started) * 1000.0, 1)
+        return Answer(question, text, sources, quoted, timings, repeated, fit,
+                      [] if abstained else unsupported(text, texts), abstained, measured)
+
+    def _generate(self, prompt_text: str, max_new_tokens: int,
+                  on_piece: Callable[[str], None]) -> tuple[str, bool, Any]:
+        """The stock runner's answer to the fitted prompt, streamed through `Guard`."""
+        from executorch.extension.llm.runner import GenerationConfig
+
         guard = Guard(self.special, on_piece, self.runner.stop, self.first_answer)
         decoder = PieceDecoder(self.decoding, self.special)
         stats: list[Any] = []
@@ -169,16 +194,11 @@ class Assistant:
         # warming=True only turns off the runner's own printing of tokens and of its report to
         # stdout (we stream through the callback, and --json must own stdout); stats still come.
         with native_logs(self.verbose):
-            self.runner.generate(fitted.prompt, GenerationConfig(
+            self.runner.generate(prompt_text, GenerationConfig(
                 max_new_tokens=max_new_tokens, temperature=0.0, echo=False, warming=True),
                 lambda piece: guard(decoder.feed(piece)), stats.append)
         guard(decoder.flush())
-        quoted = evidence(question, [(chunk.source, chunk.start, text)
-                                     for (chunk, _), text in placed],
-                          self.retriever.embedder.embed)
-        timings = _timings(retrieval_ms, fitted.tokens, stats[-1] if stats else None)
-        timings["total_ms"] = round((time.monotonic() - started) * 1000.0, 1)
-        return Answer(question, guard.text(), sources, quoted, timings, guard.repeated, fit)
+        return guard.text(), guard.repeated, stats[-1] if stats else None
 
 
 def _timings(retrieval_ms: float, prompt_tokens: int, stats: Any) -> dict[str, float]:
@@ -228,9 +248,18 @@ def _questions(question: str | None) -> Iterator[str]:
 
 
 def _print_sources(answer: Answer) -> None:
+    """What follows the streamed answer: a warning on invented code, the evidence quotes, then
+    the sources."""
     if answer.repeated:
         print(" […]", end="")
-    print("\n\nSources:")
+    if answer.unsupported:
+        spans = ", ".join(f"`{span}`" for span in answer.unsupported)
+        print(f"\n\n(not in your documents, do not run or rely on: {spans})", end="")
+    if answer.evidence:
+        print("\n\nEvidence:")
+        for quote in answer.evidence:
+            print(f"- \"{quote.text}\" ({quote.source}, characters {quote.start}-{quote.end})")
+    print("\nSources:" if answer.evidence else "\n\nSources:")
     for source in answer.sources:
         print(f"[{source.n}] {source.source}, characters {source.start}-{source.end} "
               f"(score {source.score:.4f})")
@@ -239,10 +268,6 @@ def _print_sources(answer: Answer) -> None:
         print(f"(the prompt held {fit['placed']} of the {fit['retrieved']} retrieved chunks"
               + (", the last one cut short" if fit["last_cut"] else "")
               + ": the model's context is full; a smaller --k or --max-new-tokens makes room)")
-    if answer.evidence:
-        print("\nEvidence:")
-        for quote in answer.evidence:
-            print(f"- \"{quote.text}\" ({quote.source}, characters {quote.start}-{quote.end})")
 
 
 def _check_flags(k: int | None, max_new_tokens: int) -> None:

@@ -75,15 +75,17 @@ def read_questions(path: Path, sources: set[str]) -> list[dict]:
         except json.JSONDecodeError:
             raise BadInput(f"{path} line {number} is not JSON.") from None
         expected = _expected_sources(record) if isinstance(record, dict) else []
+        unanswerable = isinstance(record, dict) and record.get("unanswerable") is True
         if not isinstance(record, dict) or not str(record.get("question", "")).strip() \
-                or not expected:
-            raise BadInput(f"{path} line {number} needs a question and the document(s) it "
-                           "expects (`expect`).")
+                or not (expected or unanswerable) or (expected and unanswerable):
+            raise BadInput(f"{path} line {number} needs a question and either the document(s) "
+                           "it expects (`expect`) or `\"unanswerable\": true`.")
         missing = [s for s in expected if s not in sources]
         if missing:
             raise BadInput(f"{path} line {number} expects {missing[0]}, which the corpus does "
                            "not have; fix the question set or the corpus.")
-        questions.append({**record, "expect": expected, "split": split_of(record["question"])})
+        questions.append({**record, "expect": expected, "unanswerable": unanswerable,
+                          "split": split_of(record["question"])})
     if not questions:
         raise BadInput(f"{path} holds no questions.")
     return questions
@@ -128,6 +130,19 @@ def answer_scores(answer: str, record: dict, context: str) -> dict[str, float | 
     }
 
 
+def evidence_hit(quotes: list[Any], record: dict) -> float:
+    """Whether the top evidence quote holds an answer term, or (with no terms) half the content
+    words of the reference answer."""
+    if not quotes:
+        return 0.0
+    top = quotes[0].text.lower()
+    terms = record.get("answer_terms") or []
+    if terms:
+        return float(any(term.lower() in top for term in terms))
+    reference = content_words(record.get("answer") or "")
+    return float(bool(reference) and len(reference & content_words(top)) >= len(reference) / 2)
+
+
 def _ranked(assistant: Any, question: str, depth: int, rerank: bool) -> list[str]:
     """The sources of the `depth` best chunks, with or without the configured reranker."""
     return [assistant.chunks[key].source
@@ -148,7 +163,8 @@ def ask_all(assistant: Any, questions: list[dict], k: int, depth: int, max_new_t
             scores = retrieval_scores(documents_in_order(fused), record["expect"], [])
             before = {f"{key}_fused": scores[key] for key in ("hit_at_1", "reciprocal_rank")}
         row = {"question": record["question"], "split": record["split"],
-               "expect": record["expect"], "retrieved": documents_in_order(deep)[:NDCG_DEPTH]}
+               "expect": record["expect"], "unanswerable": record["unanswerable"],
+               "retrieved": documents_in_order(deep)[:NDCG_DEPTH]}
         if not answers:
             records.append({**row, "repeated": False, "timings": {}, **before,
                             **retrieval_scores(documents_in_order(deep), record["expect"],
@@ -157,11 +173,15 @@ def ask_all(assistant: Any, questions: list[dict], k: int, depth: int, max_new_t
         answer = assistant.ask(record["question"], k, max_new_tokens, lambda _piece: None)
         shown = [s.source for s in answer.sources]
         context = "\n".join(assistant.passage(s) for s in answer.sources)
-        records.append({
-            **row, "answer": answer.answer, "repeated": answer.repeated,
-            "context_cut": answer.context_cut,
+        scores = {} if record["unanswerable"] else {
             **retrieval_scores(documents_in_order(deep), record["expect"], shown), **before,
             **answer_scores(answer.answer, record, context),
+            "evidence_hit_at_1": evidence_hit(answer.evidence, record)}
+        records.append({
+            **row, "answer": answer.answer, "repeated": answer.repeated,
+            "context_cut": answer.context_cut, "abstained": answer.abstained,
+            "unsupported": answer.unsupported, "signals": answer.signals,
+            "evidence": [quote.text for quote in answer.evidence], **scores,
             "timings": answer.timings})
     return records
 
@@ -177,10 +197,14 @@ def _median(records: list[dict], key: str) -> float | None:
 
 
 def summarize(records: list[dict], split: str) -> dict[str, Any]:
-    chosen = [r for r in records if r["split"] == split]
-    summary: dict[str, Any] = {"questions": len(chosen)}
+    """The half's figures: retrieval and answers over its answerable questions, abstention over
+    both kinds, latency over all."""
+    every = [r for r in records if r["split"] == split]
+    chosen = [r for r in every if not r.get("unanswerable")]
+    refused = [r for r in every if r.get("unanswerable")]
+    summary: dict[str, Any] = {"questions": len(chosen), "unanswerable_questions": len(refused)}
     for key in ("hit_at_1", "hit_at_k", "ndcg_at_10", "answer_terms_recall", "answer_f1",
-                "grounded"):
+                "grounded", "evidence_hit_at_1"):
         summary[key] = _mean(chosen, key)
     summary["mrr"] = _mean(chosen, "reciprocal_rank")
     if any("hit_at_1_fused" in r for r in chosen):
@@ -191,6 +215,13 @@ def summarize(records: list[dict], split: str) -> dict[str, Any]:
     summary["repetition_rate"] = _mean([{"r": float(r["repeated"])} for r in chosen], "r")
     summary["context_cut_rate"] = _mean([{"c": float(r.get("context_cut", False))}
                                          for r in chosen], "c")
+    if "abstained" in (chosen or every or [{}])[0]:
+        summary["abstain_recall"] = _mean([{"a": float(r["abstained"])} for r in refused], "a")
+        summary["false_abstain_rate"] = _mean([{"a": float(r["abstained"])} for r in chosen],
+                                              "a")
+        answered = [r for r in every if not r["abstained"]]
+        summary["unsupported_code_rate"] = _mean([{"u": float(bool(r["unsupported"]))}
+                                                  for r in answered], "u")
     for key in ("retrieval_ms", "time_to_first_token_ms", "decode_tok_s", "total_ms"):
-        summary[f"median_{key}"] = _median(chosen, key)
+        summary[f"median_{key}"] = _median(every, key)
     return {key: value for key, value in summary.items() if value is not None}

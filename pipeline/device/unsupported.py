@@ -1,0 +1,50 @@
+"""Code in an answer that no placed source says: flagged, so it is never shown as advice.
+
+A small model invents commands (`rm -rf /var/log/package.log` for "how do I keep logs from
+growing", when the sources say logrotate). What can hurt when copied is code: backticked spans,
+lines of a fenced block, and bare tokens that only code has (paths, `--options`, `name()`,
+`a.b.c`, `file.ext`). Each is looked up in the text of the sources the prompt carried, case and
+white space aside; what is found nowhere is `unsupported`.
+"""
+
+from __future__ import annotations
+
+import re
+
+_FENCE = re.compile(r"```[^\n]*\n(.*?)(?:```|$)", re.S)
+_INLINE = re.compile(r"`([^`\n]+)`")
+_BARE = re.compile(
+    r"(?<![\w/.-])(?:"
+    r"(?:~|\.{1,2})?/[\w.@+-]+(?:/[\w.@+-]+)+"  # a path of two parts or more
+    r"|--?[A-Za-z][\w-]*"  # an option
+    r"|[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*\([^()\s]*\)"  # a call
+    r"|[A-Za-z_]\w*(?:\.[A-Za-z_]\w*){2,}"  # a dotted name
+    r")")
+MIN_LENGTH = 3  # shorter spans (`-x`, `a`) say too little to judge
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def code_spans(answer: str) -> list[str]:
+    """The answer's code, in order, each once: fenced lines, inline spans, then bare tokens."""
+    spans: list[str] = []
+    rest = answer
+    for block in _FENCE.finditer(answer):
+        spans += [line.strip() for line in block.group(1).splitlines() if line.strip()]
+    rest = _FENCE.sub(" ", rest)
+    spans += [m.group(1).strip() for m in _INLINE.finditer(rest)]
+    rest = _INLINE.sub(" ", rest)
+    spans += [m.group().rstrip(".,;:") for m in _BARE.finditer(rest)]
+    seen: dict[str, None] = {}
+    for span in spans:
+        if len(span) >= MIN_LENGTH:
+            seen.setdefault(span, None)
+    return list(seen)
+
+
+def unsupported(answer: str, sources: list[str]) -> list[str]:
+    """The answer's code spans that appear in none of `sources` (the placed passages)."""
+    said = _normal("\n".join(sources))
+    return [span for span in code_spans(answer) if _normal(span) not in said]
