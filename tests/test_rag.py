@@ -156,6 +156,10 @@ def test_the_first_complete_answer_ends_at_a_blank_line_outside_code():
     assert guard.text() == "Use `with`:\n```\nwith f:\n\n    pass\n```\nIt closes."
     assert "".join(shown).strip() == guard.text()  # what streamed is what was kept
     assert answer.first_answer_end("\n\nLeading blank lines first.") is None
+    announced = "Here is how:\n\n```\nwith open(f) as g:\n\n    pass\n```\n\nAnd then more."
+    assert announced[: answer.first_answer_end(announced)].strip().endswith("pass\n```")
+    unfinished = "The method called is\n\n[5] __getattr__ is called.\n\nNext."
+    assert unfinished[: answer.first_answer_end(unfinished)].strip().endswith("called.")
 
 
 def test_special_tokens_never_reach_the_answer():

@@ -3,7 +3,8 @@
 - Special tokens (`<|im_end|>`, …) are the model's control text, never answer text.
 - A 135M model decoding greedily often loops. `Guard` watches the words as they stream; once the
   last `REPEAT_WORDS` words already occurred in that order, the answer has started over: the
-  runner is stopped and the repeat is cut from the answer.
+  runner is stopped and the repeat is cut from the answer. It also stops at the end of the
+  first complete answer (`first_answer_end`), past which a small model's answers wander.
 - Evidence: the sentences of the prompt's sources nearest the question by meaning (the release's
   own embedder `.pte`), with their document and character offsets. With a small model the
   quoted evidence is often the most useful part of an answer.
@@ -20,7 +21,10 @@ import numpy as np
 from pipeline.device.retrieve import STOPWORDS
 from pipeline.device.sentences import sentences
 
-REPEAT_WORDS = 6
+# Ten words again in the same order is a loop; six also cut lists whose items share a phrase
+# ("adds an item to the end") on the tune half (bench/answer_levers.py).
+REPEAT_WORDS = 10
+_ENDS = (".", "!", "?", "```", ".)", '."', ".*", ".**")
 MIN_QUOTE_WORDS = 5
 QUOTE_CANDIDATES = 24
 _WORD = re.compile(r"\S+")
@@ -34,27 +38,34 @@ def content_words(text: str) -> set[str]:
 
 
 def repeat_start(words: list[str], n: int = REPEAT_WORDS) -> int | None:
-    """Where the repeated tail starts (a word index), when the last n words occurred before."""
+    """Where the repeat starts (a word index) when the last n words occurred before: walked back
+    while the words before both occurrences agree, so the answer keeps its first cycle whole."""
     if len(words) < 2 * n:
         return None
-    tail = words[-n:]
-    for start in range(len(words) - n):
-        if words[start : start + n] == tail:
-            return len(words) - n
+    tail = len(words) - n
+    for start in range(tail):
+        if words[start : start + n] == words[tail:]:
+            while start > 0 and words[start - 1] == words[tail - 1] and tail - 1 > start:
+                start, tail = start - 1, tail - 1
+            return tail
     return None
 
 
 def first_answer_end(text: str) -> int | None:
     """Where the first complete answer ends: the first blank line after some words, outside a
-    code block (a small model's "Here's an example:" is where its answers start to wander)."""
+    code block, whose paragraph ended a sentence (or a code block). A paragraph ending in ":"
+    announces what comes next ("Here's how:" and its example are one answer), one ending
+    mid-sentence goes on; a small model's next paragraph is where its answers wander."""
     fenced = False
-    position = 0
+    position, last = 0, ""
     for line in text.splitlines(keepends=True):
         if line.lstrip().startswith("```"):
             fenced = not fenced
         elif not line.strip() and not fenced and _WORD.search(text[:position]) \
-                and line.endswith("\n"):
+                and line.endswith("\n") and last.endswith(_ENDS):
             return position
+        if line.strip():
+            last = line.strip()
         position += len(line)
     return None
 
