@@ -150,15 +150,18 @@ def test_the_first_complete_answer_ends_at_a_blank_line_outside_code():
     shown, stopped = [], []
     guard = answer.Guard(set(), shown.append, lambda: stopped.append(True), first_answer=True)
     for piece in ("Use", " `with`", ":\n```\nwith f:\n\n", "    pass\n```\n", "It closes.",
-                  "\n\nHere", "'s an example"):
+                  "\n\nAnd", " it is fast.", "\n"):
         guard(piece)
+        assert "And" not in "".join(shown)  # held until the next paragraph is known
     assert stopped == [True] and guard.ended and not guard.repeated
     assert guard.text() == "Use `with`:\n```\nwith f:\n\n    pass\n```\nIt closes."
     assert "".join(shown).strip() == guard.text()  # what streamed is what was kept
     assert answer.first_answer_end("\n\nLeading blank lines first.") is None
-    announced = "Here is how:\n\n```\nwith open(f) as g:\n\n    pass\n```\n\nAnd then more."
+    example = "It closes.\n\nHere is an example:\n```\nwith f: pass\n```\n\nMore.\n"
+    assert example[: answer.first_answer_end(example)].strip().endswith("pass\n```")
+    announced = "Here is how:\n\n```\nwith open(f) as g:\n\n    pass\n```\n\nAnd then more.\n"
     assert announced[: answer.first_answer_end(announced)].strip().endswith("pass\n```")
-    unfinished = "The method called is\n\n[5] __getattr__ is called.\n\nNext."
+    unfinished = "The method called is\n\n[5] __getattr__ is called.\n\nNext.\n"
     assert unfinished[: answer.first_answer_end(unfinished)].strip().endswith("called.")
 
 
@@ -344,3 +347,13 @@ def test_the_summary_scores_abstention_over_both_kinds_of_question():
     assert summary["abstain_recall"] == 0.5 and summary["false_abstain_rate"] == 0.25
     assert summary["unsupported_code_rate"] == 0.25  # 1 of the 4 answers given
     assert summary["evidence_hit_at_1"] == 1.0
+
+
+def test_an_answer_said_again_after_it_ended_is_the_answer_not_a_loop():
+    shown, stopped = [], []
+    guard = answer.Guard(set(), shown.append, lambda: stopped.append(True), first_answer=True)
+    said = "The debugger runs only when the interpreter is not optimized by the flag."
+    for word in f"{said}\n\n{said} {said}".split(" "):
+        guard(word + " ")
+    assert stopped == [True] and guard.ended and not guard.repeated
+    assert guard.text() == said == "".join(shown).strip()

@@ -51,28 +51,44 @@ def repeat_start(words: list[str], n: int = REPEAT_WORDS) -> int | None:
     return None
 
 
-def first_answer_end(text: str) -> int | None:
-    """Where the first complete answer ends: the first blank line after some words, outside a
-    code block, whose paragraph ended a sentence (or a code block). A paragraph ending in ":"
-    announces what comes next ("Here's how:" and its example are one answer), one ending
-    mid-sentence goes on; a small model's next paragraph is where its answers wander."""
+def answer_end(text: str) -> tuple[int | None, int | None]:
+    """(end, pending) of the first complete answer in `text`, as character positions.
+
+    The answer ends at the first blank line after some words, outside a code block, whose
+    paragraph ended a sentence or a code block, unless the next paragraph announces more (its
+    first line ends in ":": "Here's an example:" and its example belong to the answer). A
+    paragraph ending in ":" or mid-sentence goes on. `pending` is such a blank line whose next
+    line has not arrived whole yet: nothing after it may be shown until it is decided. A small
+    model's next paragraph is where its answers wander."""
     fenced = False
     position, last = 0, ""
-    for line in text.splitlines(keepends=True):
+    lines = text.splitlines(keepends=True)
+    for number, line in enumerate(lines):
         if line.lstrip().startswith("```"):
             fenced = not fenced
         elif not line.strip() and not fenced and _WORD.search(text[:position]) \
                 and line.endswith("\n") and last.endswith(_ENDS):
-            return position
+            following = next((x for x in lines[number + 1:] if x.strip()), None)
+            if following is None or not following.endswith("\n"):
+                return None, position
+            if not following.rstrip().endswith(":"):
+                return position, None
         if line.strip():
             last = line.strip()
         position += len(line)
-    return None
+    return None, None
+
+
+def first_answer_end(text: str) -> int | None:
+    """Where the first complete answer of a finished `text` ends (`answer_end`), if before its
+    end."""
+    return answer_end(text)[0]
 
 
 class Guard:
     """Streams pieces on, drops special tokens, and stops the runner when the answer loops, or
-    (`first_answer`) when its first complete answer has ended."""
+    (`first_answer`) when its first complete answer has ended. Text after an undecided end is
+    held back, so what streamed is what the answer keeps; `finish` sends what is left."""
 
     def __init__(self, special: set[str], on_piece: Callable[[str], None],
                  stop: Callable[[], None], first_answer: bool = False) -> None:
@@ -81,32 +97,45 @@ class Guard:
         self.pieces: list[str] = []
         self.repeated = False
         self.ended = False
+        self._shown = 0
+        self._end = 0
+
+    def _show(self, upto: int) -> None:
+        text = "".join(self.pieces)
+        if upto > self._shown:
+            self.on_piece(text[self._shown:upto])
+            self._shown = upto
 
     def __call__(self, piece: str) -> None:
         if self.repeated or self.ended or not piece or piece in self.special:
             return
-        shown = sum(map(len, self.pieces))
         self.pieces.append(piece)
         text = "".join(self.pieces)
-        end = first_answer_end(text) if self.first_answer else None
+        end, pending = answer_end(text) if self.first_answer else (None, None)
+        looped = end is None and repeat_start(_WORD.findall(text)) is not None
+        if looped and pending is not None:
+            end = pending  # a complete answer, then the model started it over: it had ended
         if end is not None:
-            self.ended = True
+            self.ended, self._end = True, end
             self.stop()
-            if text[shown:end]:
-                self.on_piece(text[shown:end])
+            self._show(end)
             return
-        self.on_piece(piece)
-        if repeat_start(_WORD.findall(text)) is not None:
+        self._show(len(text) if pending is None else pending)
+        if looped:
             self.repeated = True
             self.stop()
 
+    def finish(self) -> None:
+        """The end of generation: show what was held back and is part of the answer."""
+        if not self.repeated and not self.ended:
+            self._show(len("".join(self.pieces)))
+
     def text(self) -> str:
         text = "".join(self.pieces)
+        if self.ended:
+            text = text[: self._end]
         for token in self.special:
             text = text.replace(token, "")
-        if self.ended:
-            end = first_answer_end(text)
-            text = text[:end] if end is not None else text
         if self.repeated:
             words = list(_WORD.finditer(text))
             cut = repeat_start([w.group() for w in words])

@@ -198,6 +198,7 @@ class Assistant:
                 max_new_tokens=max_new_tokens, temperature=0.0, echo=False, warming=True),
                 lambda piece: guard(decoder.feed(piece)), stats.append)
         guard(decoder.flush())
+        guard.finish()
         return guard.text(), guard.repeated, stats[-1] if stats else None
 
 
