@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pipeline import config, layout
 from pipeline.device import abstain
+from pipeline.device.answer import evidence
 from pipeline.device.ask import Assistant
 from pipeline.evaluation import rag
 from pipeline.release import bundle
@@ -30,9 +31,13 @@ def measured(assistant: Assistant, questions: list[dict], k: int) -> list[dict]:
     rows = []
     for question in questions:
         keys = [key for key, _ in assistant.retriever.search(question["question"], k)]
-        texts = [assistant.chunks[key].text for key in keys]
+        chunks = [assistant.chunks[key] for key in keys]
+        quoted = evidence(question["question"], [(c.source, c.start, c.text) for c in chunks],
+                          assistant.retriever.embedder.embed)
         rows.append({"split": question["split"], "unanswerable": question["unanswerable"],
-                     **abstain.signals(assistant.retriever, question["question"], keys, texts)})
+                     **abstain.signals(assistant.retriever, question["question"], keys,
+                                       [c.text for c in chunks],
+                                       quoted[0].nearness if quoted else 0.0)})
     return rows
 
 
@@ -46,7 +51,7 @@ def rates(rule: abstain.Rule, rows: list[dict]) -> tuple[float, float]:
 
 def choose(rows: list[dict]) -> abstain.Rule:
     best: tuple[float, float, abstain.Rule] | None = None
-    for weights in itertools.product(WEIGHTS, repeat=3):
+    for weights in itertools.product(WEIGHTS, repeat=4):
         if not any(weights):
             continue
         probe = abstain.Rule(*weights, threshold=0.0)
@@ -74,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     rule = choose([r for r in rows if r["split"] == "tune"])
     print(json.dumps({"abstain": {"below": rule.threshold, "dense_cosine": rule.dense_cosine,
                                   "keyword_agreement": rule.keyword_agreement,
-                                  "coverage": rule.coverage}}))
+                                  "coverage": rule.coverage,
+                                  "evidence_cosine": rule.evidence_cosine}}))
     for half in rag.SPLITS:
         chosen = [r for r in rows if r["split"] == half]
         recall, false = rates(rule, chosen)

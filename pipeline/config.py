@@ -220,10 +220,11 @@ class AbstainConfig:
     """"Not in your documents" (`pipeline/device/abstain.py`): abstain when the weighted sum of
     the retrieval signals is below `below` (0: never)."""
 
-    below: float = 0.0
-    dense_cosine: float = 1.0
+    below: float = 0.6442
+    dense_cosine: float = 0.0
     keyword_agreement: float = 0.0
-    coverage: float = 0.0
+    coverage: float = 0.5
+    evidence_cosine: float = 1.0
 
 
 @dataclass

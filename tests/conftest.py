@@ -444,6 +444,7 @@ def write_tiny_release(dest: Path, run: Path, cfg, llm_pte: Path, llm_tokenizer:
     corpus.write_chunks(indexed / "chunks.jsonl", chunks)
     keyword.write_store(indexed / "chunks.sqlite", chunks)
     (run / "data/eval/metrics.json").write_text(json.dumps(metrics))
-    bundle.write(dest, run, {"experiment": "tiny", "index": asdict(index_cfg)},
+    bundle.write(dest, run, {"experiment": "tiny", "index": asdict(index_cfg),
+                             "retrieval": asdict(cfg.retrieval)},
                  {"run": dest.name, "git_commit": None})
     return dest

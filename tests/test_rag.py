@@ -326,11 +326,13 @@ def test_the_abstention_rule_weighs_its_signals_against_a_threshold():
     from pipeline.config import AbstainConfig
     from pipeline.device import abstain
 
-    assert abstain.rule(RetrievalConfig()) is None  # the default never abstains
+    assert abstain.rule(RetrievalConfig(abstain=AbstainConfig(below=0.0))) is None  # never
     rule = abstain.rule(RetrievalConfig(abstain=AbstainConfig(below=0.9, dense_cosine=1.0,
                                                               coverage=0.5)))
-    near = {"dense_cosine": 0.7, "keyword_agreement": 0.0, "coverage": 0.6}
-    far = {"dense_cosine": 0.3, "keyword_agreement": 1.0, "coverage": 0.4}
+    near = {"dense_cosine": 0.7, "keyword_agreement": 0.0, "coverage": 0.6,
+            "evidence_cosine": 0.9}
+    far = {"dense_cosine": 0.3, "keyword_agreement": 1.0, "coverage": 0.4,
+           "evidence_cosine": 0.9}
     assert not rule.abstains(near) and rule.abstains(far)
 
 

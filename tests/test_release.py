@@ -379,6 +379,23 @@ def test_ask_into_a_reader_that_stops_early_exits_quietly(tiny_release):
     assert process.stderr.read() == b""
 
 
+def test_an_unanswerable_question_is_refused_and_an_answerable_one_answered(tiny_release,
+                                                                          capsys):
+    from pipeline.device import abstain
+
+    assistant = ask.Assistant.from_release(tiny_release)
+    # The tiny embedder is random, so the rule here weighs the question's words alone.
+    assistant.abstention = abstain.Rule(0.0, 0.0, 1.0, 0.0, threshold=0.5)
+    refused = assistant.ask("Which conda channel ships numpy wheels?", 2, 4, lambda _p: None)
+    assert refused.abstained and refused.answer == abstain.ABSTENTION
+    assert refused.sources and refused.signals["coverage"] < 0.5  # the closest sources, shown
+    assert "generated_tokens" not in refused.timings  # nothing was generated
+    answered = assistant.ask("How does the for statement loop?", 2, 4, lambda _p: None)
+    assert not answered.abstained and answered.timings["generated_tokens"] >= 1
+    ask._print_sources(refused)
+    assert "\nSources:\n[1] pydoc:" in capsys.readouterr().out
+
+
 def test_a_release_whose_prompts_lost_chunks_is_refused_only_when_the_rule_asks():
     cut = {**_candidate("x", 1, 0.0, 1.0).metrics, "rag.context_cut_rate": 0.97}
     strict = ReleaseConfig(max_context_cut_rate=0.0)

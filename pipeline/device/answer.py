@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -149,6 +150,7 @@ class Evidence:
     start: int
     end: int
     text: str
+    nearness: float = 0.0  # the sentence's cosine with the question (the embedder's)
 
 
 def evidence(question: str, passages: list[tuple[str, int, str]],
@@ -172,4 +174,5 @@ def evidence(question: str, passages: list[tuple[str, int, str]],
     nearness = vectors[1:] @ vectors[0]
     ranked = sorted(zip(nearness, candidates, strict=True),
                     key=lambda pair: (-round(float(pair[0]), 4), pair[1][1], pair[1][2]))
-    return [candidate[-1] for _, candidate in ranked[:most]]
+    return [dataclasses.replace(candidate[-1], nearness=round(float(near), 4))
+            for near, candidate in ranked[:most]]

@@ -166,12 +166,12 @@ class Assistant:
         sources = [Source(n, chunk.source, chunk.start, chunk.start + len(text), score)
                    for n, ((chunk, score), text) in enumerate(placed, start=1)]
         texts = [text for _, text in placed]
-        measured = abstain.signals(self.retriever, question, [c.key for (c, _), _ in placed],
-                                   texts)
-        abstained = self.abstention is not None and self.abstention.abstains(measured)
         quoted = evidence(question, [(chunk.source, chunk.start, text)
                                      for (chunk, _), text in placed],
                           self.retriever.embedder.embed)
+        measured = abstain.signals(self.retriever, question, [c.key for (c, _), _ in placed],
+                                   texts, quoted[0].nearness if quoted else 0.0)
+        abstained = self.abstention is not None and self.abstention.abstains(measured)
         if abstained:
             on_piece(abstain.ABSTENTION)
             text, repeated, stats = abstain.ABSTENTION, False, None
