@@ -265,6 +265,9 @@ class ReleaseConfig:
     min_rag_hit_at_k: float = 0.0  # evaluate_rag's test half: the answering document in the top k
     min_rag_grounded: float = 0.0  # share of the answer's content words found in its sources
     max_context_cut_rate: float = 1.0  # evaluate_rag's test half: prompts that lost a chunk
+    max_rag_repetition_rate: float = 1.0  # answers that looped and were cut (1: unchecked)
+    min_rag_abstain_recall: float = 0.0  # unanswerable questions refused (0: unchecked)
+    min_rag_evidence_hit_at_1: float = 0.0  # top evidence quotes holding the answer
 
 
 @dataclass

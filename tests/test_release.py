@@ -396,6 +396,20 @@ def test_an_unanswerable_question_is_refused_and_an_answerable_one_answered(tiny
     assert "\nSources:\n[1] pydoc:" in capsys.readouterr().out
 
 
+def test_the_rule_gates_on_loops_abstention_and_evidence_when_it_sets_them():
+    metrics = {**_candidate("x", 1, 0.0, 1.0).metrics, "rag.repetition_rate": 0.3,
+               "rag.abstain_recall": 0.9, "rag.evidence_hit_at_1": 0.5}
+    strict = ReleaseConfig(max_rag_repetition_rate=0.2, min_rag_abstain_recall=0.8,
+                           min_rag_evidence_hit_at_1=0.4)
+    assert promote.missed_bound(strict, metrics) == (
+        "rag.repetition_rate=0.3 is above release.max_rag_repetition_rate=0.2")
+    assert promote.missed_bound(strict, {**metrics, "rag.repetition_rate": 0.1}) is None
+    assert promote.missed_bound(strict, {**metrics, "rag.repetition_rate": 0.1,
+                                         "rag.abstain_recall": 0.5}) == (
+        "rag.abstain_recall=0.5 is below release.min_rag_abstain_recall=0.8")
+    assert promote.missed_bound(RULE, _candidate("x", 1, 0.0, 1.0).metrics) is None  # unset
+
+
 def test_a_release_whose_prompts_lost_chunks_is_refused_only_when_the_rule_asks():
     cut = {**_candidate("x", 1, 0.0, 1.0).metrics, "rag.context_cut_rate": 0.97}
     strict = ReleaseConfig(max_context_cut_rate=0.0)

@@ -49,7 +49,9 @@ def summary(metrics: dict[str, Any]) -> str:
         retrieval = metrics["retrieval"]
         rows.append(("retrieval recall@10", "1.0 (exact)", retrieval["recall_at_10"], ""))
         rows.append(("embedder cosine min", "1.0 (fp32)", retrieval["embed_cosine_min"], ""))
-    for key in ("hit_at_1", "hit_at_k", "mrr", "answer_terms_recall", "grounded"):
+    for key in ("hit_at_1", "hit_at_k", "mrr", "answer_terms_recall", "answer_f1", "grounded",
+                "repetition_rate", "evidence_hit_at_1", "abstain_recall", "false_abstain_rate",
+                "unsupported_code_rate"):
         if key in metrics.get("rag", {}):
             rows.append((f"rag {key} (test)", "", metrics["rag"][key], ""))
     width = max(len(r[0]) for r in rows)

@@ -34,6 +34,8 @@ from pipeline.release import bundle, registry
 WORKSPACE = "workspace"
 PTE_BYTES, PPL_DELTA, RECALL = "llm.pte_bytes", "llm.ppl_delta_pct", "retrieval.recall_at_10"
 RAG_HIT, RAG_GROUNDED, RAG_CUT = "rag.hit_at_k", "rag.grounded", "rag.context_cut_rate"
+RAG_REPEATED, RAG_ABSTAIN, RAG_EVIDENCE = ("rag.repetition_rate", "rag.abstain_recall",
+                                           "rag.evidence_hit_at_1")
 SWEEP_RESULTS = "sweeps/*/results.csv"
 # A run's metrics are trusted only if each listed artifact was an input of the one measuring it.
 MEASURED_ON = {
@@ -62,10 +64,22 @@ def _number(value: Any) -> float | None:
     return None if math.isnan(number) else number
 
 
+def _answer_bounds(rule: ReleaseConfig) -> list[tuple[str, float, str, bool]]:
+    """The answer bounds the rule sets (metric, bound, its name, whether it is a maximum); a
+    bound at its no-op value (a maximum of 1, a minimum of 0) is not checked, so runs measured
+    before the metric existed still compare."""
+    bounds = [(RAG_REPEATED, rule.max_rag_repetition_rate, "max_rag_repetition_rate", True),
+              (RAG_ABSTAIN, rule.min_rag_abstain_recall, "min_rag_abstain_recall", False),
+              (RAG_EVIDENCE, rule.min_rag_evidence_hit_at_1, "min_rag_evidence_hit_at_1", False)]
+    return [b for b in bounds if (b[1] < 1.0 if b[3] else b[1] > 0.0)]
+
+
 def missed_bound(rule: ReleaseConfig, metrics: dict[str, Any]) -> str | None:
     """The first bound these metrics miss, as a clause; None when they meet the rule."""
+    answers = _answer_bounds(rule)
     checked = (PTE_BYTES, PPL_DELTA, RECALL, RAG_HIT, RAG_GROUNDED,
-               *((RAG_CUT,) if rule.max_context_cut_rate < 1.0 else ()))
+               *((RAG_CUT,) if rule.max_context_cut_rate < 1.0 else ()),
+               *(key for key, *_ in answers))
     values = {key: _number(metrics.get(key)) for key in checked}
     absent = [key for key, value in values.items() if value is None]
     if absent:
@@ -81,6 +95,11 @@ def missed_bound(rule: ReleaseConfig, metrics: dict[str, Any]) -> str | None:
                              (RAG_HIT, rule.min_rag_hit_at_k, "min_rag_hit_at_k"),
                              (RAG_GROUNDED, rule.min_rag_grounded, "min_rag_grounded")):
         if values[key] < bound:
+            return f"{key}={values[key]:g} is below release.{name}={bound:g}"
+    for key, bound, name, is_max in answers:
+        if is_max and values[key] > bound:
+            return f"{key}={values[key]:g} is above release.{name}={bound:g}"
+        if not is_max and values[key] < bound:
             return f"{key}={values[key]:g} is below release.{name}={bound:g}"
     return None
 
