@@ -4,7 +4,8 @@ pypdfium2 (PDFium) was chosen by measurement on Debian's manuals (bench/pdf_extr
 the pages/s of pypdf and pdfminer.six at the same word fidelity against the HTML edition. The
 text is cleaned the way a reader expects: PDFium's line-break hyphen (U+0002) and soft hyphens
 removed, a word hyphenated at a line end joined, ligatures (ﬁ) spelled out, lines repeated at the
-top or bottom of several pages (running headers, footers, page numbers) dropped. The outline's
+top or bottom of several pages (running headers, footers, page numbers) dropped, two columns read
+one after the other (PDFium joins lines that share a baseline across the gutter). The outline's
 bookmarks become `#` headings at the line that carries their title (or the top of their page),
 so `corpus.chunking: sections` cuts a PDF as it cuts Markdown; without an outline, paragraphs.
 Pages with images and no text (scans) are returned by number, never indexed as empty.
@@ -22,6 +23,7 @@ LIGATURES = {"\ufb00": "ff", "\ufb01": "fi", "\ufb02": "fl", "\ufb03": "ffi", "\
              "\ufb05": "st", "\ufb06": "st"}  # NFKC of U+FB00-FB06, and nothing else of NFKC
 _DROPPED = str.maketrans({**LIGATURES, "\x02": "", "\u00ad": "", "\ufffe": ""})
 EDGE_LINES = 2  # lines at each end of a page where running headers and footers are looked for
+MAX_CROSSING = 0.1  # share of a page's text runs that may cross a column gutter (titles)
 REPEATS = 3  # pages an edge line (digits aside) must appear on to count as running
 _HYPHENATED = re.compile(r"(?<=[^\W\d_])-\n(?=[a-z])")
 _PARAGRAPH_END = re.compile(r"[.:!?)\]]$")
@@ -38,8 +40,46 @@ class PdfText:
     no_text_pages: list[int] = field(default_factory=list)  # 1-based, pages with images only
 
 
-def _page_lines(textpage) -> list[str]:
-    text = textpage.get_text_bounded().translate(_DROPPED)
+def _gutter(rects: list[tuple[float, float, float, float]], width: float) -> float | None:
+    """The x of the gap between two columns of text, or None for one column: the x in the
+    middle 40% of the page that the fewest text runs cross (at most `MAX_CROSSING` of them,
+    titles above the columns), with at least a fifth of the runs on each side."""
+    xs = [width * (0.3 + 0.4 * i / 80) for i in range(81)]
+    crossing = [sum(left < x < right for left, _, right, _ in rects) for x in xs]
+    fewest = min(crossing)
+    if fewest > MAX_CROSSING * len(rects):
+        return None
+    runs, run = [], []
+    for x, n in zip(xs, crossing, strict=True):
+        run = run + [x] if n == fewest else []
+        runs.append(run)
+    widest = max(runs, key=len)
+    gutter = widest[len(widest) // 2]
+    sides = [sum(right <= gutter for _, _, right, _ in rects),
+             sum(left >= gutter for left, _, _, _ in rects)]
+    return gutter if min(sides) >= 0.2 * len(rects) else None
+
+
+def _page_text(page, textpage) -> str:
+    """The page's text in reading order: two columns one after the other (PDFium alone joins
+    the lines of both columns that share a baseline), anything spanning both first."""
+    rects = [textpage.get_rect(i) for i in range(textpage.count_rects())]
+    width, height = page.get_size()
+    gutter = _gutter(rects, width) if len(rects) >= 6 else None
+    if gutter is None:
+        return textpage.get_text_bounded()
+    columns_top = max(top for left, _, right, top in rects if not left < gutter < right)
+    spanning = [bottom for left, bottom, right, _ in rects if left < gutter < right]
+    if any(bottom < columns_top for bottom in spanning):  # spans between column lines
+        return textpage.get_text_bounded()
+    parts = [textpage.get_text_bounded(0, columns_top + 1, width, height)] if spanning else []
+    parts += [textpage.get_text_bounded(0, 0, gutter, columns_top + 1),
+              textpage.get_text_bounded(gutter, 0, width, columns_top + 1)]
+    return "\n".join(parts)
+
+
+def _page_lines(page, textpage) -> list[str]:
+    text = _page_text(page, textpage).translate(_DROPPED)
     return [" ".join(line.split()) for line in text.replace("\r\n", "\n").split("\n")]
 
 
@@ -130,7 +170,7 @@ def read_pdf(path: str) -> PdfText:
         for i in range(len(document)):
             page = document[i]
             textpage = page.get_textpage()
-            lines = _page_lines(textpage)
+            lines = _page_lines(page, textpage)
             if not any(lines) and _has_images(page):
                 no_text.append(i + 1)
             raw_pages.append(lines)
