@@ -11,6 +11,12 @@ _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
          (codecs.BOM_UTF16_BE, "utf-16"))  # UTF-32 LE's BOM starts with UTF-16 LE's: first
 
 
+# charset-normalizer ranks cp1250 first as often as cp1252 on a short French or German text
+# (`crème` read as `crčme`, equally free of "chaos"): among the tied, these go first, in order.
+# cp1252 is what Windows writes and what browsers read a page labelled ISO-8859-1 as.
+WESTERN = ("cp1252", "iso8859_15", "latin_1")
+
+
 class Undecodable(Exception):
     """The bytes are not text in any encoding found; its message is the skip reason."""
 
@@ -24,7 +30,11 @@ def decode(raw: bytes) -> tuple[str, str]:
             pass  # a BOM on bytes that are not that encoding: left to the detector
     from charset_normalizer import from_bytes
 
-    best = from_bytes(raw).best()
+    matches = list(from_bytes(raw))
+    best = matches[0] if matches else None
+    if best is not None:  # ties are common on short texts: prefer the Western encodings
+        tied = [m for m in matches if m.chaos == best.chaos]
+        best = next((m for name in WESTERN for m in tied if m.encoding == name), best)
     if best is None or (b"\x00" in raw and not best.encoding.startswith("utf_")):
         raise Undecodable("binary")
     return str(best).removeprefix("\ufeff"), best.encoding
