@@ -23,7 +23,8 @@ class Undecodable(Exception):
 
 def decode(raw: bytes) -> tuple[str, str]:
     """(text, encoding name) of `raw`, BOM removed; `Undecodable` for binary data."""
-    for name in [name for bom, name in _BOMS if raw.startswith(bom)][:1] + ["utf-8"]:
+    boms = [name for bom, name in _BOMS if raw.startswith(bom)][:1]
+    for name in boms + (["utf-8"] if b"\x00" not in raw else []):  # NUL: binary, or UTF-16
         try:
             return raw.decode(name), name
         except UnicodeDecodeError:
@@ -35,6 +36,6 @@ def decode(raw: bytes) -> tuple[str, str]:
     if best is not None:  # ties are common on short texts: prefer the Western encodings
         tied = [m for m in matches if m.chaos == best.chaos]
         best = next((m for name in WESTERN for m in tied if m.encoding == name), best)
-    if best is None or (b"\x00" in raw and not best.encoding.startswith("utf_")):
+    if best is None or (b"\x00" in raw and not best.encoding.startswith(("utf_16", "utf_32"))):
         raise Undecodable("binary")
     return str(best).removeprefix("\ufeff"), best.encoding
