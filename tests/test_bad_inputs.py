@@ -469,6 +469,11 @@ def test_messy_corpus_folder_is_skipped_file_by_file_and_counted(work):
     assert notes["documents"] == 1 and notes["chunks"] == 1
     assert notes["skipped_files"] == {"binary": 1, "empty": 1, "malformed-pdf": 1, "too-large": 1}
     assert "read 1 files: 1 md; skipped 4: " in result.stderr
+    record = json.loads((work / "data/runs/prepare_corpus.json").read_text())
+    assert record["skipped"] == [{"file": "binary.txt", "reason": "binary"},
+                                 {"file": "broken.pdf", "reason": "malformed-pdf"},
+                                 {"file": "empty.rst", "reason": "empty"},
+                                 {"file": "huge.txt", "reason": "too-large"}]
 
 
 KILLED_MID_WRITE = """
