@@ -279,7 +279,8 @@ def tokenizer_file(tiny_embedder_source):
 
 
 def test_a_huge_line_without_spaces_is_not_one_giant_chunk(tmp_path, tokenizer_file):
-    (tmp_path / "dump.txt").write_bytes(b"x" * (9 << 20))
+    # #45 found a 9 MiB line; 1 MiB is cut the same way, in a tenth of the time
+    (tmp_path / "dump.txt").write_bytes(b"x" * (1 << 20))
     cfg = CorpusConfig(kind="dir", path=str(tmp_path), chunk_tokens=48, overlap_tokens=8)
     docs, _ = corpus.documents(cfg)
     chunks = corpus.chunk_corpus(docs, cfg, tokenizer_file, 64)
