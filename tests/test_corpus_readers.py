@@ -336,3 +336,16 @@ def test_stores_and_chunk_files_written_before_pages_still_read(tmp_path):
         assert keyword.pages(db, 1) == (None, None)
     db.close()
     assert dataclasses.replace(chunk, page_start=3).page_end is None
+
+
+def test_a_device_node_is_skipped_with_its_reason(tmp_path):
+    import stat
+
+    try:
+        os.mknod(tmp_path / "null.txt", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("making a device node needs root (CAP_MKNOD)")
+    (tmp_path / "kept.txt").write_text("Kept text.\n")
+    docs, report = corpus.dir_documents(tmp_path)
+    assert [d.source for d in docs] == ["kept.txt"]
+    assert report.all_skipped() == [("null.txt", "device")]
