@@ -1,6 +1,11 @@
-"""Cut the corpus (params `corpus`) into chunks that fit the embedder: data/corpus/chunks.jsonl."""
+"""Cut the corpus (params `corpus`) into chunks that fit the embedder: data/corpus/chunks.jsonl.
+
+A folder's summary line (`read 41 files: 30 pdf, …; skipped 3: 2 scanned-only, 1 encrypted`) is
+printed, and its run record lists every skipped file with its reason, the encoding of each text
+file that was not UTF-8 and each PDF's pages without a text layer."""
 
 from pipeline import artifacts, config, errors, layout
+from pipeline.progress import log
 from pipeline.retrieval import corpus
 from stages import output
 
@@ -11,13 +16,16 @@ def main() -> None:
     cfg = config.load()
     source = artifacts.require(layout.EMBEDDER_SOURCE)
     with output(STAGE, cfg, inputs=[source], byte_identical=True) as out:
-        documents, skipped = corpus.documents(cfg.corpus)
+        documents, report = corpus.documents(cfg.corpus)
         chunks = corpus.chunk_corpus(documents, cfg.corpus, source / layout.TOKENIZER,
                                      cfg.embedder.max_seq_len)
         corpus.write_chunks(out / layout.CHUNKS, chunks)
         out.note("documents", len(documents))
         out.note("chunks", len(chunks))
-        out.note("skipped_files", skipped)
+        out.note("skipped_files", report.counts())
+        if cfg.corpus.kind == "dir":
+            log(report.summary())
+            out.timings.update(report.record())
 
 
 if __name__ == "__main__":

@@ -181,12 +181,12 @@ def embedder_tokenizer() -> bytes:
 
 
 def messy_folder(path: Path) -> None:
-    """Files a corpus folder must survive: binary, not UTF-8, empty, and huge (sparse, > limit)."""
-    from pipeline.retrieval.corpus import MAX_FILE_MB
+    """Files a corpus folder must survive: binary, a broken PDF, empty, huge (sparse, > limit)."""
+    from pipeline.retrieval.readers import MAX_FILE_MB
 
     path.mkdir()
     (path / "binary.txt").write_bytes(b"PK\x03\x04\x00\x00binary")
-    (path / "latin1.md").write_bytes("café crème".encode("latin-1"))
+    (path / "broken.pdf").write_bytes(b"%PDF-1.7\nnot a PDF body")
     (path / "empty.rst").write_text(" \n")
     with open(path / "huge.txt", "wb") as handle:
         handle.truncate((MAX_FILE_MB << 20) + 1)
@@ -346,9 +346,9 @@ CASES: dict[str, Case] = {
         steps(inputs("notes"), params("experiment=tiny", "corpus=dir",
                                       "corpus.path={inputs}/notes"), EMBEDDER_SRC)),
     "unreadable-corpus": Case(
-        "`corpus=dir` on a folder of only binary, non-UTF-8, empty and huge files",
-        "corpus …/notes has no readable documents (skipped: 1 binary, 1 empty, 1 not-utf8, "
-        "1 too-large).",
+        "`corpus=dir` on a folder of only binary, broken PDF, empty and huge files",
+        "corpus …/notes has no readable documents: it holds 4 files (1 .pdf, 1 .rst, 2 .txt); "
+        "skipped: 1 binary, 1 empty, 1 malformed-pdf, 1 too-large.",
         stage("prepare_corpus"),
         steps(inputs("notes", messy_folder), params("experiment=tiny", "corpus=dir",
                                                     "corpus.path={inputs}/notes"),
@@ -467,7 +467,13 @@ def test_messy_corpus_folder_is_skipped_file_by_file_and_counted(work):
     assert "skipping huge.txt: too-large" in result.stderr
     notes = json.loads((work / "data/corpus/manifest.json").read_text())["notes"]
     assert notes["documents"] == 1 and notes["chunks"] == 1
-    assert notes["skipped_files"] == {"binary": 1, "empty": 1, "not_utf8": 1, "too_large": 1}
+    assert notes["skipped_files"] == {"binary": 1, "empty": 1, "malformed-pdf": 1, "too-large": 1}
+    assert "read 1 files: 1 md; skipped 4: " in result.stderr
+    record = json.loads((work / "data/runs/prepare_corpus.json").read_text())
+    assert record["skipped"] == [{"file": "binary.txt", "reason": "binary"},
+                                 {"file": "broken.pdf", "reason": "malformed-pdf"},
+                                 {"file": "empty.rst", "reason": "empty"},
+                                 {"file": "huge.txt", "reason": "too-large"}]
 
 
 KILLED_MID_WRITE = """

@@ -83,10 +83,12 @@ def test_messy_folder_skips_and_counts_bad_files(tmp_path):
     (tmp_path / "latin1.txt").write_bytes("café crème".encode("latin-1"))
     (tmp_path / "script.py").write_text("print('not a document')\n")
     cfg = CorpusConfig(kind="dir", path=str(tmp_path))
-    docs, skipped = corpus.documents(cfg)
-    assert skipped == {"binary": 1, "empty": 1, "not_utf8": 1}
-    assert [d.source for d in docs] == ["notes/good.md", "page.html"]
-    assert docs[1].text == "# Hello\nWorld & friends", "an HTML heading reads as Markdown's"
+    docs, report = corpus.documents(cfg)
+    assert report.counts() == {"binary": 1, "empty": 1}
+    assert report.other == {".py": 1}
+    assert [d.source for d in docs] == ["latin1.txt", "notes/good.md", "page.html"]
+    assert docs[0].text == "café crème", "Latin-1 is read, not skipped"
+    assert docs[2].text == "# Hello\nWorld & friends", "an HTML heading reads as Markdown's"
 
 
 RST = """The "if" statement

@@ -7,17 +7,19 @@ Two ways to cut (`corpus.chunking`): `tokens`, fixed windows with overlap; `sect
 paragraphs packed under their heading (`pipeline/retrieval/sections.py`), each chunk carrying its
 heading path (`file › section › subsection`) and, with `corpus.heading_in_text`, embedding it
 before its text, so a paragraph that never names its topic is still found by it.
-Files that cannot be read as text (binary, not UTF-8, empty, or larger than `MAX_FILE_MB`: a log
-or a data dump, not a document) are skipped and counted, never fatal: a user's folder is messy.
+A folder's files are read by format (`readers.py`: text, Markdown, reST, HTML, PDF, Word); those
+that cannot be read are skipped with their reason and counted, never fatal: a user's folder is
+messy. A PDF's chunks know their pages (`page_start`, `page_end`).
 """
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import hashlib
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass
-from html.parser import HTMLParser
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -25,17 +27,16 @@ from tokenizers import Tokenizer
 from pipeline.config import CorpusConfig
 from pipeline.errors import BadInput
 from pipeline.progress import log
-from pipeline.retrieval import sections
+from pipeline.retrieval import folder, readers, sections
 
-TEXT_SUFFIXES = (".txt", ".md", ".rst")
-HTML_SUFFIXES = (".html", ".htm")
-MAX_FILE_MB = 10
+MAX_CHUNK_CHARS_PER_TOKEN = 16  # a chunk is also cut at this many characters per token of its size
 
 
 @dataclass(frozen=True)
 class Document:
     source: str
     text: str
+    page_starts: tuple[int, ...] = ()  # where each page starts in `text`; () without pages
 
 
 @dataclass(frozen=True)
@@ -47,51 +48,13 @@ class Chunk:
     text: str
     heading: str = ""  # `file › section › …` when cut by sections
     embeds_heading: bool = False  # the embedder saw `heading` + newline + `text`
+    page_start: int | None = None  # first and last page (1-based) of a paged format, else None
+    page_end: int | None = None
 
 
 def embedding_text(chunk: Chunk) -> str:
     """What the embedder sees for this chunk (and what its stored vector is keyed by)."""
     return f"{chunk.heading}\n{chunk.text}" if chunk.embeds_heading else chunk.text
-
-
-class _HtmlText(HTMLParser):
-    """Visible text of an HTML page: script and style bodies dropped, blocks on their own lines."""
-
-    _HIDDEN = ("script", "style")
-    _BLOCKS = frozenset("address article aside blockquote br dd div dl dt figcaption footer form "
-                        "h1 h2 h3 h4 h5 h6 header hr li main nav ol p pre section table td th "
-                        "title tr ul".split())
-    _HEADINGS = frozenset("h1 h2 h3 h4 h5 h6".split())
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._hidden = 0
-
-    def handle_starttag(self, tag: str, attrs: list) -> None:
-        self._hidden += tag in self._HIDDEN
-        if tag in self._BLOCKS:
-            self.parts.append("\n")
-        if tag in self._HEADINGS:  # as Markdown, so sections chunking sees the structure
-            self.parts.append("#" * int(tag[1]) + " ")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self._HIDDEN and self._hidden:
-            self._hidden -= 1
-        if tag in self._BLOCKS:
-            self.parts.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if not self._hidden:
-            self.parts.append(data)
-
-
-def html_to_text(html: str) -> str:
-    parser = _HtmlText()
-    parser.feed(html)
-    parser.close()
-    lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
-    return "\n".join(line for line in lines if line)
 
 
 def pydoc_documents() -> list[Document]:
@@ -102,43 +65,24 @@ def pydoc_documents() -> list[Document]:
             if topics[name].strip()]
 
 
-def _read_text(path: Path) -> tuple[str | None, str]:
-    """The file's text, or None and why it was skipped."""
-    try:
-        if path.stat().st_size > MAX_FILE_MB << 20:
-            return None, "too_large"
-        raw = path.read_bytes()
-    except OSError:
-        return None, "unreadable"
-    if b"\x00" in raw:
-        return None, "binary"
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None, "not_utf8"
-    if path.suffix.lower() in HTML_SUFFIXES:
-        text = html_to_text(text)
-    return (text, "") if text.strip() else (None, "empty")
-
-
-def dir_documents(root: str | Path) -> tuple[list[Document], dict[str, int]]:
-    """Every text, Markdown, reST and HTML file under `root`, and the count of skipped files."""
+def dir_documents(root: str | Path) -> tuple[list[Document], readers.Report]:
+    """Every file under `root` of a format `readers` reads, and what became of the rest; each
+    skipped file and each PDF's pages without a text layer logged on a line of its own."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise BadInput(f"corpus.path={str(root)!r} is not a folder.")
-    documents, skipped = [], Counter()
-    suffixes = TEXT_SUFFIXES + HTML_SUFFIXES
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes):
-        if not path.is_file():
-            continue
-        source = path.relative_to(root).as_posix()
-        text, reason = _read_text(path)
-        if text is None:
-            log(f"skipping {source}: {reason.replace('_', '-')}")
-            skipped[reason] += 1
-        else:
-            documents.append(Document(source, text))
-    return documents, dict(sorted(skipped.items()))
+    listing = folder.list_folder(root, tuple(readers.READERS))
+    reads = readers.read_all(listing.files)
+    report = readers.Report(reads, listing.skipped, dict(sorted(listing.other.items())))
+    for source, reason in report.all_skipped():
+        log(f"skipping {source}: {reason}")
+    for found in reads:
+        if found.text and found.no_text_pages:
+            pages = ", ".join(map(str, found.no_text_pages))
+            log(f"{found.source}: {len(found.no_text_pages)} of {len(found.page_starts)} pages "
+                f"have no text layer (scanned?) and are not indexed: p. {pages}")
+    documents = [Document(r.source, r.text, r.page_starts) for r in reads if r.text]
+    return documents, report
 
 
 KINDS = ("pydoc_topics", "dir")
@@ -168,17 +112,18 @@ def check(cfg: CorpusConfig) -> None:
                        f"corpus.chunk_tokens={cfg.chunk_tokens}.")
 
 
-def documents(cfg: CorpusConfig) -> tuple[list[Document], dict[str, int]]:
+def documents(cfg: CorpusConfig) -> tuple[list[Document], readers.Report]:
+    """The corpus's documents and the report of what its folder held (empty for pydoc)."""
     check(cfg)
     if cfg.kind == "pydoc_topics":
-        found, skipped = pydoc_documents(), {}
+        found, report = pydoc_documents(), readers.Report([], [], {})
     else:
-        found, skipped = dir_documents(cfg.path)
+        found, report = dir_documents(cfg.path)
     if not found:
-        counts = ", ".join(f"{n} {reason.replace('_', '-')}" for reason, n in skipped.items())
+        held = report.held()
         raise BadInput(f"corpus {cfg.path or cfg.kind} has no readable documents"
-                       + (f" (skipped: {counts})." if counts else "."))
-    return (found[: cfg.max_documents] if cfg.max_documents else found), skipped
+                       + (f": it holds {held}." if held else "."))
+    return (found[: cfg.max_documents] if cfg.max_documents else found), report
 
 
 def _check_window(cfg: CorpusConfig, tokenizer: Tokenizer, max_seq_len: int) -> None:
@@ -280,6 +225,31 @@ def chunk_key(source: str, text: str, occurrence: int, heading: str = "",
     return int.from_bytes(digest[:8], "big") >> 1
 
 
+def _bounded(chunk: Chunk, limit: int) -> list[Chunk]:
+    """`chunk` cut into pieces of at most `limit` characters, at a space where one is in the
+    second half: a 9 MiB line with no spaces is one token to the tokenizer ([UNK]), not text
+    to embed whole."""
+    pieces, a = [], 0
+    while len(chunk.text) - a > limit:
+        space = chunk.text.rfind(" ", a + limit // 2, a + limit)
+        b = space + 1 if space >= 0 else a + limit
+        pieces.append((a, b))
+        a = b
+    pieces.append((a, len(chunk.text)))
+    if len(pieces) == 1:
+        return [chunk]
+    return [dataclasses.replace(chunk, start=chunk.start + a, end=chunk.start + b,
+                                text=chunk.text[a:b]) for a, b in pieces]
+
+
+def _pages(doc: Document, start: int, end: int) -> tuple[int | None, int | None]:
+    """The 1-based pages a span of `doc.text` starts and ends on; None for a format without."""
+    if not doc.page_starts:
+        return None, None
+    return (bisect.bisect_right(doc.page_starts, start),
+            bisect.bisect_right(doc.page_starts, max(start, end - 1)))
+
+
 def chunk_corpus(docs: list[Document], cfg: CorpusConfig, tokenizer_file: Path,
                  max_seq_len: int) -> list[Chunk]:
     """All chunks in document order, each keyed by `chunk_key`."""
@@ -288,27 +258,31 @@ def chunk_corpus(docs: list[Document], cfg: CorpusConfig, tokenizer_file: Path,
     tokenizer.no_truncation()
     _check_window(cfg, tokenizer, max_seq_len)
     size, overlap = cfg.chunk_tokens, cfg.overlap_tokens
+    limit = size * MAX_CHUNK_CHARS_PER_TOKEN
     chunks, seen = [], Counter()
     for doc in docs:
         cut = (section_chunks(doc, tokenizer, size, overlap, cfg.heading_in_text)
                if cfg.chunking == "sections" else chunk_document(doc, tokenizer, size, overlap))
-        for c in cut:
+        for c in (piece for whole in cut for piece in _bounded(whole, limit)):
             what = (c.source, c.heading, c.embeds_heading, c.text)
             seen[what] += 1
             key = chunk_key(c.source, c.text, seen[what] - 1, c.heading, c.embeds_heading)
+            first, last = _pages(doc, c.start, c.end)
             chunks.append(Chunk(key, c.source, c.start, c.end, c.text, c.heading,
-                                c.embeds_heading))
+                                c.embeds_heading, first, last))
     if len({c.key for c in chunks}) != len(chunks):  # 2^-63 per pair; never silently merge
         raise BadInput("two different chunks drew the same 63-bit key; report this corpus.")
     return chunks
 
 
 def write_chunks(path: Path, chunks: list[Chunk]) -> None:
-    """One JSON line per chunk; the section fields only where a chunk has them."""
+    """One JSON line per chunk; the section and page fields only where a chunk has them (a
+    reader takes a missing one as empty, or None), so a corpus without either keeps its bytes."""
     with open(path, "w", encoding="utf-8") as handle:
         for chunk in chunks:
             row = {k: v for k, v in asdict(chunk).items()
-                   if k not in ("heading", "embeds_heading") or v}
+                   if k not in ("heading", "embeds_heading", "page_start", "page_end")
+                   or v not in ("", False, None)}
             handle.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
 
 

@@ -6,7 +6,9 @@ Read from the text itself, by the file's kind:
 - reStructuredText: a title line underlined, or over- and underlined, by one punctuation
   character repeated at least as long as the title; levels go by the order in which each
   adornment style first appears, as docutils assigns them. Python's pydoc topics are written so.
-- HTML is read after `corpus.html_to_text`, which writes its `<h1>`–`<h6>` as Markdown headings.
+- HTML is read after `webpage.html_to_text`, which writes its `<h1>`–`<h6>` as Markdown headings;
+  PDF and Word files likewise (their outline and heading styles, `pdf.py`, `word.py`), their body
+  lines passed through `literal` so that none is taken for a heading.
 - Anything else is paragraphs (runs of non-blank lines) under no heading.
 """
 
@@ -35,9 +37,15 @@ def style_of(source: str) -> str:
     suffix = PurePosixPath(source).suffix.lower()
     if source.startswith("pydoc:") or suffix == ".rst":
         return "rst"
-    if suffix in (".md", ".markdown", ".html", ".htm"):
+    if suffix in (".md", ".markdown", ".html", ".htm", ".pdf", ".docx"):
         return "markdown"
     return "plain"
+
+
+def literal(line: str) -> str:
+    """`line` indented past Markdown's 3 spaces if it would read as a heading, an underline or
+    a fence, so text converted to Markdown keeps only the structure the converter wrote."""
+    return f"    {line}" if _ATX.match(line) or _SETEXT.match(line) or _FENCE.match(line) else line
 
 
 def blocks(text: str, style: str) -> list[Block]:
