@@ -32,7 +32,7 @@ def measured(assistant: Assistant, questions: list[dict], k: int) -> list[dict]:
     for question in questions:
         keys = [key for key, _ in assistant.retriever.search(question["question"], k)]
         chunks = [assistant.chunks[key] for key in keys]
-        quoted = evidence(question["question"], [(c.source, c.start, c.text) for c in chunks],
+        quoted = evidence(question["question"], [(c.source, c.start, c.text, "") for c in chunks],
                           assistant.retriever.embedder.embed)
         rows.append({"split": question["split"], "unanswerable": question["unanswerable"],
                      **abstain.signals(assistant.retriever, question["question"], keys,

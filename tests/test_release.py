@@ -420,3 +420,15 @@ def test_a_release_whose_prompts_lost_chunks_is_refused_only_when_the_rule_asks(
     assert promote.missed_bound(strict, _candidate("x", 1, 0.0, 1.0).metrics) == \
         "it has no rag.context_cut_rate metric"  # a run measured before the rate existed
     assert promote.missed_bound(RULE, cut) is None  # the default rule leaves it unchecked
+
+
+def test_a_tiny_model_that_loops_is_cut_at_the_stop_rule(tiny_release):
+    """The tiny random model repeats one token (`::::…`, no spaces to count words by)."""
+    from pipeline.device.answer import REPEAT_CHARS
+
+    assistant = ask.Assistant.from_release(tiny_release)
+    pieces = []
+    looped = assistant.ask("for", 1, 40, pieces.append)
+    assert looped.repeated and looped.timings["generated_tokens"] < 40  # stopped, not run out
+    assert len("".join(pieces)) <= REPEAT_CHARS + 16  # streamed no further than the rule
+    assert looped.answer and looped.answer in "".join(pieces)

@@ -25,10 +25,12 @@ from pipeline.device.sentences import sentences
 # Ten words again in the same order is a loop; six also cut lists whose items share a phrase
 # ("adds an item to the end") on the tune half (bench/answer_levers.py).
 REPEAT_WORDS = 10
+REPEAT_CHARS = 24  # a unit of up to 16 characters filling the last 24: a loop without spaces
 _ENDS = (".", "!", "?", "```", ".)", '."', ".*", ".**")
 MIN_QUOTE_WORDS = 5
 QUOTE_CANDIDATES = 24
 _WORD = re.compile(r"\S+")
+_BLOCK = re.compile(r"```.*?(?:```|$)", re.S)
 _CONTENT = re.compile(r"[A-Za-z0-9_]+")
 
 
@@ -80,6 +82,23 @@ def answer_end(text: str) -> tuple[int | None, int | None]:
     return None, None
 
 
+def char_repeat_start(text: str, span: int = REPEAT_CHARS, longest: int = 16) -> int | None:
+    """Where a loop with no spaces to count words by starts (`::::…`, a CJK phrase again and
+    again): the last `span` characters repeat a unit of at most `longest`; the index returned
+    keeps the run's first unit."""
+    for period in range(1, longest + 1):
+        run = max(span, 3 * period)
+        if len(text) < run:
+            return None
+        tail = text[-run:]
+        if all(tail[i] == tail[i - period] for i in range(period, run)):
+            start = len(text) - run
+            while start > 0 and text[start - 1] == text[start - 1 + period]:
+                start -= 1
+            return start + period
+    return None
+
+
 def first_answer_end(text: str) -> int | None:
     """Where the first complete answer of a finished `text` ends (`answer_end`), if before its
     end."""
@@ -88,40 +107,66 @@ def first_answer_end(text: str) -> int | None:
 
 class Guard:
     """Streams pieces on, drops special tokens, and stops the runner when the answer loops, or
-    (`first_answer`) when its first complete answer has ended. Text after an undecided end is
-    held back, so what streamed is what the answer keeps; `finish` sends what is left."""
+    (`first_answer`) when its first complete answer has ended.
+
+    Text is held back while it is undecided: after a blank line that may end the answer, and
+    inside a code block until it closes, when `vet` (if given) may replace the block (with a
+    note that an example no source says was left out). So what streamed is what the answer
+    keeps; `finish` sends what is left when generation ends."""
 
     def __init__(self, special: set[str], on_piece: Callable[[str], None],
-                 stop: Callable[[], None], first_answer: bool = False) -> None:
+                 stop: Callable[[], None], first_answer: bool = False,
+                 vet: Callable[[str], str] | None = None) -> None:
         self.special, self.on_piece, self.stop = special, on_piece, stop
-        self.first_answer = first_answer
+        self.first_answer, self.vet = first_answer, vet
         self.pieces: list[str] = []
         self.repeated = False
         self.ended = False
-        self._shown = 0
-        self._end = 0
+        self.shown = ""
+        self._vetted: dict[str, str] = {}
 
-    def _show(self, upto: int) -> None:
+    def _view(self, closing: bool = False) -> tuple[str, int | None]:
+        """The text so far with its closed code blocks vetted, and where an open block starts
+        (None when none is open; `closing` vets an open block as if it had closed)."""
         text = "".join(self.pieces)
-        if upto > self._shown:
-            self.on_piece(text[self._shown:upto])
-            self._shown = upto
+        if self.vet is None:
+            return text, None
+        out, position = [], 0
+        for block in _BLOCK.finditer(text):
+            out.append(text[position:block.start()])
+            if block.group().count("```") < 2 and not closing:
+                return "".join(out), len("".join(out))
+            code = block.group()
+            if code not in self._vetted:
+                self._vetted[code] = self.vet(code)
+            out.append(self._vetted[code])
+            position = block.end()
+        out.append(text[position:])
+        return "".join(out), None
+
+    def _show(self, text: str, upto: int) -> None:
+        if upto > len(self.shown):
+            self.on_piece(text[len(self.shown):upto])
+            self.shown = text[:upto]
 
     def __call__(self, piece: str) -> None:
         if self.repeated or self.ended or not piece or piece in self.special:
             return
         self.pieces.append(piece)
-        text = "".join(self.pieces)
+        text, open_block = self._view()
         end, pending = answer_end(text) if self.first_answer else (None, None)
-        looped = end is None and repeat_start(_WORD.findall(text)) is not None
+        raw = "".join(self.pieces)
+        looped = end is None and (repeat_start(_WORD.findall(raw)) is not None
+                                  or char_repeat_start(raw) is not None)
         if looped and pending is not None:
             end = pending  # a complete answer, then the model started it over: it had ended
         if end is not None:
-            self.ended, self._end = True, end
+            self.ended = True
             self.stop()
-            self._show(end)
+            self._show(text, end)
             return
-        self._show(len(text) if pending is None else pending)
+        held = [x for x in (pending, open_block) if x is not None]
+        self._show(text, min(held) if held else len(text))
         if looped:
             self.repeated = True
             self.stop()
@@ -129,18 +174,18 @@ class Guard:
     def finish(self) -> None:
         """The end of generation: show what was held back and is part of the answer."""
         if not self.repeated and not self.ended:
-            self._show(len("".join(self.pieces)))
+            text, _ = self._view(closing=True)
+            self._show(text, len(text))
 
     def text(self) -> str:
-        text = "".join(self.pieces)
-        if self.ended:
-            text = text[: self._end]
-        for token in self.special:
-            text = text.replace(token, "")
+        text = self.shown
         if self.repeated:
             words = list(_WORD.finditer(text))
             cut = repeat_start([w.group() for w in words])
-            text = text[: words[cut].start()] if cut is not None else text
+            if cut is not None:
+                text = text[: words[cut].start()]
+            else:
+                text = text[: char_repeat_start(text) or len(text)]
         return text.strip()
 
 
@@ -151,22 +196,24 @@ class Evidence:
     end: int
     text: str
     nearness: float = 0.0  # the sentence's cosine with the question (the embedder's)
+    citation: str = ""  # its chunk's source, pages and section (`retrieval.citation.cite`)
 
 
-def evidence(question: str, passages: list[tuple[str, int, str]],
+def evidence(question: str, passages: list[tuple[str, int, str, str]],
              embed: Callable[[list[str]], np.ndarray], most: int = 2) -> list[Evidence]:
-    """The `most` sentences of `passages` ((source, start offset, text)) nearest the question by
-    the embedder's meaning (cosine of unit vectors). Fragments under `MIN_QUOTE_WORDS` words are
-    no quote; at most `QUOTE_CANDIDATES` sentences are embedded, those sharing the most content
-    words with the question first; ties go to the earlier source and sentence."""
+    """The `most` sentences of `passages` ((source, start offset, text, citation)) nearest the
+    question by the embedder's meaning (cosine of unit vectors). Fragments under
+    `MIN_QUOTE_WORDS` words are no quote; at most `QUOTE_CANDIDATES` sentences are embedded,
+    those sharing the most content words with the question first; ties go to the earlier
+    source and sentence."""
     wanted = content_words(question)
     candidates = []
-    for order, (source, offset, text) in enumerate(passages):
+    for order, (source, offset, text, citation) in enumerate(passages):
         for begin, end, sentence in sentences(text):
             if len(_WORD.findall(sentence)) >= MIN_QUOTE_WORDS:
                 overlap = len(wanted & content_words(sentence))
-                candidates.append((-overlap, order, begin,
-                                   Evidence(source, offset + begin, offset + end, sentence)))
+                candidates.append((-overlap, order, begin, Evidence(
+                    source, offset + begin, offset + end, sentence, citation=citation)))
     candidates = sorted(candidates, key=lambda c: c[:3])[:QUOTE_CANDIDATES]
     if not candidates:
         return []

@@ -28,11 +28,15 @@ from pipeline.device.retrieve import Retriever
 from pipeline.device.unsupported import unsupported
 from pipeline.errors import BadInput
 from pipeline.release import bundle
+from pipeline.retrieval.citation import cite
+from pipeline.retrieval.corpus import Chunk
 from pipeline.runtime import context_length, native_logs, runner_rates
 
 # Stop at the end of the first complete answer (`answer.first_answer_end`): measured on the
 # tune half (bench/answer_levers.py), it is what keeps a small model from looping.
 FIRST_ANSWER = True
+# What stands in the answer for a code block that no placed source says (`unsupported`).
+LEFT_OUT = "(an example that is not in your documents was left out)"
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,9 @@ class Source:
     start: int
     end: int
     score: float
+    citation: str = ""  # `manual.pdf, p. 37–38, § Log files` (`retrieval.citation.cite`)
+    page_start: int | None = None  # pages of a paged format (PDF), else None
+    page_end: int | None = None
 
 
 @dataclass
@@ -56,6 +63,7 @@ class Answer:
     unsupported: list[str] = field(default_factory=list)  # code no placed source says
     abstained: bool = False  # the documents do not answer it (`abstain`): no answer generated
     signals: dict[str, float] = field(default_factory=dict)  # what `abstain.Rule` judged
+    left_out: list[str] = field(default_factory=list)  # invented code blocks, not shown
 
     @property
     def context_cut(self) -> bool:
@@ -163,10 +171,11 @@ class Assistant:
         placed = list(zip(hits[: len(fitted.texts)], fitted.texts, strict=True))
         fit = {"retrieved": len(hits), "placed": len(placed),
                "last_cut": bool(placed) and len(placed[-1][1]) < len(placed[-1][0][0].text)}
-        sources = [Source(n, chunk.source, chunk.start, chunk.start + len(text), score)
+        sources = [Source(n, chunk.source, chunk.start, chunk.start + len(text), score,
+                          _cite(chunk), chunk.page_start, chunk.page_end)
                    for n, ((chunk, score), text) in enumerate(placed, start=1)]
         texts = [text for _, text in placed]
-        quoted = evidence(question, [(chunk.source, chunk.start, text)
+        quoted = evidence(question, [(chunk.source, chunk.start, text, _cite(chunk))
                                      for (chunk, _), text in placed],
                           self.retriever.embedder.embed)
         measured = abstain.signals(self.retriever, question, [c.key for (c, _), _ in placed],
@@ -174,20 +183,31 @@ class Assistant:
         abstained = self.abstention is not None and self.abstention.abstains(measured)
         if abstained:
             on_piece(abstain.ABSTENTION)
-            text, repeated, stats = abstain.ABSTENTION, False, None
+            text, repeated, stats, left_out = abstain.ABSTENTION, False, None, []
         else:
-            text, repeated, stats = self._generate(fitted.prompt, max_new_tokens, on_piece)
+            text, repeated, stats, left_out = self._generate(fitted.prompt, max_new_tokens,
+                                                             texts, on_piece)
         timings = _timings(retrieval_ms, fitted.tokens, stats)
         timings["total_ms"] = round((time.monotonic() - started) * 1000.0, 1)
         return Answer(question, text, sources, quoted, timings, repeated, fit,
-                      [] if abstained else unsupported(text, texts), abstained, measured)
+                      [] if abstained else unsupported(text, texts), abstained, measured,
+                      left_out)
 
-    def _generate(self, prompt_text: str, max_new_tokens: int,
-                  on_piece: Callable[[str], None]) -> tuple[str, bool, Any]:
-        """The stock runner's answer to the fitted prompt, streamed through `Guard`."""
+    def _generate(self, prompt_text: str, max_new_tokens: int, sources: list[str],
+                  on_piece: Callable[[str], None]) -> tuple[str, bool, Any, list[str]]:
+        """The stock runner's answer to the fitted prompt, streamed through `Guard`; a code
+        block that no source says is left out of it (and returned)."""
         from executorch.extension.llm.runner import GenerationConfig
 
-        guard = Guard(self.special, on_piece, self.runner.stop, self.first_answer)
+        left_out: list[str] = []
+
+        def vet(block: str) -> str:
+            if not unsupported(block, sources):
+                return block
+            left_out.append(block)
+            return LEFT_OUT
+
+        guard = Guard(self.special, on_piece, self.runner.stop, self.first_answer, vet)
         decoder = PieceDecoder(self.decoding, self.special)
         stats: list[Any] = []
         self.runner.reset()
@@ -199,7 +219,11 @@ class Assistant:
                 lambda piece: guard(decoder.feed(piece)), stats.append)
         guard(decoder.flush())
         guard.finish()
-        return guard.text(), guard.repeated, stats[-1] if stats else None
+        return guard.text(), guard.repeated, stats[-1] if stats else None, left_out
+
+
+def _cite(chunk: Chunk) -> str:
+    return cite(chunk.source, chunk.heading, chunk.page_start, chunk.page_end)
 
 
 def _timings(retrieval_ms: float, prompt_tokens: int, stats: Any) -> dict[str, float]:
@@ -259,10 +283,10 @@ def _print_sources(answer: Answer) -> None:
     if answer.evidence:
         print("\n\nEvidence:")
         for quote in answer.evidence:
-            print(f"- \"{quote.text}\" ({quote.source}, characters {quote.start}-{quote.end})")
+            print(f"- \"{quote.text}\" ({quote.citation})")
     print("\nSources:" if answer.evidence else "\n\nSources:")
     for source in answer.sources:
-        print(f"[{source.n}] {source.source}, characters {source.start}-{source.end} "
+        print(f"[{source.n}] {source.citation}, characters {source.start}-{source.end} "
               f"(score {source.score:.4f})")
     if answer.context_cut:
         fit = answer.fit

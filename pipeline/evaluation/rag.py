@@ -180,7 +180,8 @@ def ask_all(assistant: Any, questions: list[dict], k: int, depth: int, max_new_t
         records.append({
             **row, "answer": answer.answer, "repeated": answer.repeated,
             "context_cut": answer.context_cut, "abstained": answer.abstained,
-            "unsupported": answer.unsupported, "signals": answer.signals,
+            "unsupported": answer.unsupported, "left_out": answer.left_out,
+            "signals": answer.signals,
             "evidence": [quote.text for quote in answer.evidence], **scores,
             "timings": answer.timings})
     return records
@@ -222,6 +223,8 @@ def summarize(records: list[dict], split: str) -> dict[str, Any]:
         answered = [r for r in every if not r["abstained"]]
         summary["unsupported_code_rate"] = _mean([{"u": float(bool(r["unsupported"]))}
                                                   for r in answered], "u")
+        summary["invented_code_rate"] = _mean(
+            [{"u": float(bool(r["unsupported"] or r.get("left_out")))} for r in answered], "u")
     for key in ("retrieval_ms", "time_to_first_token_ms", "decode_tok_s", "total_ms"):
         summary[f"median_{key}"] = _median(every, key)
     return {key: value for key, value in summary.items() if value is not None}
