@@ -36,7 +36,7 @@ from pipeline.runtime import context_length, native_logs, runner_rates
 # tune half (bench/answer_levers.py), it is what keeps a small model from looping.
 FIRST_ANSWER = True
 # What stands in the answer for a code block that no placed source says (`unsupported`).
-LEFT_OUT = "(an example that is not in your documents was left out)"
+LEFT_OUT = "(An example that is not in your documents was left out.)"
 
 
 @dataclass(frozen=True)
