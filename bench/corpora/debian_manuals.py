@@ -5,11 +5,11 @@ The manuals every Debian machine installs in HTML and PDF (issue 41 item 6): bzi
 fontconfig's user guide, Nettle's reference and the shared-mime-info specification, from
 /usr/share/doc. Layout (`both`, the default):
 
-    OUT/html/bzip2/manual.html                       OUT/pdf/bzip2/manual.pdf
-    OUT/html/fontconfig/fontconfig-user.html         OUT/pdf/fontconfig/fontconfig-user.pdf
-    OUT/html/nettle-dev/nettle.html                  OUT/pdf/nettle-dev/nettle.pdf
-    OUT/html/shared-mime-info/shared-mime-info-spec/ OUT/pdf/shared-mime-info/shared-mime-info-spec.pdf
-        (index, x34, x497, b518).html
+    OUT/html/bzip2/manual.html                OUT/pdf/bzip2/manual.pdf
+    OUT/html/fontconfig/fontconfig-user.html  OUT/pdf/fontconfig/fontconfig-user.pdf
+    OUT/html/nettle-dev/nettle.html           OUT/pdf/nettle-dev/nettle.pdf
+    OUT/html/shared-mime-info/shared-mime-info-spec/(index, x34, x497, b518).html
+                                              OUT/pdf/shared-mime-info/shared-mime-info-spec.pdf
 
 HTML files are copied, `.pdf.gz` files decompressed. Each edition is measured on its own
 (`corpus=dir corpus.path=OUT/html`, then `OUT/pdf`), so the sources in

@@ -26,7 +26,7 @@ ABSTENTION = "The documents do not say; these are the closest sources."
 def signals(retriever: Any, question: str, placed: list[int], sources: list[str],
             evidence_cosine: float) -> dict[str, float]:
     """The signals of the module docstring for one asked question."""
-    matches = retriever.index.search(retriever.embedder.embed([question])[0], 1)
+    matches = retriever.index.search(retriever.query_vector(question), 1)
     cosine = 1.0 - float(matches.distances[0]) if len(matches) else 0.0
     keyword = set(keyword_search(retriever.db, question, retriever.cfg.candidates))
     agreement = sum(key in keyword for key in placed) / len(placed) if placed else 0.0

@@ -200,12 +200,14 @@ class Evidence:
 
 
 def evidence(question: str, passages: list[tuple[str, int, str, str]],
-             embed: Callable[[list[str]], np.ndarray], most: int = 2) -> list[Evidence]:
+             embed: Callable[[list[str]], np.ndarray], most: int = 2,
+             question_vector: np.ndarray | None = None) -> list[Evidence]:
     """The `most` sentences of `passages` ((source, start offset, text, citation)) nearest the
     question by the embedder's meaning (cosine of unit vectors). Fragments under
     `MIN_QUOTE_WORDS` words are no quote; at most `QUOTE_CANDIDATES` sentences are embedded,
     those sharing the most content words with the question first; ties go to the earlier
-    source and sentence."""
+    source and sentence. `question_vector`, when the caller has it, saves embedding the
+    question again."""
     wanted = content_words(question)
     candidates = []
     for order, (source, offset, text, citation) in enumerate(passages):
@@ -217,8 +219,13 @@ def evidence(question: str, passages: list[tuple[str, int, str, str]],
     candidates = sorted(candidates, key=lambda c: c[:3])[:QUOTE_CANDIDATES]
     if not candidates:
         return []
-    vectors = embed([question, *(c[-1].text for c in candidates)])
-    nearness = vectors[1:] @ vectors[0]
+    quotes = [c[-1].text for c in candidates]
+    if question_vector is None:
+        vectors = embed([question, *quotes])
+        question_vector, vectors = vectors[0], vectors[1:]
+    else:
+        vectors = embed(quotes)
+    nearness = vectors @ question_vector
     ranked = sorted(zip(nearness, candidates, strict=True),
                     key=lambda pair: (-round(float(pair[0]), 4), pair[1][1], pair[1][2]))
     return [dataclasses.replace(candidate[-1], nearness=round(float(near), 4))

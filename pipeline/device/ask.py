@@ -177,7 +177,8 @@ class Assistant:
         texts = [text for _, text in placed]
         quoted = evidence(question, [(chunk.source, chunk.start, text, _cite(chunk))
                                      for (chunk, _), text in placed],
-                          self.retriever.embedder.embed)
+                          self.retriever.embedder.embed,
+                          question_vector=self.retriever.query_vector(question))
         measured = abstain.signals(self.retriever, question, [c.key for (c, _), _ in placed],
                                    texts, quoted[0].nearness if quoted else 0.0)
         abstained = self.abstention is not None and self.abstention.abstains(measured)
@@ -241,13 +242,12 @@ def _timings(retrieval_ms: float, prompt_tokens: int, stats: Any) -> dict[str, f
     return timings
 
 
-def _readable(question: str, where: str) -> str:
-    """The question as the tokenizer can take it; bytes that are not UTF-8 are refused."""
+def _readable(question: str, where: str) -> None:
+    """Refuse a question the tokenizer cannot take: bytes that are not UTF-8."""
     try:
         question.encode("utf-8")
     except UnicodeEncodeError:
         raise BadInput(f"{where} is not valid UTF-8 text; ask in UTF-8.") from None
-    return question
 
 
 def _questions(question: str | None) -> Iterator[str]:

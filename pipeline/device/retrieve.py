@@ -83,9 +83,17 @@ class Retriever:
         check(self.cfg)
         # Read-only and immutable: the store is a shipped file, never written at query time.
         self.db = sqlite3.connect(f"file:{self.store}?mode=ro&immutable=1", uri=True)
+        self._query: tuple[str | None, Any] = (None, None)
+
+    def query_vector(self, question: str) -> Any:
+        """The question's embedding, computed once per question: retrieval, the evidence
+        quotes and the abstention signals of one `ask` all need it."""
+        if self._query[0] != question:
+            self._query = (question, self.embedder.embed([question])[0])
+        return self._query[1]
 
     def dense(self, question: str, n: int) -> list[int]:
-        matches = self.index.search(self.embedder.embed([question])[0], n)
+        matches = self.index.search(self.query_vector(question), n)
         return [int(key) for key in matches.keys]
 
     def search(self, question: str, k: int | None = None,

@@ -216,7 +216,7 @@ def summarize(records: list[dict], split: str) -> dict[str, Any]:
     summary["repetition_rate"] = _mean([{"r": float(r["repeated"])} for r in chosen], "r")
     summary["context_cut_rate"] = _mean([{"c": float(r.get("context_cut", False))}
                                          for r in chosen], "c")
-    if "abstained" in (chosen or every or [{}])[0]:
+    if any("abstained" in r for r in every):  # absent when scored on retrieval alone
         summary["abstain_recall"] = _mean([{"a": float(r["abstained"])} for r in refused], "a")
         summary["false_abstain_rate"] = _mean([{"a": float(r["abstained"])} for r in chosen],
                                               "a")
