@@ -20,9 +20,12 @@ $(STAMP): pyproject.toml
 # then promotes it to releases/default/ (registered with DVC, tagged default@vX.Y.Z; pass
 # PROMOTE_ARGS=--no-tag to skip the git commit and tag) and verifies it. The recipe itself is
 # `edgerag release` (pipeline/release/recipe.py), which the CI test runs on a fresh clone.
+# CORPUS=~/docs releases your own folder (PDF, Word, Markdown, HTML, text; no question set needed:
+# evaluate_rag then judges retrieval on probes derived from it), configuring that first.
 PROMOTE_ARGS ?=
+CORPUS ?=
 release: $(STAMP)
-	$(VENV)/bin/edgerag release $(PROMOTE_ARGS)
+	$(VENV)/bin/edgerag release $(PROMOTE_ARGS) $(if $(CORPUS),corpus=dir corpus.path=$(abspath $(CORPUS)))
 
 # The Node packages the portability test opens a release with (tests/node/package-lock.json);
 # without npm the test skips and says so.

@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     rel = commands.add_parser("release", help="what `make release` runs: dvc repro, then "
                               "promote and verify the release")
     rel.add_argument("--no-tag", action="store_true", help="no git commit and no GTO tag")
+    rel.add_argument("overrides", nargs="*", help="configure with these first (`corpus=dir "
+                     "corpus.path=~/docs`); without any, build params.yaml as it is")
     ask = commands.add_parser("ask", help="answer from a release's documents, on this machine")
     ask.add_argument("question", nargs="?", help="omit to read one question per stdin line")
     ask.add_argument("--release", default="releases/default")
@@ -116,7 +118,12 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "release":
         from pipeline.release import recipe
 
-        errors.run(lambda: recipe.main(not args.no_tag))
+        def release() -> None:
+            if args.overrides:
+                configure(args.overrides, config.PARAMS_FILE)
+            recipe.main(not args.no_tag)
+
+        errors.run(release)
     elif args.command == "ask":
         from pipeline.device import ask
 

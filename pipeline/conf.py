@@ -3,6 +3,7 @@ config is rendered back as the text `edgerag configure` and sweeps write."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -46,6 +47,9 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
         if type(error).__name__ in {"OverrideParseException", "ConfigKeyError"}:
             raise BadInput(f"bad override: {_first_line(error)}") from None
         raise
+    path = OmegaConf.select(composed, "corpus.path")
+    if isinstance(path, str) and path.startswith("~"):  # DVC, which watches it, does not expand ~
+        composed.corpus.path = os.path.expanduser(path)
     OmegaConf.resolve(composed)
     return composed
 

@@ -1,12 +1,14 @@
 """Answer the question set through the built artifacts exactly as `edgerag ask` would answer it
-(data/eval_rag): retrieval by document, answer terms, groundedness, latency."""
+(data/eval_rag): retrieval by document, answer terms, groundedness, latency. With no question set
+(`rag_eval.questions` a probe file, `questions/auto.yaml`), judge retrieval on known-item probes
+derived from the corpus instead (`pipeline/evaluation/probes.py`), as `auto`."""
 
 import json
 from pathlib import Path
 
 from pipeline import artifacts, config, errors, layout
 from pipeline.device.ask import Assistant
-from pipeline.evaluation import rag
+from pipeline.evaluation import probes, rag
 from pipeline.release import bundle
 from pipeline.retrieval.corpus import read_chunks
 from stages import output
@@ -18,8 +20,11 @@ def main() -> None:
     cfg = config.load()
     inputs = [artifacts.require(p) for p in (layout.LOWERED, layout.EMBEDDER, layout.INDEX,
                                              layout.RERANKER)]
+    path = Path(cfg.rag_eval.questions)
+    if path.suffix in probes.SUFFIXES:
+        return by_probes(cfg, inputs, path)
     sources = {chunk.source for chunk in read_chunks(inputs[2] / bundle.CHUNKS)}
-    questions = rag.read_questions(Path(cfg.rag_eval.questions), sources)
+    questions = rag.read_questions(path, sources)
     assistant = Assistant(bundle.run_sources(Path(".")), cfg.retrieval)
     with output(STAGE, cfg, inputs=inputs, byte_identical=False) as out:
         records = rag.ask_all(assistant, questions, cfg.retrieval.k,
@@ -32,6 +37,25 @@ def main() -> None:
                                       cfg.rag_eval.max_new_tokens)
         for split in metrics.values():
             split.update(context_tokens=assistant.context_length, context_need_tokens=need)
+        (out / layout.METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+    print(json.dumps(metrics))
+
+
+def by_probes(cfg: config.Config, inputs: list, path: Path) -> None:
+    chosen = probes.settings(path)
+    assistant = Assistant(bundle.run_sources(Path(".")), cfg.retrieval)
+    derived = probes.derive(list(assistant.chunks.values()), chosen["probes"], chosen["seed"])
+    if not derived:
+        raise errors.BadInput("the corpus has no sentence or heading long enough to probe "
+                              "retrieval with; write a question set (rag_eval.questions=…).")
+    retriever = probes.retriever_without(assistant.retriever,
+                                         probes.masked(assistant.chunks, derived))
+    records = probes.score(retriever, derived, cfg.retrieval.k,
+                           max(cfg.retrieval.candidates, rag.NDCG_DEPTH))
+    metrics = {"auto": probes.summarize(records)}
+    with output(STAGE, cfg, inputs=inputs, byte_identical=False) as out:
+        (out / layout.QUESTIONS).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                                 for r in records))
         (out / layout.METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics))
 

@@ -81,6 +81,46 @@ def test_changes_rerun_only_what_they_touch(built, tmp_path):
     assert repro(repo) == {"prepare_corpus", "build_index", "evaluate_rag", "evaluate"}
 
 
+def _folder_texts(repo) -> str:
+    import sqlite3
+
+    with sqlite3.connect(repo / "data/index/chunks.sqlite") as db:
+        return "\n".join(text for (text,) in db.execute("SELECT text FROM chunks"))
+
+
+def test_a_folder_with_no_question_set_releases_on_probes_and_its_edits_rebuild(built, tmp_path):
+    """`edgerag release corpus=dir corpus.path=…` (what `make release CORPUS=…` runs) on a
+    folder nobody wrote questions for; then an edited, an added and a removed file are each
+    noticed by `dvc repro` and reach the index."""
+    repo = copy_built(built.repo, tmp_path / "repo")
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    for name, text in (("logs.md", "# Logs\n\nRotate the service logs weekly with logrotate "
+                        "so that they never fill the disk of the machine.\n"),
+                       ("memory.md", "# Memory\n\nThe decoder needs four megabytes of working "
+                        "memory for each block it reads from the archive.\n"),
+                       ("fonts.md", "# Fonts\n\nFontconfig matches the requested pattern "
+                        "against every installed face and keeps the best match.\n")):
+        (folder / name).write_text(text)
+    done = _edgerag(repo, "release", "--no-tag", "experiment=tiny", "corpus=dir",
+                    f"corpus.path={folder}", "corpus.chunk_tokens=48", "corpus.overlap_tokens=8")
+    assert "no question set for this corpus: the rule gated retrieval on rag_auto.*" in done.stdout
+    metrics = json.loads((repo / "releases/default/metrics.json").read_text())
+    assert "rag" not in metrics and metrics["rag_auto"]["probes"] >= 3
+    assert 0.0 <= metrics["rag_auto"]["hit_at_k"] <= 1.0
+    assert "logrotate" in _folder_texts(repo)
+
+    (folder / "logs.md").write_text("# Logs\n\nShip the service logs to journald instead.\n")
+    assert {"prepare_corpus", "build_index", "evaluate_rag"} <= repro(repo)
+    assert "journald" in _folder_texts(repo) and "logrotate" not in _folder_texts(repo)
+    (folder / "mime.md").write_text("# Mime\n\nGlob patterns map file names to media types.\n")
+    (folder / "fonts.md").unlink()
+    assert "prepare_corpus" in repro(repo)
+    texts = _folder_texts(repo)
+    assert "Glob patterns" in texts and "Fontconfig" not in texts
+    assert repro(repo) == set()  # and an untouched folder re-runs nothing
+
+
 def test_a_qwen3_from_the_hub_runs_through_every_stage(built, tiny_cfg, tmp_path, monkeypatch):
     """A non-Llama family from a pinned hub revision (a hub cache laid out here, offline): a tiny
     random instance of Qwen 3's config, with no BOS token as Qwen's tokenizers have none."""

@@ -14,7 +14,8 @@ from pipeline import layout
 def gather(llm: dict[str, Any], quantized: dict[str, Any], rag: dict[str, Any],
            index_notes: dict[str, Any], embedder_files: dict[str, Any]) -> dict[str, Any]:
     """The metrics contract: llm.*, lm_eval.<task>.acc, retrieval.*, rag.* (evaluate_rag's
-    test half; `rag_tune.*` is the half settings are chosen on).
+    test half; `rag_tune.*` is the half settings are chosen on), or with no question set
+    `rag_auto.*` (retrieval on probes derived from the corpus) alone.
 
     `quantized_program.*` is the quantized graph on the CPU, before lowering, when measured.
     """
@@ -23,8 +24,9 @@ def gather(llm: dict[str, Any], quantized: dict[str, Any], rag: dict[str, Any],
                  if key in index_notes}  # chunks_per_s: from build_index's run record
     retrieval["embedder_pte_bytes"] = embedder_files[layout.EMBEDDER_PTE]["bytes"]
     measured = {"quantized_program": quantized} if "ppl" in quantized else {}
-    return {**llm, **measured, "retrieval": retrieval, "rag": rag["test"],
-            "rag_tune": rag["tune"]}
+    judged = ({"rag_auto": rag["auto"]} if "auto" in rag else
+              {"rag": rag["test"], "rag_tune": rag["tune"]})
+    return {**llm, **measured, "retrieval": retrieval, **judged}
 
 
 def summary(metrics: dict[str, Any]) -> str:
@@ -54,6 +56,10 @@ def summary(metrics: dict[str, Any]) -> str:
                 "unsupported_code_rate"):
         if key in metrics.get("rag", {}):
             rows.append((f"rag {key} (test)", "", metrics["rag"][key], ""))
+    for key in ("hit_at_1", "hit_at_k", "mrr"):
+        if key in metrics.get("rag_auto", {}):
+            rows.append((f"rag_auto {key} ({metrics['rag_auto']['probes']} probes)", "",
+                         metrics["rag_auto"][key], ""))
     width = max(len(r[0]) for r in rows)
     lines = [f"{'metric':<{width}}  {'reference':>10}  {'.pte':>10}  {'delta':>9}"]
     lines += [f"{a:<{width}}  {b!s:>10}  {c!s:>10}  {d:>9}" for a, b, c, d in rows]

@@ -1,15 +1,18 @@
 """RAG judged on answers: the release's own loop (`ask.Assistant`) over a question set.
 
 A question set is JSONL, one object a line: `question`; `expect`, the source document(s) that
-answer it (`"pydoc:with"`, or `{"source": …, "start": …, "end": …}`); optionally `answer_terms`
-(words a correct answer contains) and a reference `answer`. Each question falls in the `tune` or
-the `test` half by a fixed rule (the parity of its sha256's first byte), so nobody picks the
-halves: settings are chosen on `tune`, and `rag.*` (what releases are gated on) is `test`.
+answer it (`"pydoc:with"`, or narrowed to a section, pages or a character span: `expected`) or
+`"unanswerable": true` (the corpus does not answer it: `ask` should say so); optionally
+`answer_terms` (words a correct answer contains) and a reference `answer`. Each question falls
+in the `tune` or the `test` half by a fixed rule (the parity of its sha256's first byte), so
+nobody picks the halves: settings are chosen on `tune`, and `rag.*` (what releases are gated
+on) is `test`.
 
 Per question:
-- retrieval, by document (chunks ranked by the release's retrieval, repeats of a document
-  dropped): `hit_at_1`, `hit_at_k` (among the `retrieval.k` chunks the prompt gets), reciprocal
-  rank, and nDCG@10 with every expected document relevant;
+- retrieval, by expected item (chunks ranked by the release's retrieval, each counted as the
+  item it is or its document, repeats dropped): `hit_at_1`, `hit_at_k` (among the
+  `retrieval.k` chunks the prompt gets), reciprocal rank, and nDCG@10 with every expected item
+  relevant;
 - answer: `answer_terms_recall` (share of the terms found in the answer, case-insensitive),
   token F1 against the reference answer where there is one, and `grounded`: the share of the
   answer's content words (three letters or more, not stopwords) that occur in the sources the
@@ -38,6 +41,7 @@ from typing import Any
 from pipeline.config import RagEvalConfig
 from pipeline.device.answer import content_words
 from pipeline.errors import BadInput
+from pipeline.evaluation import expected
 from pipeline.progress import bar
 
 SPLITS = ("tune", "test")
@@ -55,15 +59,10 @@ def split_of(question: str) -> str:
     return SPLITS[hashlib.sha256(question.encode()).digest()[0] % 2]
 
 
-def _expected_sources(record: dict) -> list[str]:
-    expect = record.get("expect")
-    items = expect if isinstance(expect, list) else [expect]
-    return [item["source"] if isinstance(item, dict) else item for item in items
-            if isinstance(item, str | dict)]
-
-
 def read_questions(path: Path, sources: set[str]) -> list[dict]:
-    """The question set, checked before any work: every question names documents the corpus has."""
+    """The question set, checked before any work: every question names documents the corpus has
+    (of the items it expects, those in documents the corpus lacks are dropped: see
+    `expected`)."""
     if not path.is_file():
         raise BadInput(f"rag_eval.questions={str(path)!r} does not exist.")
     questions = []
@@ -74,17 +73,22 @@ def read_questions(path: Path, sources: set[str]) -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError:
             raise BadInput(f"{path} line {number} is not JSON.") from None
-        expected = _expected_sources(record) if isinstance(record, dict) else []
+        try:
+            items = expected.parse(record.get("expect")) if isinstance(record, dict) \
+                and "expect" in record else []
+        except ValueError as error:
+            raise BadInput(f"{path} line {number}: {error}.") from None
         unanswerable = isinstance(record, dict) and record.get("unanswerable") is True
         if not isinstance(record, dict) or not str(record.get("question", "")).strip() \
-                or not (expected or unanswerable) or (expected and unanswerable):
+                or not (items or unanswerable) or (items and unanswerable):
             raise BadInput(f"{path} line {number} needs a question and either the document(s) "
                            "it expects (`expect`) or `\"unanswerable\": true`.")
-        missing = [s for s in expected if s not in sources]
-        if missing:
-            raise BadInput(f"{path} line {number} expects {missing[0]}, which the corpus does "
-                           "not have; fix the question set or the corpus.")
-        questions.append({**record, "expect": expected, "unanswerable": unanswerable,
+        held = [item for item in items if item.source in sources]
+        if items and not held:
+            raise BadInput(f"{path} line {number} expects {items[0].source}, which the corpus "
+                           "does not have; fix the question set or the corpus.")
+        questions.append({**record, "expect": [item.describe() for item in held],
+                          "expected": held, "unanswerable": unanswerable,
                           "split": split_of(record["question"])})
     if not questions:
         raise BadInput(f"{path} holds no questions.")
@@ -143,10 +147,11 @@ def evidence_hit(quotes: list[Any], record: dict) -> float:
     return float(bool(reference) and len(reference & content_words(top)) >= len(reference) / 2)
 
 
-def _ranked(assistant: Any, question: str, depth: int, rerank: bool) -> list[str]:
-    """The sources of the `depth` best chunks, with or without the configured reranker."""
-    return [assistant.chunks[key].source
-            for key, _ in assistant.retriever.search(question, depth, rerank)]
+def _ranked(assistant: Any, record: dict, depth: int, rerank: bool) -> list[str]:
+    """The `depth` best chunks, with or without the configured reranker, as `expected.labels`:
+    the expected item each is, or its document."""
+    found = assistant.retriever.search(record["question"], depth, rerank)
+    return expected.labels([assistant.chunks[key] for key, _ in found], record["expected"])
 
 
 def ask_all(assistant: Any, questions: list[dict], k: int, depth: int, max_new_tokens: int,
@@ -156,25 +161,25 @@ def ask_all(assistant: Any, questions: list[dict], k: int, depth: int, max_new_t
     records = []
     rerank = assistant.retriever.cfg.rerank
     for record in bar(questions, desc="questions", unit="q"):
-        deep = _ranked(assistant, record["question"], depth, rerank)
+        deep = _ranked(assistant, record, depth, rerank)
+        wanted = expected.wanted_labels(record["expected"])
         before = {}
         if rerank:
-            fused = _ranked(assistant, record["question"], depth, False)
-            scores = retrieval_scores(documents_in_order(fused), record["expect"], [])
+            fused = _ranked(assistant, record, depth, False)
+            scores = retrieval_scores(documents_in_order(fused), wanted, [])
             before = {f"{key}_fused": scores[key] for key in ("hit_at_1", "reciprocal_rank")}
         row = {"question": record["question"], "split": record["split"],
                "expect": record["expect"], "unanswerable": record["unanswerable"],
                "retrieved": documents_in_order(deep)[:NDCG_DEPTH]}
         if not answers:
             records.append({**row, "repeated": False, "timings": {}, **before,
-                            **retrieval_scores(documents_in_order(deep), record["expect"],
-                                               deep[:k])})
+                            **retrieval_scores(documents_in_order(deep), wanted, deep[:k])})
             continue
         answer = assistant.ask(record["question"], k, max_new_tokens, lambda _piece: None)
-        shown = [s.source for s in answer.sources]
+        shown = deep[: len(answer.sources)]  # the prompt's chunks lead the same ranking
         context = "\n".join(assistant.passage(s) for s in answer.sources)
         scores = {} if record["unanswerable"] else {
-            **retrieval_scores(documents_in_order(deep), record["expect"], shown), **before,
+            **retrieval_scores(documents_in_order(deep), wanted, shown), **before,
             **answer_scores(answer.answer, record, context),
             "evidence_hit_at_1": evidence_hit(answer.evidence, record)}
         records.append({

@@ -36,6 +36,7 @@ PTE_BYTES, PPL_DELTA, RECALL = "llm.pte_bytes", "llm.ppl_delta_pct", "retrieval.
 RAG_HIT, RAG_GROUNDED, RAG_CUT = "rag.hit_at_k", "rag.grounded", "rag.context_cut_rate"
 RAG_REPEATED, RAG_ABSTAIN, RAG_EVIDENCE = ("rag.repetition_rate", "rag.abstain_recall",
                                            "rag.evidence_hit_at_1")
+AUTO_HIT, AUTO_PROBES = "rag_auto.hit_at_k", "rag_auto.probes"
 SWEEP_RESULTS = "sweeps/*/results.csv"
 # A run's metrics are trusted only if each listed artifact was an input of the one measuring it.
 MEASURED_ON = {
@@ -74,12 +75,30 @@ def _answer_bounds(rule: ReleaseConfig) -> list[tuple[str, float, str, bool]]:
     return [b for b in bounds if (b[1] < 1.0 if b[3] else b[1] > 0.0)]
 
 
+def by_probes(metrics: dict[str, Any]) -> bool:
+    """Whether the run was judged with no question set, on probes derived from its corpus."""
+    return AUTO_HIT in metrics and RAG_HIT not in metrics
+
+
+def gate_line(metrics: dict[str, Any]) -> str | None:
+    """The one line saying the rule gated on probes rather than a question set, if it did."""
+    if not by_probes(metrics):
+        return None
+    return (f"no question set for this corpus: the rule gated retrieval on rag_auto.* "
+            f"({metrics.get(AUTO_PROBES, '?')} probes derived from the corpus), answers "
+            "unjudged; write one and set rag_eval.questions to judge them")
+
+
 def missed_bound(rule: ReleaseConfig, metrics: dict[str, Any]) -> str | None:
-    """The first bound these metrics miss, as a clause; None when they meet the rule."""
-    answers = _answer_bounds(rule)
-    checked = (PTE_BYTES, PPL_DELTA, RECALL, RAG_HIT, RAG_GROUNDED,
-               *((RAG_CUT,) if rule.max_context_cut_rate < 1.0 else ()),
-               *(key for key, *_ in answers))
+    """The first bound these metrics miss, as a clause; None when they meet the rule. A run
+    judged on probes (`by_probes`) is held to `min_rag_hit_at_k` by `rag_auto.hit_at_k`, and
+    the bounds that need a question set (groundedness, context cuts, answers) are not checked."""
+    probed = by_probes(metrics)
+    answers = [] if probed else _answer_bounds(rule)
+    cut = not probed and rule.max_context_cut_rate < 1.0
+    hit = AUTO_HIT if probed else RAG_HIT
+    checked = (PTE_BYTES, PPL_DELTA, RECALL, hit, *(() if probed else (RAG_GROUNDED,)),
+               *((RAG_CUT,) if cut else ()), *(key for key, *_ in answers))
     values = {key: _number(metrics.get(key)) for key in checked}
     absent = [key for key, value in values.items() if value is None]
     if absent:
@@ -87,13 +106,15 @@ def missed_bound(rule: ReleaseConfig, metrics: dict[str, Any]) -> str | None:
     if values[PPL_DELTA] > rule.max_ppl_delta_pct:
         return (f"{PPL_DELTA}={values[PPL_DELTA]:g} is above "
                 f"release.max_ppl_delta_pct={rule.max_ppl_delta_pct:g}")
-    if values.get(RAG_CUT, 0.0) > rule.max_context_cut_rate:
+    if cut and values[RAG_CUT] > rule.max_context_cut_rate:
         return (f"{RAG_CUT}={values[RAG_CUT]:g} is above "
                 f"release.max_context_cut_rate={rule.max_context_cut_rate:g}: its context is too "
                 "short for its prompts")
-    for key, bound, name in ((RECALL, rule.min_recall_at_10, "min_recall_at_10"),
-                             (RAG_HIT, rule.min_rag_hit_at_k, "min_rag_hit_at_k"),
-                             (RAG_GROUNDED, rule.min_rag_grounded, "min_rag_grounded")):
+    minimums = [(RECALL, rule.min_recall_at_10, "min_recall_at_10"),
+                (hit, rule.min_rag_hit_at_k, "min_rag_hit_at_k")]
+    if not probed:
+        minimums.append((RAG_GROUNDED, rule.min_rag_grounded, "min_rag_grounded"))
+    for key, bound, name in minimums:
         if values[key] < bound:
             return f"{key}={values[key]:g} is below release.{name}={bound:g}"
     for key, bound, name, is_max in answers:
@@ -309,6 +330,9 @@ def report(released: dict[str, Any]) -> str:
     else:
         lines.append(f"registered in dvc.yaml and {released['path']}.dvc (not committed or "
                      "tagged: --no-tag)")
+    gated = gate_line(metrics)
+    if gated:
+        lines.append(gated)
     lines.append(f"ask it: edgerag ask \"your question\" --release {released['path']}")
     return "\n".join(lines)
 

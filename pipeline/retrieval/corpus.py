@@ -100,6 +100,9 @@ def check(cfg: CorpusConfig) -> None:
                        f"{', '.join(CHUNKING)}.")
     if cfg.kind == "dir" and not cfg.path:
         raise BadInput("corpus.path must be set when corpus.kind=dir.")
+    if cfg.kind == "dir" and cfg.watch.startswith("~"):
+        raise BadInput(f"corpus.path={cfg.path!r}: DVC does not expand `~`; give the folder's "
+                       "absolute path (corpus.path=$HOME/…).")
     if cfg.kind == "dir" and not Path(cfg.path).expanduser().is_dir():
         raise BadInput(f"corpus.path={str(Path(cfg.path).expanduser())!r} is not a folder.")
     if cfg.chunk_tokens < 1:
