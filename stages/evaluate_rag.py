@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from pipeline import artifacts, config, errors, layout
-from pipeline.device.ask import Assistant
+from pipeline.device.ask import Assistant, open_retrieval
 from pipeline.evaluation import probes, rag
 from pipeline.release import bundle
 from pipeline.retrieval.corpus import read_chunks
@@ -43,13 +43,12 @@ def main() -> None:
 
 def by_probes(cfg: config.Config, inputs: list, path: Path) -> None:
     chosen = probes.settings(path)
-    assistant = Assistant(bundle.run_sources(Path(".")), cfg.retrieval)
-    derived = probes.derive(list(assistant.chunks.values()), chosen["probes"], chosen["seed"])
+    retriever, chunks = open_retrieval(bundle.run_sources(Path(".")), cfg.retrieval)
+    derived = probes.derive(list(chunks.values()), chosen["probes"], chosen["seed"])
     if not derived:
         raise errors.BadInput("the corpus has no sentence or heading long enough to probe "
                               "retrieval with; write a question set (rag_eval.questions=…).")
-    retriever = probes.retriever_without(assistant.retriever,
-                                         probes.masked(assistant.chunks, derived))
+    retriever = probes.retriever_without(retriever, probes.masked(chunks, derived))
     records = probes.score(retriever, derived, cfg.retrieval.k,
                            max(cfg.retrieval.candidates, rag.NDCG_DEPTH))
     metrics = {"auto": probes.summarize(records)}

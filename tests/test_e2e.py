@@ -113,6 +113,8 @@ def test_a_folder_with_no_question_set_releases_on_probes_and_its_edits_rebuild(
     (folder / "logs.md").write_text("# Logs\n\nShip the service logs to journald instead.\n")
     assert {"prepare_corpus", "build_index", "evaluate_rag"} <= repro(repo)
     assert "journald" in _folder_texts(repo) and "logrotate" not in _folder_texts(repo)
+    built_index = json.loads((repo / "data/runs/build_index.json").read_text())
+    assert built_index["embedded"] == 1 and built_index["reused"] >= 2  # only the edited text
     (folder / "mime.md").write_text("# Mime\n\nGlob patterns map file names to media types.\n")
     (folder / "fonts.md").unlink()
     assert "prepare_corpus" in repro(repo)

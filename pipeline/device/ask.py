@@ -88,38 +88,47 @@ def _special_tokens(tokenizer_file: Path) -> set[str]:
     return {token.content for token in decoder.values() if token.special}
 
 
+def open_retrieval(files: dict[str, Path], retrieval: RetrievalConfig,
+                   verbose: bool = False) -> tuple[Retriever, dict[int, Any]]:
+    """The retrieval half of a release (or a build): its retriever and its chunks by key, for
+    what needs no LLM (evaluate_rag's probes) and for `Assistant`."""
+    from usearch.index import Index
+
+    from pipeline.retrieval.corpus import read_chunks
+    from pipeline.retrieval.embedder import load_pte_files
+
+    with native_logs(verbose):  # loading logs from C++ too (tokenizer regexes, metadata)
+        # Memory-mapped, as a phone opens it: a large index is paged in as searched.
+        index = Index.restore(str(files[bundle.INDEX]), view=True)
+        if files.get(bundle.INDEX_SETTINGS, Path()).is_file():
+            settings = json.loads(files[bundle.INDEX_SETTINGS].read_text())
+            index.expansion_search = settings["expansion_search"]
+        chunks = {c.key: c for c in read_chunks(files[bundle.CHUNKS])}
+        embedder = load_pte_files(files[bundle.EMBEDDER], files[bundle.EMBEDDER_TOKENIZER],
+                                  index.ndim)
+        reranker = None
+        if retrieval.rerank and files.get(bundle.RERANKER, Path()).is_file():
+            from pipeline.retrieval import reranker as cross_encoder
+
+            reranker = cross_encoder.load_pte_files(files[bundle.RERANKER],
+                                                    files[bundle.RERANKER_TOKENIZER])
+    return Retriever(index, files[bundle.STORE], embedder, retrieval, reranker), chunks
+
+
 class Assistant:
     """A release (or a build's artifacts) loaded once and asked many times: the same code runs
     `edgerag ask` and the evaluate_rag stage."""
 
     def __init__(self, files: dict[str, Path], retrieval: RetrievalConfig,
                  verbose: bool = False) -> None:
-        from usearch.index import Index
-
-        from pipeline.retrieval.corpus import read_chunks
-        from pipeline.retrieval.embedder import load_pte_files
         from pipeline.runtime import text_runner
 
         self.verbose = verbose
         self.first_answer = FIRST_ANSWER
         self.abstention = abstain.rule(retrieval)
-        with native_logs(verbose):  # loading logs from C++ too (tokenizer regexes, metadata)
-            # Memory-mapped, as a phone opens it: a large index is paged in as searched.
-            index = Index.restore(str(files[bundle.INDEX]), view=True)
-            if files.get(bundle.INDEX_SETTINGS, Path()).is_file():
-                settings = json.loads(files[bundle.INDEX_SETTINGS].read_text())
-                index.expansion_search = settings["expansion_search"]
-            self.chunks = {c.key: c for c in read_chunks(files[bundle.CHUNKS])}
-            self._placed = {(c.source, c.start): c for c in self.chunks.values()}
-            embedder = load_pte_files(files[bundle.EMBEDDER],
-                                      files[bundle.EMBEDDER_TOKENIZER], index.ndim)
-            reranker = None
-            if retrieval.rerank and files.get(bundle.RERANKER, Path()).is_file():
-                from pipeline.retrieval import reranker as cross_encoder
-
-                reranker = cross_encoder.load_pte_files(files[bundle.RERANKER],
-                                                        files[bundle.RERANKER_TOKENIZER])
-            self.retriever = Retriever(index, files[bundle.STORE], embedder, retrieval, reranker)
+        self.retriever, self.chunks = open_retrieval(files, retrieval, verbose)
+        self._placed = {(c.source, c.start): c for c in self.chunks.values()}
+        with native_logs(verbose):
             self.counter = prompt.TokenCounter.from_file(files[bundle.TOKENIZER])
             self.chat = prompt.ChatFormat.from_files(files[bundle.CHAT_TEMPLATE],
                                                      files[bundle.TOKENIZER_CONFIG])
