@@ -264,6 +264,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         manifest = json.loads(manifest_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise BadInput(f"{manifest_path} is not valid JSON.") from None
+    _check_shape(manifest, manifest_path)
     version = manifest.get("format_version")
     if not isinstance(version, int):
         raise BadInput(f"{manifest_path} has no format_version: edgerag did not write it.")
@@ -273,6 +274,29 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
             f"{FORMAT_VERSION}: upgrade edgerag."
         )
     return manifest
+
+
+def _check_shape(manifest: Any, path: Path) -> None:
+    """A manifest is an object whose `files` map names to `{sha256, bytes}` and whose
+    `config`, `notes` and `inputs` are objects: anything else was not written by edgerag."""
+    problem = None
+    if not isinstance(manifest, dict):
+        problem = "is not a JSON object"
+    elif not isinstance(manifest.get("files", {}), dict):
+        problem = "has `files` that is not an object"
+    else:
+        for key in ("config", "notes", "inputs"):
+            if not isinstance(manifest.get(key, {}), dict):
+                problem = f"has `{key}` that is not an object"
+                break
+        for name, entry in manifest.get("files", {}).items():
+            if problem:
+                break
+            if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+                    and isinstance(entry.get("bytes"), int)):
+                problem = f"lists {name!r} without its sha256 and bytes"
+    if problem:
+        raise BadInput(f"{path} {problem}: edgerag did not write it; rebuild or re-fetch it.")
 
 
 def inside(root: Path, rel: str) -> Path:

@@ -10,8 +10,13 @@ from pipeline import artifacts, conf, config, errors
 
 def configure(overrides: list[str], output: str) -> None:
     """Compose conf/ with Hydra overrides, validate, and write params.yaml atomically."""
+    from pathlib import Path
+
     from pipeline import validation
 
+    if Path(output).is_dir():
+        raise errors.BadInput(f"--output {output} is a folder; give the params file's path "
+                              "(e.g. params.yaml).")
     typed = config.validate(conf.compose(overrides))
     validation.check(typed)
     artifacts.atomic_write_text(output, conf.params_text(typed, overrides))

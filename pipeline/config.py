@@ -363,6 +363,26 @@ def validate(raw: DictConfig | dict, executorch: bool = True) -> Config:
     return cfg
 
 
+def _read_params(path: Path) -> DictConfig:
+    """params.yaml as a mapping, or one sentence naming the line that is not YAML."""
+    import yaml
+
+    try:
+        raw = OmegaConf.load(path)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise BadInput(f"{path} is not valid YAML{where}; regenerate it with `edgerag configure`."
+                       ) from None
+    except UnicodeDecodeError:
+        raise BadInput(f"{path} is not UTF-8 text; regenerate it with `edgerag configure`."
+                       ) from None
+    if not isinstance(raw, DictConfig):
+        raise BadInput(f"{path} holds a {type(raw).__name__.removesuffix('Config').lower()}, "
+                       "not a mapping of settings; regenerate it with `edgerag configure`.")
+    return raw
+
+
 def load(path: str | Path = PARAMS_FILE) -> Config:
     """params.yaml for a stage. ExecuTorch's LlmConfig is checked where it is read
     (`checks.llm_config`), so a stage that never touches the LLM does not import ExecuTorch
@@ -372,7 +392,7 @@ def load(path: str | Path = PARAMS_FILE) -> Config:
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"{path} does not exist; run `edgerag configure` first.")
-    cfg = validate(OmegaConf.load(path), executorch=False)
+    cfg = validate(_read_params(path), executorch=False)
     stage = declared.running_stage()
     if stage is not None and declared.strict():
         declared.restrict(cfg, stage, declared.params(stage))

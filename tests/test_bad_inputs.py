@@ -155,6 +155,14 @@ def inputs(rel: str, data: bytes | Callable[[Path], None] | None = None
     return setup
 
 
+def inputs_here(rel: str, data: bytes) -> Callable[[Path], None]:
+    """A file in the working directory itself (a release folder the row points at)."""
+    def setup(work: Path) -> None:
+        (work / rel).parent.mkdir(parents=True, exist_ok=True)
+        (work / rel).write_bytes(data)
+    return setup
+
+
 def gguf_file(arch: str = "llama", cut: int = 0) -> Callable[[Path], None]:
     def write(path: Path) -> None:
         from tests.test_sources import _write_gguf
@@ -399,6 +407,42 @@ CASES: dict[str, Case] = {
         "the disk fills up while a stage writes (ENOSPC)",
         "no space left on the device; free some space and run again.",
         on_a_full_disk("split"), params("experiment=tiny")),
+    "params-not-yaml": Case(
+        "`params.yaml` that is not valid YAML",
+        "params.yaml is not valid YAML at line 2; regenerate it with `edgerag configure`.",
+        stage("split"), lambda work: (work / "params.yaml").write_text("quant: [\n")),
+    "params-a-list": Case(
+        "`params.yaml` that holds a list",
+        "params.yaml holds a list, not a mapping of settings; regenerate it with "
+        "`edgerag configure`.",
+        stage("split"), lambda work: (work / "params.yaml").write_text("- quant\n")),
+    "configure-into-a-folder": Case(
+        "`edgerag configure --output <a folder>`",
+        "--output … is a folder; give the params file's path (e.g. params.yaml).",
+        edgerag("configure", "--output", "data"), lambda work: (work / "data").mkdir()),
+    "manifest-a-list": Case(
+        "a manifest that is a JSON list (`[]`)",
+        "…manifest.json is not a JSON object: edgerag did not write it; rebuild or re-fetch it.",
+        edgerag("verify", "release"), inputs_here("release/manifest.json", b"[]")),
+    "manifest-files-a-list": Case(
+        "a manifest whose `files` is a list",
+        "…manifest.json has `files` that is not an object: edgerag did not write it; rebuild "
+        "or re-fetch it.",
+        edgerag("verify", "release"),
+        inputs_here("release/manifest.json", b'{"format_version": 1, "files": []}')),
+    "manifest-entry-without-bytes": Case(
+        "a manifest entry without `bytes`",
+        "…manifest.json lists 'llm.pte' without its sha256 and bytes: edgerag did not write it; "
+        "rebuild or re-fetch it.",
+        edgerag("verify", "release"), inputs_here(
+            "release/manifest.json",
+            b'{"format_version": 1, "files": {"llm.pte": {"sha256": "00"}}}')),
+    "manifest-config-a-string": Case(
+        "a manifest whose `config` is a string",
+        "…manifest.json has `config` that is not an object: edgerag did not write it; rebuild "
+        "or re-fetch it.",
+        edgerag("verify", "release"),
+        inputs_here("release/manifest.json", b'{"format_version": 1, "config": "x"}')),
     "internal-error": Case(
         "an intact artifact whose content the next stage cannot parse (a bug upstream)",
         "internal error (JSONDecodeError): Expecting value: line 1 column 1 (char 0) "

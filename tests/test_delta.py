@@ -85,13 +85,33 @@ def test_the_delta_carries_only_what_changed(pair):
     assert size < full / 3
 
 
-def test_a_delta_for_another_base_is_refused_and_changes_nothing(pair, tmp_path):
-    _, new, path, _ = pair
-    installed = tmp_path / "installed"
-    shutil.copytree(new, installed)
-    with pytest.raises(BadInput, match=r"updates release old@.*, but .* holds new@"):
-        delta.apply(path, installed)
-    assert _files(installed) == _files(new)
+def test_a_delta_for_another_base_is_refused_and_changes_nothing(
+        pair, tmp_path, tiny_cfg, tiny_ptes, tiny_embedder, tiny_embedder_source, tiny_tokenizer):
+    _, _, path, _ = pair
+    other = write_tiny_release(tmp_path / "other", tmp_path / "run-other", tiny_cfg,
+                               tiny_ptes["fp32"], tiny_tokenizer[1], tiny_embedder[0],
+                               tiny_embedder_source, ("pydoc:if",), METRICS, TEMPLATE,
+                               IndexConfig(), None)
+    before = _files(other)
+    with pytest.raises(BadInput, match=r"updates release old@.*, but .* holds other@"):
+        delta.apply(path, other)
+    assert _files(other) == before
+
+
+def test_a_delta_never_replaces_a_folder_it_did_not_write(pair, tmp_path):
+    old, new, _, _ = pair
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    for out, reason in ((kept, "not empty and not a delta"), (old, "holds the release"),
+                        (old.parent, "holds the release")):
+        with pytest.raises(BadInput, match=reason):
+            delta.write(old, new, out)
+    assert (kept / "notes.txt").read_text() == "mine" and bundle.open_release(old)
+    again = tmp_path / "again"
+    delta.write(old, new, again)
+    delta.write(old, new, again)  # a delta it wrote is replaced whole
+    assert artifacts.read_manifest(again)["stage"] == delta.STAGE
 
 
 def test_a_delta_naming_a_path_outside_is_refused_before_writing(pair, tmp_path):
@@ -149,10 +169,13 @@ def test_the_commands_write_and_apply_and_refuse_in_one_sentence(pair, tmp_path,
         assert exit_.value.code == 0
     said = capsys.readouterr().out
     assert f"wrote {out}" in said and "is now new@" in said and _files(installed) == _files(new)
-    with pytest.raises(SystemExit) as exit_:
+    with pytest.raises(SystemExit) as exit_:  # the same delta again: there already
         cli.main(["apply-delta", str(out), "--release", str(installed)])
+    assert exit_.value.code == 0 and "is already at new@" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["delta", str(old), str(new), "--out", str(old)])
     err = capsys.readouterr().err.strip()
-    assert exit_.value.code == 2 and err.count("\n") == 0 and "updates release old@" in err
+    assert exit_.value.code == 2 and err.count("\n") == 0 and "holds the release" in err
 
 
 def test_a_new_embedder_sends_the_index_whole(pair, tmp_path):

@@ -62,6 +62,28 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(handle, array, allow_pickle=False)
 
 
+def _check_out(dest: Path, *releases: Path) -> None:
+    """`--out` may be new, empty, or a delta this command wrote (replaced whole); never a
+    release it reads, nor a folder of anything else, which replacing would delete."""
+    if not dest.exists():
+        return
+    for release in releases:
+        if dest.resolve() == release.resolve() or release.resolve().is_relative_to(
+                dest.resolve()):
+            raise BadInput(f"--out {dest} holds the release {release} it reads; choose a new "
+                           "folder for the delta.")
+    if not dest.is_dir():
+        raise BadInput(f"--out {dest} is a file; choose a new folder for the delta.")
+    if any(dest.iterdir()):
+        try:
+            is_delta = artifacts.read_manifest(dest).get("stage") == STAGE
+        except BadInput:
+            is_delta = False
+        if not is_delta:
+            raise BadInput(f"--out {dest} is a folder that is not empty and not a delta; "
+                           "choose a new folder (nothing was written).")
+
+
 def write(old_path: Path, new_path: Path, dest: Path) -> dict[str, Any]:
     """The delta from release `old_path` to release `new_path`, written atomically to `dest`."""
     from usearch.index import Index
@@ -69,6 +91,7 @@ def write(old_path: Path, new_path: Path, dest: Path) -> dict[str, Any]:
     old, new = bundle.open_release(old_path), bundle.open_release(new_path)
     if old.manifest_sha256 == new.manifest_sha256:
         raise BadInput(f"{old_path} and {new_path} are the same release; there is no delta.")
+    _check_out(dest, old_path, new_path)
     old_shas, new_shas = _shas(old), _shas(new)
     same_embedder = all(old_shas.get(name) == new_shas.get(name)
                         for name in (bundle.EMBEDDER, bundle.EMBEDDER_TOKENIZER))
@@ -142,6 +165,8 @@ def apply(delta_path: Path, release_path: Path) -> dict[str, Any]:
         raise BadInput(f"{delta_path} is not an edgerag release delta.")
     installed = bundle.open_release(release_path)
     notes = delta.manifest["notes"]
+    if installed.manifest_sha256 == notes["target_manifest_sha256"]:
+        return {**notes, "already": True}  # applied before: nothing to do
     if installed.manifest_sha256 != notes["base_manifest_sha256"]:
         raise BadInput(
             f"{delta_path} updates release {notes['base']} (manifest sha256 "
@@ -184,5 +209,9 @@ def main_write(old: str, new: str, out: str) -> None:
 
 def main_apply(delta_path: str, release: str) -> None:
     notes = apply(Path(delta_path), Path(release))
+    if notes.get("already"):
+        print(f"{release} is already at {notes['target']}, the target of {delta_path}; "
+              "nothing to apply.")
+        return
     print(f"{release} is now {notes['target']}; every file matches its manifest "
           f"({describe(notes)}).")
