@@ -271,6 +271,7 @@ class ReleaseConfig:
     max_rag_repetition_rate: float = 1.0  # answers that looped and were cut (1: unchecked)
     min_rag_abstain_recall: float = 0.0  # unanswerable questions refused (0: unchecked)
     min_rag_evidence_hit_at_1: float = 0.0  # top evidence quotes holding the answer
+    min_rag_auto_hit_at_k: float = 0.0  # with no question set: probes finding their chunk
 
 
 @dataclass

@@ -138,16 +138,16 @@ def test_a_probe_file_is_checked(tmp_path):
 
 
 def test_the_release_rule_gates_a_run_with_no_question_set_on_its_probes():
-    rule = ReleaseConfig(min_rag_hit_at_k=0.5, min_rag_grounded=0.5,
+    rule = ReleaseConfig(min_rag_hit_at_k=0.9, min_rag_auto_hit_at_k=0.5, min_rag_grounded=0.5,
                          max_rag_repetition_rate=0.1)
     base = {promote.PTE_BYTES: 1e6, promote.PPL_DELTA: 1.0, promote.RECALL: 1.0,
             promote.AUTO_PROBES: 40}
     assert promote.missed_bound(rule, {**base, promote.AUTO_HIT: 0.9}) is None
     assert promote.missed_bound(rule, {**base, promote.AUTO_HIT: 0.4}) == (
-        "rag_auto.hit_at_k=0.4 is below release.min_rag_hit_at_k=0.5")
+        "rag_auto.hit_at_k=0.4 is below release.min_rag_auto_hit_at_k=0.5")
     assert "40 probes derived from the corpus" in promote.gate_line({**base,
                                                                      promote.AUTO_HIT: 0.9})
-    judged = {**base, promote.AUTO_HIT: 0.9, promote.RAG_HIT: 0.9, promote.RAG_GROUNDED: 0.9}
+    judged = {**base, promote.AUTO_HIT: 0.9, promote.RAG_HIT: 0.95, promote.RAG_GROUNDED: 0.9}
     assert promote.gate_line(judged) is None  # a question set, when there is one, decides
     assert promote.missed_bound(rule, judged) == "it has no rag.repetition_rate metric"
 

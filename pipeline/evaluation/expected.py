@@ -3,9 +3,11 @@
 An `expect` item is a document (`"bzip2/manual.pdf"`), or an object narrowing it: a `section`
 (a heading of the chunk's heading path), a page range `pages: [first, last]` (the chunk's pages
 overlap it), a character span `start`/`end` (the chunk's span of the document overlaps it).
-A chunk is the item when it is in the document and meets every narrowing given. A question
-may list items for documents the corpus does not hold (the HTML and the PDF edition of one
-manual): only the ones it holds count, and a question none of whose items it holds is refused.
+A chunk is the item when it is in the document and meets every narrowing given; a section is
+not judged on a chunk with no heading below its file name (a PDF without an outline is chunked
+by paragraphs), where its pages, if given, still are. A question may list items for documents
+the corpus does not hold (the HTML and the PDF edition of one manual): only the ones it holds
+count, and a question none of whose items it holds is refused.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ class Expected:
     def holds(self, chunk: Chunk) -> bool:
         if chunk.source != self.source:
             return False
-        if self.section and self.section.casefold() not in (
-                part.strip().casefold() for part in chunk.heading.split(HEADING_SEPARATOR)):
+        sections = [part.strip().casefold() for part in chunk.heading.split(HEADING_SEPARATOR)][1:]
+        if self.section and sections and self.section.casefold() not in sections:
             return False
         if self.pages and (chunk.page_start is None or chunk.page_end is None
                            or chunk.page_end < self.pages[0] or chunk.page_start > self.pages[1]):

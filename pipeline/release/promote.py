@@ -91,7 +91,7 @@ def gate_line(metrics: dict[str, Any]) -> str | None:
 
 def missed_bound(rule: ReleaseConfig, metrics: dict[str, Any]) -> str | None:
     """The first bound these metrics miss, as a clause; None when they meet the rule. A run
-    judged on probes (`by_probes`) is held to `min_rag_hit_at_k` by `rag_auto.hit_at_k`, and
+    judged on probes (`by_probes`) is held to `min_rag_auto_hit_at_k` by `rag_auto.hit_at_k`, and
     the bounds that need a question set (groundedness, context cuts, answers) are not checked."""
     probed = by_probes(metrics)
     answers = [] if probed else _answer_bounds(rule)
@@ -111,7 +111,8 @@ def missed_bound(rule: ReleaseConfig, metrics: dict[str, Any]) -> str | None:
                 f"release.max_context_cut_rate={rule.max_context_cut_rate:g}: its context is too "
                 "short for its prompts")
     minimums = [(RECALL, rule.min_recall_at_10, "min_recall_at_10"),
-                (hit, rule.min_rag_hit_at_k, "min_rag_hit_at_k")]
+                ((AUTO_HIT, rule.min_rag_auto_hit_at_k, "min_rag_auto_hit_at_k") if probed
+                 else (RAG_HIT, rule.min_rag_hit_at_k, "min_rag_hit_at_k"))]
     if not probed:
         minimums.append((RAG_GROUNDED, rule.min_rag_grounded, "min_rag_grounded"))
     for key, bound, name in minimums:
