@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-from usearch.index import Index
 
 from pipeline import layout
 from pipeline.config import ReleaseConfig, RetrievalConfig
@@ -54,6 +53,11 @@ class _Words:
 
 @pytest.fixture
 def retriever(tmp_path):
+    # usearch loaded before torch in a process breaks torch.export's schema parsing there
+    # (measured: this module, then tests/test_release.py's tiny embedder export, on one worker).
+    import torch  # noqa: F401
+    from usearch.index import Index
+
     chunks = _chunks()
     keyword.write_store(tmp_path / layout.STORE, chunks)
     index = Index(ndim=64, metric="cos")
