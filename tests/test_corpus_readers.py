@@ -349,3 +349,25 @@ def test_a_device_node_is_skipped_with_its_reason(tmp_path):
     docs, report = corpus.dir_documents(tmp_path)
     assert [d.source for d in docs] == ["kept.txt"]
     assert report.all_skipped() == [("null.txt", "device")]
+
+
+def test_an_edited_pdf_page_changes_only_the_chunks_on_it(tmp_path, tokenizer_file):
+    """What the vector store re-embeds and a delta carries is what changed: chunks are keyed by
+    their text, so an edit to one page of a long PDF leaves every other chunk's key alone."""
+    def chunks_of(pages):
+        folder = tmp_path / f"docs-{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        titled = [[f"Chapter {n + 1}", *lines] for n, lines in enumerate(pages)]
+        write_pdf(folder / "manual.pdf", titled,
+                  outline=[(0, f"Chapter {n + 1}", n) for n in range(len(pages))])
+        cfg = CorpusConfig(kind="dir", path=str(folder), chunking="sections", chunk_tokens=48,
+                           overlap_tokens=8)
+        return corpus.chunk_corpus(corpus.documents(cfg)[0], cfg, tokenizer_file, 64)
+
+    pages = pages_of("Page", 12)
+    before = chunks_of(pages)
+    pages[4] = [line.replace("rules of the road", "rules of the sea") for line in pages[4]]
+    after = chunks_of(pages)
+    changed = {c.key for c in after} - {c.key for c in before}
+    assert changed and all(c.page_start <= 5 <= c.page_end for c in after if c.key in changed)
+    assert len(changed) < len(after) / 6
