@@ -15,12 +15,11 @@ import itertools
 import json
 from pathlib import Path
 
-from pipeline import config, layout
+from pipeline import bundle, layout, params_file
 from pipeline.device import abstain
 from pipeline.device.answer import evidence
 from pipeline.device.ask import Assistant
 from pipeline.evaluation import rag
-from pipeline.release import bundle
 from pipeline.retrieval.corpus import read_chunks
 
 MAX_FALSE_ABSTAIN = 0.1
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.abstention", description=__doc__)
     parser.add_argument("--sets", help="question sets (default: the build's rag_eval.questions)")
     args = parser.parse_args(argv)
-    cfg = config.load()
+    cfg = params_file.load()
     sources = {c.source for c in read_chunks(Path(layout.INDEX) / layout.CHUNKS)}
     paths = args.sets.split(",") if args.sets else [cfg.rag_eval.questions]
     questions = [q for path in paths for q in rag.read_questions(Path(path), sources)]

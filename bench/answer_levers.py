@@ -13,11 +13,10 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import config, layout
+from pipeline import bundle, layout, params_file
 from pipeline.device import prompt
 from pipeline.device.ask import Assistant
 from pipeline.evaluation import rag
-from pipeline.release import bundle
 from pipeline.retrieval.corpus import read_chunks
 
 COLUMNS = ("repetition_rate", "answer_terms_recall", "answer_f1", "grounded",
@@ -56,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--half", choices=rag.SPLITS, default="tune")
     parser.add_argument("--levers", default=",".join(LEVERS))
     args = parser.parse_args(argv)
-    cfg = config.load()
+    cfg = params_file.load()
     sources = {c.source for c in read_chunks(Path(layout.INDEX) / layout.CHUNKS)}
     questions = [q for q in rag.read_questions(Path(cfg.rag_eval.questions), sources)
                  if q["split"] == args.half]

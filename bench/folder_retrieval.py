@@ -16,10 +16,9 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-from pipeline import config
+from pipeline import bundle, params_file
 from pipeline.device.ask import open_retrieval
 from pipeline.evaluation import probes, rag
-from pipeline.release import bundle
 
 AUTO = Path(__file__).resolve().parent.parent / "questions" / "auto.yaml"
 
@@ -29,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("questions", type=Path)
     parser.add_argument("--label", default="")
     args = parser.parse_args(argv)
-    cfg = config.load()
+    cfg = params_file.load()
     retriever, chunks = open_retrieval(bundle.run_sources(Path(".")), cfg.retrieval)
     questions = [q for q in rag.read_questions(args.questions, {c.source for c in
                                                                 chunks.values()})

@@ -25,9 +25,9 @@ def available() -> bool:
 
 def source_gguf() -> Path:
     """The default model's GGUF, from the same pinned, cached source fetch_model uses."""
-    from pipeline import conf, config, sources
+    from pipeline import conf, params_file, sources
 
-    cfg = config.validate(conf.compose(["model=smollm2_135m"]))
+    cfg = params_file.validate(conf.compose(["model=smollm2_135m"]))
     return sources.materialize(cfg.model.source)
 
 

@@ -13,10 +13,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from pipeline import config, layout
+from pipeline import bundle, layout, params_file
 from pipeline.device.ask import Assistant
 from pipeline.evaluation import rag
-from pipeline.release import bundle
 from pipeline.retrieval.corpus import read_chunks
 
 COLUMNS = ("hit_at_1", "hit_at_k", "mrr", "ndcg_at_10", "answer_terms_recall", "grounded",
@@ -36,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="score retrieval alone (no generation: seconds, not minutes)")
     parser.add_argument("overrides", nargs="*", help="retrieval.KEY=VALUE for every mode")
     args = parser.parse_args(argv)
-    cfg = config.load()
+    cfg = params_file.load()
     sources = {c.source for c in read_chunks(Path(layout.INDEX) / layout.CHUNKS)}
     questions = rag.read_questions(Path(cfg.rag_eval.questions), sources)
     base = dataclasses.replace(cfg.retrieval, **_settings(args.overrides))

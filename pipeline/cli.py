@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline import artifacts, conf, config, errors
+from pipeline import artifacts, conf, config, errors, params_file
 
 
 def configure(overrides: list[str], output: str) -> None:
@@ -17,7 +17,7 @@ def configure(overrides: list[str], output: str) -> None:
     if Path(output).is_dir():
         raise errors.BadInput(f"--output {output} is a folder; give the params file's path "
                               "(e.g. params.yaml).")
-    typed = config.validate(conf.compose(overrides))
+    typed = params_file.validate(conf.compose(overrides))
     validation.check(typed)
     artifacts.atomic_write_text(output, conf.params_text(typed, overrides))
     print(f"wrote {output} (model={typed.model.name}, quant={typed.quant.name}, "

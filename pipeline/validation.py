@@ -3,7 +3,7 @@
 `edgerag configure` and `edgerag sweep` (before its first job) call `check`, so a bad index,
 embedder, corpus, retrieval or RAG-evaluation value fails there in one sentence instead of in its
 stage after the LLM stages have spent many minutes. The rules live with the modules that own the
-allowed values; this only calls them. (`config.validate` checks the schema, the eval minimums
+allowed values; this only calls them. (`params_file.validate` checks the schema, the eval minimums
 and the LLM sections.)
 """
 

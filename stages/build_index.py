@@ -9,7 +9,7 @@ local processes, or on a Dask cluster when EDGERAG_EMBED_CLUSTER names one (embe
 
 from pathlib import Path
 
-from pipeline import artifacts, config, errors, layout, splits
+from pipeline import artifacts, errors, layout, params_file, splits
 from pipeline.retrieval import corpus, embed_cluster, embedder, index, vectors
 from stages import output
 
@@ -17,7 +17,7 @@ STAGE = "build_index"
 
 
 def main() -> None:
-    cfg = config.load()
+    cfg = params_file.load()
     index.check(cfg.index)
     inputs = [artifacts.require(p) for p in
               (layout.EMBEDDER, layout.EMBEDDER_SOURCE, layout.CORPUS, layout.SPLIT)]

@@ -1,7 +1,7 @@
 """Fetch and compile the optional cross-encoder reranker to data/reranker/reranker.pte; with no
 reranker configured (the default), the artifact holds only its manifest saying so."""
 
-from pipeline import config, errors, sources
+from pipeline import errors, params_file, sources
 from pipeline.retrieval import reranker
 from stages import output
 
@@ -9,7 +9,7 @@ STAGE = "build_reranker"
 
 
 def main() -> None:
-    cfg = config.load()
+    cfg = params_file.load()
     reranker.check(cfg.reranker)
     model_dir = sources.materialize(cfg.reranker.source) if reranker.enabled(cfg.reranker) \
         else None

@@ -3,7 +3,7 @@
 Schemes that need no data (torchao weight quantization) say so and record it in the manifest.
 """
 
-from pipeline import artifacts, config, errors, layout
+from pipeline import artifacts, errors, layout, params_file
 from pipeline.llm import quantize
 from stages import output
 
@@ -11,7 +11,7 @@ STAGE = "calibrate"
 
 
 def main() -> None:
-    cfg = config.load()
+    cfg = params_file.load()
     inputs = [artifacts.require(p) for p in (layout.EXPORT, layout.SPLIT, layout.MODEL)]
     exported, split, model = inputs
     with output(STAGE, cfg, inputs=inputs) as out:

@@ -4,7 +4,7 @@ Quantization (`embedder.quantize`) happens here, not in its own stage: torchao's
 rewrites the eager module, which is then exported and lowered in one go.
 """
 
-from pipeline import artifacts, config, errors, layout
+from pipeline import artifacts, errors, layout, params_file
 from pipeline.retrieval import embedder
 from stages import output
 
@@ -12,7 +12,7 @@ STAGE = "compile_embedder"
 
 
 def main() -> None:
-    cfg = config.load()
+    cfg = params_file.load()
     embedder.check(cfg.embedder)
     source = artifacts.require(layout.EMBEDDER_SOURCE)
     with output(STAGE, cfg, inputs=[source], byte_identical=True) as out:

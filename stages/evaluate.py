@@ -2,7 +2,7 @@
 
 import json
 
-from pipeline import artifacts, config, errors, layout
+from pipeline import artifacts, errors, layout, params_file
 from pipeline.evaluation import contract
 from stages import output
 
@@ -10,7 +10,7 @@ STAGE = "evaluate"
 
 
 def main() -> None:
-    cfg = config.load()
+    cfg = params_file.load()
     inputs = [artifacts.require(p) for p in (layout.EVAL_LLM, layout.EVAL_QUANTIZED,
                                              layout.EVAL_RAG, layout.INDEX, layout.EMBEDDER)]
     llm, quantized, rag, index, embedder = inputs

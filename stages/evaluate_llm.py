@@ -5,7 +5,7 @@ Its own stage, so a corpus change (which re-runs the index) never re-runs the LL
 
 import json
 
-from pipeline import artifacts, config, errors, layout
+from pipeline import artifacts, errors, layout, params_file
 from pipeline.evaluation import evaluate
 from stages import output
 
@@ -13,7 +13,7 @@ STAGE = "evaluate_llm"
 
 
 def main() -> None:
-    cfg = config.load()
+    cfg = params_file.load()
     inputs = [artifacts.require(p) for p in (layout.LOWERED, layout.MODEL, layout.SPLIT,
                                              layout.TASKS)]
     lowered, model, split, tasks = inputs

@@ -6,7 +6,7 @@ It needs no backend toolchain, so a QNN build is judged here before anyone owns 
 
 import json
 
-from pipeline import artifacts, config, errors, layout
+from pipeline import artifacts, errors, layout, params_file
 from pipeline.evaluation import program
 from stages import output
 
@@ -14,7 +14,7 @@ STAGE = "evaluate_quantized"
 
 
 def main() -> None:
-    cfg = config.load()
+    cfg = params_file.load()
     inputs = [artifacts.require(p) for p in (layout.QUANTIZED, layout.MODEL, layout.SPLIT)]
     quantized, model, split = inputs
     with output(STAGE, cfg, inputs=inputs) as out:

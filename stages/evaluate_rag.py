@@ -6,10 +6,9 @@ derived from the corpus instead (`pipeline/evaluation/probes.py`), as `auto`."""
 import json
 from pathlib import Path
 
-from pipeline import artifacts, config, errors, layout
+from pipeline import artifacts, bundle, config, errors, layout, params_file
 from pipeline.device.ask import Assistant, open_retrieval
 from pipeline.evaluation import probes, rag
-from pipeline.release import bundle
 from pipeline.retrieval.corpus import read_chunks
 from stages import output
 
@@ -17,7 +16,7 @@ STAGE = "evaluate_rag"
 
 
 def main() -> None:
-    cfg = config.load()
+    cfg = params_file.load()
     inputs = [artifacts.require(p) for p in (layout.LOWERED, layout.EMBEDDER, layout.INDEX,
                                              layout.RERANKER)]
     path = Path(cfg.rag_eval.questions)

@@ -1,6 +1,6 @@
 """Fetch the embedder's model folder (weights, config, tokenizer) to data/embedder_src."""
 
-from pipeline import config, errors
+from pipeline import errors, params_file
 from pipeline.retrieval import embedder_source
 from stages import output
 
@@ -8,7 +8,7 @@ STAGE = "fetch_embedder"
 
 
 def main() -> None:
-    cfg = config.load()
+    cfg = params_file.load()
     with output(STAGE, cfg, byte_identical=True) as out:
         out.notes.update(embedder_source.fetch(cfg.embedder, out.path))
 

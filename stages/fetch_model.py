@@ -1,6 +1,6 @@
 """Fetch the LLM's weights and tokenizer into one normalized transformers folder (data/model)."""
 
-from pipeline import config, errors
+from pipeline import errors, params_file
 from pipeline.llm import checkpoint
 from stages import output
 
@@ -8,7 +8,7 @@ STAGE = "fetch_model"
 
 
 def main() -> None:
-    cfg = config.load()
+    cfg = params_file.load()
     with output(STAGE, cfg, byte_identical=True) as out:
         out.notes.update(checkpoint.fetch(cfg.model, out.path))
 

@@ -1,6 +1,6 @@
 """Lower the quantized LLM to `data/lowered/llm.pte` for the backend in params `backend`."""
 
-from pipeline import artifacts, config, errors, layout
+from pipeline import artifacts, errors, layout, params_file
 from pipeline.llm import lower
 from stages import output
 
@@ -8,7 +8,7 @@ STAGE = "lower"
 
 
 def main() -> None:
-    cfg = config.load()
+    cfg = params_file.load()
     lower.check_backend_ready(cfg.backend)  # a missing SDK is named before inputs are re-hashed
     inputs = [artifacts.require(p) for p in (layout.QUANTIZED, layout.MODEL)]
     quantized, model = inputs

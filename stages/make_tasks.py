@@ -1,6 +1,6 @@
 """Write the offline lm-eval tasks (YAML + JSONL) from the evaluation split and docstrings."""
 
-from pipeline import artifacts, config, errors, layout
+from pipeline import artifacts, errors, layout, params_file
 from pipeline.evaluation import tasks
 from pipeline.splits import read_jsonl
 from stages import output
@@ -9,7 +9,7 @@ STAGE = "make_tasks"
 
 
 def main() -> None:
-    cfg = config.load()
+    cfg = params_file.load()
     split = artifacts.require(layout.SPLIT)
     texts = [record["text"] for record in read_jsonl(split / layout.EVALUATION_SPLIT)]
     with output(STAGE, cfg, inputs=[split], byte_identical=True) as out:

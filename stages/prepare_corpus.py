@@ -4,7 +4,7 @@ A folder's summary line (`read 41 files: 30 pdf, …; skipped 3: 2 scanned-only,
 printed, and its run record lists every skipped file with its reason, the encoding of each text
 file that was not UTF-8 and each PDF's pages without a text layer."""
 
-from pipeline import artifacts, config, errors, layout
+from pipeline import artifacts, errors, layout, params_file
 from pipeline.progress import log
 from pipeline.retrieval import corpus
 from stages import output
@@ -13,7 +13,7 @@ STAGE = "prepare_corpus"
 
 
 def main() -> None:
-    cfg = config.load()
+    cfg = params_file.load()
     source = artifacts.require(layout.EMBEDDER_SOURCE)
     with output(STAGE, cfg, inputs=[source], byte_identical=True) as out:
         documents, report = corpus.documents(cfg.corpus)

@@ -1,6 +1,6 @@
 """Quantize the exported LLM with the scheme in params `quant` (see conf/quant/)."""
 
-from pipeline import artifacts, config, errors, layout
+from pipeline import artifacts, errors, layout, params_file
 from pipeline.llm import quantize
 from stages import output
 
@@ -8,7 +8,7 @@ STAGE = "quantize"
 
 
 def main() -> None:
-    cfg = config.load()
+    cfg = params_file.load()
     inputs = [artifacts.require(p) for p in (layout.EXPORT, layout.CALIBRATION)]
     exported, calibration = inputs
     with output(STAGE, cfg, inputs=inputs, byte_identical=True) as out:

@@ -1,13 +1,13 @@
 """Split the held-out text into calibration and evaluation documents that never overlap."""
 
-from pipeline import config, errors, layout, splits
+from pipeline import errors, layout, params_file, splits
 from stages import output
 
 STAGE = "split"
 
 
 def main() -> None:
-    cfg = config.load()
+    cfg = params_file.load()
     calibration, evaluation = splits.split(cfg.calibration)
     with output(STAGE, cfg, byte_identical=True) as out:
         splits.write_jsonl(out / layout.CALIBRATION_SPLIT, calibration)

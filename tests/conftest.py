@@ -37,7 +37,7 @@ def pytest_sessionstart(session):
 
     from omegaconf import OmegaConf
 
-    from pipeline import conf, config, declared, sources
+    from pipeline import conf, declared, params_file, sources
 
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return
@@ -45,7 +45,7 @@ def pytest_sessionstart(session):
     session.config.stash[_OWNED_CACHE] = owned
     users = sources.cache_dir()
     os.environ["EDGERAG_CACHE"] = str(owned)
-    cfg = config.validate(conf.compose(["experiment=tiny"]))
+    cfg = params_file.validate(conf.compose(["experiment=tiny"]))
     for key in PINNED_WHEELS:
         source = OmegaConf.select(OmegaConf.structured(cfg), key)
         copy_wheels(users, owned, source.sha256)  # fetched here before: sources re-checks it
@@ -157,9 +157,9 @@ def once_per_run(tmp_path_factory, name: str, make) -> tuple[Path, object]:
 
 @pytest.fixture(scope="session")
 def tiny_cfg():
-    from pipeline import conf, config
+    from pipeline import conf, params_file
 
-    return config.validate(conf.compose(["experiment=tiny"]))
+    return params_file.validate(conf.compose(["experiment=tiny"]))
 
 
 def _random_llm(tiny_cfg, layers: int):
@@ -386,9 +386,10 @@ def tiny_ptes(request, tmp_path_factory) -> Mapping[str, Path]:
 @pytest.fixture(scope="session")
 def short_embedder_cfg():
     """embedder=minilm_l6_short: the unit tests' real embedder (experiment=tiny's is random)."""
-    from pipeline import conf, config
+    from pipeline import conf, params_file
 
-    return config.validate(conf.compose(["experiment=tiny", "embedder=minilm_l6_short"])).embedder
+    composed = conf.compose(["experiment=tiny", "embedder=minilm_l6_short"])
+    return params_file.validate(composed).embedder
 
 
 @pytest.fixture(scope="session")
@@ -420,8 +421,8 @@ def write_tiny_release(dest: Path, run: Path, cfg, llm_pte: Path, llm_tokenizer:
 
     import numpy as np
 
+    from pipeline import bundle
     from pipeline.config import IndexConfig
-    from pipeline.release import bundle
     from pipeline.retrieval import corpus, embedder, index, keyword
 
     index_cfg = index_cfg or IndexConfig()

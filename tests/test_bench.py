@@ -86,7 +86,8 @@ def _manifest(folder, stage, wall, rss, inputs, files=None):
     folder.mkdir(parents=True)
     for name, payload in (files or {}).items():
         (folder / name).write_bytes(payload)
-    table = {name: {"sha256": sha256_file(folder / name)} for name in files or {}}
+    table = {name: {"sha256": sha256_file(folder / name), "bytes": len(payload)}
+             for name, payload in (files or {}).items()}
     (folder / "manifest.json").write_text(json.dumps(
         {"format_version": 1, "stage": stage,
          "inputs": {f"data/{p.name}": sha256_file(p / "manifest.json") for p in inputs},
@@ -221,9 +222,9 @@ def test_check_vocab_demands_the_same_token_for_every_id(tmp_path, tiny_tokenize
 
 def _cached_gguf():
     """The default model's GGUF if this machine already holds it (the test never downloads)."""
-    from pipeline import conf, config, sources
+    from pipeline import conf, params_file, sources
 
-    source = config.validate(conf.compose(["model=smollm2_135m"])).model.source
+    source = params_file.validate(conf.compose(["model=smollm2_135m"])).model.source
     payload = sources.cache_dir() / "wheels" / source.sha256 / "extracted" / source.file
     return payload if payload.is_file() else None
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline import conf, config
+from pipeline import conf, config, params_file
 from pipeline.errors import BadInput
 from tests.conftest import REPO
 
 
 def _validate(*overrides: str) -> config.Config:
-    return config.validate(conf.compose(list(overrides)))
+    return params_file.validate(conf.compose(list(overrides)))
 
 
 def test_default_composes_to_the_committed_params(tmp_path):
@@ -83,7 +83,7 @@ def test_unknown_key_in_params_file_is_named(tmp_path):
     OmegaConf.save(params, path)
     with pytest.raises(BadInput, match=r"quant.grup_size is not a known setting; allowed keys "
                                        r"there: name, method, .*group_size"):
-        config.load(path)
+        params_file.load(path)
 
 
 def _in_a_fresh_interpreter(code: str, params: Path) -> subprocess.CompletedProcess:
@@ -99,8 +99,8 @@ def test_executorch_section_is_checked_by_llmconfig(tmp_path):
     # What configure and sweep run: ExecuTorch's own LlmConfig checks the section, without its
     # package's torchao and dynamo (3 s).
     done = _in_a_fresh_interpreter(
-        "import sys; from omegaconf import OmegaConf; from pipeline import config, errors\n"
-        "try: config.validate(OmegaConf.load(sys.argv[1]))\n"
+        "import sys; from omegaconf import OmegaConf; from pipeline import errors, params_file\n"
+        "try: params_file.validate(OmegaConf.load(sys.argv[1]))\n"
         "except errors.BadInput as error: print(error)\n"
         "print(sorted(m for m in ('torch', 'executorch') if m in sys.modules))",
         tmp_path / "params.yaml")
@@ -110,8 +110,8 @@ def test_executorch_section_is_checked_by_llmconfig(tmp_path):
     # A stage loads params.yaml without this section's check or ExecuTorch; the LLM stages check
     # it where they read it, through ExecuTorch's real import.
     done = _in_a_fresh_interpreter(
-        "import sys; from pipeline import config; from pipeline.llm import checks; "
-        "cfg = config.load(sys.argv[1]); "
+        "import sys; from pipeline import params_file; from pipeline.llm import checks; "
+        "cfg = params_file.load(sys.argv[1]); "
         "print(sorted(m for m in ('torch', 'executorch') if m in sys.modules)); "
         "checks.llm_config(cfg.model.executorch)", tmp_path / "params.yaml")
     assert done.stdout == "[]\n" and done.returncode == 1

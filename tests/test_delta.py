@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from pipeline import artifacts
+from pipeline import artifacts, bundle
 from pipeline.config import IndexConfig
 from pipeline.errors import BadInput
-from pipeline.release import bundle, delta
+from pipeline.release import delta
 from pipeline.retrieval import corpus
 from tests.conftest import REPO, write_tiny_release
 

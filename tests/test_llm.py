@@ -111,13 +111,13 @@ def test_8da8w_puts_every_linear_in_xnnpack_and_stays_closer_than_4_bits(pte_llm
                                                                          tmp_path):
     """quant=8da8w (the home of a Q8_0 source): int8 weights per row, which XNNPACK's qc8w
     kernels run, where 8 bits in groups of 32 (Q8_0's own grid) fail lowering."""
-    from pipeline import conf, config, runtime
+    from pipeline import conf, params_file, runtime
     from pipeline.config import BackendConfig
     from pipeline.llm import lower
 
     _, params, llm, _ = pte_llm
     program, metadata = pte_program
-    recipe = config.validate(conf.compose(["experiment=tiny", "quant=8da8w"])).quant
+    recipe = params_file.validate(conf.compose(["experiment=tiny", "quant=8da8w"])).quant
     eight = schemes.scheme(recipe).quantize(recipe, copy.deepcopy(program), params, llm,
                                             metadata, None)
     four = schemes.scheme(_torchao()).quantize(_torchao(), copy.deepcopy(program), params, llm,

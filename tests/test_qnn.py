@@ -11,7 +11,7 @@ import socket
 import pytest
 import torch
 
-from pipeline import conf, config, errors
+from pipeline import conf, config, errors, params_file
 from pipeline.errors import BadInput
 from pipeline.evaluation.program import QUANTIZE
 from pipeline.llm import checks, export, lower, schemes
@@ -21,7 +21,7 @@ PROMPT = [1, 17, 230, 99, 410, 5, 77, 301, 12, 44]
 
 
 def _cfg(*overrides: str) -> config.Config:
-    return config.validate(conf.compose(["experiment=tiny", "backend=qnn", *overrides]))
+    return params_file.validate(conf.compose(["experiment=tiny", "backend=qnn", *overrides]))
 
 
 @pytest.fixture(scope="session")
@@ -125,7 +125,7 @@ def test_unknown_qnn_dtype_is_one_sentence_listing_the_allowed_values():
                                        r"use_8a8w, use_16a8w\.$"):
         _cfg("quant=qnn_8a8w", "quant.pt2e.dtype=use_4a4w")
     with pytest.raises(BadInput, match="needs backend=qnn"):
-        config.validate(conf.compose(["experiment=tiny", "quant=qnn_16a4w"]))
+        params_file.validate(conf.compose(["experiment=tiny", "quant=qnn_16a4w"]))
 
 
 @pytest.fixture

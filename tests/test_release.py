@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import artifacts, cli
+from pipeline import artifacts, bundle, cli
 from pipeline.config import ReleaseConfig
 from pipeline.device import ask, prompt
 from pipeline.errors import BadInput
-from pipeline.release import bundle, promote, registry
+from pipeline.release import promote, registry
 from tests.conftest import REPO, edgerag_script, write_tiny_release
 
 RULE = ReleaseConfig(name="default", max_ppl_delta_pct=10.0, min_recall_at_10=0.9)

@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Manifests, error exits, progress bars and config loading and checking: they shape how a stage
 # runs, not what it writes (the config's values reach stages through `params:`).
 PLUMBING = {"pipeline/artifacts.py", "pipeline/errors.py", "pipeline/progress.py",
-            "pipeline/config.py", "pipeline/llm/checks.py", "pipeline/declared.py"}
+            "pipeline/config.py", "pipeline/params_file.py", "pipeline/llm/checks.py",
+            "pipeline/declared.py"}
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 STAGES = DVC_YAML["stages"]
 
@@ -69,12 +70,12 @@ def test_a_stage_that_reads_an_undeclared_param_is_refused(tmp_path):
     """The suite runs every stage so (tests/conftest.py); here, what the guard refuses."""
     import dataclasses
 
-    from pipeline import conf, config, declared
+    from pipeline import conf, declared, params_file
 
     (tmp_path / "dvc.yaml").write_text(
         "stages:\n  probe:\n    cmd: x\n    params:\n      - eval.ppl_window\n"
         "      - model.executorch\n      - quant\n")
-    cfg = config.validate(conf.compose(["experiment=tiny"]), executorch=False)
+    cfg = params_file.validate(conf.compose(["experiment=tiny"]), executorch=False)
     keys = declared.params("probe", tmp_path / "dvc.yaml")
     declared.restrict(cfg, "probe", keys)
     assert cfg.eval.ppl_window == 64 and cfg.quant.group_size == 32  # declared, or inside one

@@ -14,9 +14,9 @@ import psutil
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline import conf, config
+from pipeline import conf, config, params_file
 from pipeline.artifacts import sha256_file
-from pipeline.experiments import pareto, results, sweep
+from pipeline.experiments import jobs, pareto, results, sweep
 from tests.conftest import copy_built, edgerag_script, sh
 
 DVC_OUT = """\
@@ -88,15 +88,15 @@ def test_failure_reason_is_the_stages_sentence_else_dvcs_error():
     stage_failed = ("[   0.1s] lowering\nedgerag: QNN_SDK_ROOT is not set: install the SDK.\n"
                     "ERROR: failed to reproduce 'lower': failed to run: python -m stages.lower, "
                     "exited with 2\n")
-    assert sweep.failure_reason(stage_failed) == (
+    assert jobs.failure_reason(stage_failed) == (
         "edgerag: QNN_SDK_ROOT is not set: install the SDK.")
     dvc_only = "ERROR: Experiment conflicts with existing experiment 's-0'.\n\n\tdvc exp run -f\n"
-    assert sweep.failure_reason(dvc_only) == "Experiment conflicts with existing experiment 's-0'."
-    assert sweep.failure_reason("") == "dvc exp run failed without a message."
+    assert jobs.failure_reason(dvc_only) == "Experiment conflicts with existing experiment 's-0'."
+    assert jobs.failure_reason("") == "dvc exp run failed without a message."
 
 
 def test_stages_run_ignores_skipped_and_cached_stages():
-    assert sweep.stages_run(DVC_OUT) == ["quantize", "lower"]
+    assert jobs.stages_run(DVC_OUT) == ["quantize", "lower"]
 
 
 def test_objectives_match_the_optuna_sweepers_directions():
@@ -116,19 +116,19 @@ def test_a_job_with_an_invalid_combination_fails_before_dvc(tmp_path):
 
 
 def _params(*overrides):
-    typed = config.validate(conf.compose(["experiment=tiny", *overrides]))
+    typed = params_file.validate(conf.compose(["experiment=tiny", *overrides]))
     return OmegaConf.to_container(OmegaConf.create(conf.params_text(typed, list(overrides))))
 
 
 def test_the_stages_every_job_builds_alike_are_built_once_before_the_fan_out():
-    llm_only = sweep.shared_stages([_params("quant=8da4w_g32"), _params("quant=8da4w_g64")])
+    llm_only = jobs.shared_stages([_params("quant=8da4w_g32"), _params("quant=8da4w_g64")])
     assert {"fetch_model", "export", "compile_embedder", "build_index"} <= set(llm_only)
     assert not {"quantize", "lower", "evaluate_llm", "evaluate"} & set(llm_only)
-    rag_only = sweep.shared_stages([_params("corpus.chunking=tokens"),
+    rag_only = jobs.shared_stages([_params("corpus.chunking=tokens"),
                                     _params("corpus.chunking=sections")])
     assert {"export", "quantize", "lower", "evaluate_llm"} <= set(rag_only)
     assert not {"prepare_corpus", "build_index", "evaluate_rag"} & set(rag_only)
-    assert sweep.shared_stages([_params(), _params()]) == []  # identical jobs: nothing to seed
+    assert jobs.shared_stages([_params(), _params()]) == []  # identical jobs: nothing to seed
 
 
 @pytest.mark.parametrize("flag, value", [("--jobs", "0"), ("--jobs", "-2"), ("--threads", "0")])

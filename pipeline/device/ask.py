@@ -20,6 +20,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from pipeline import bundle
 from pipeline.config import RetrievalConfig
 from pipeline.device import abstain, prompt
 from pipeline.device.answer import Evidence, Guard, evidence
@@ -27,7 +28,6 @@ from pipeline.device.pieces import PieceDecoder, runner_tokenizer
 from pipeline.device.retrieve import Retriever
 from pipeline.device.unsupported import unsupported
 from pipeline.errors import BadInput
-from pipeline.release import bundle
 from pipeline.retrieval.citation import cite
 from pipeline.retrieval.corpus import Chunk
 from pipeline.runtime import context_length, native_logs, runner_rates

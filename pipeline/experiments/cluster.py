@@ -20,7 +20,7 @@ from typing import Any
 
 from pipeline import artifacts, config, dask_cluster, layout
 from pipeline.errors import BadInput
-from pipeline.experiments import exp_queue, results, sweep
+from pipeline.experiments import exp_queue, jobs, results
 
 RESOURCE = "edgerag"
 
@@ -87,15 +87,15 @@ def build(git_url: str, dvc_url: str, rev: str, experiment: str, params: str,
                          ("exp", "run", "--pull", "--name", experiment)),
                          cwd=clone, threads=threads)
     row["wall_s"] = round(time.monotonic() - started, 1)
-    row["stages_run"] = " ".join(sweep.stages_run(done.stdout))
+    row["stages_run"] = " ".join(jobs.stages_run(done.stdout))
     if done.returncode != 0:
-        return {**row, "status": "failed", "reason": sweep.failure_reason(done.stderr)}
+        return {**row, "status": "failed", "reason": jobs.failure_reason(done.stderr)}
     # The shared stages need only the run cache; a job's experiment goes to origin as well.
     pushed = exp_queue.dvc(*(("push", "--run-cache", *targets) if targets else
                            ("exp", "push", "--run-cache", "origin", experiment)), cwd=clone)
     if pushed.returncode != 0:
         return {**row, "status": "failed",
-                "reason": f"built, but not pushed: {sweep.failure_reason(pushed.stderr)}"}
+                "reason": f"built, but not pushed: {jobs.failure_reason(pushed.stderr)}"}
     if targets:
         return {**row, "status": "ok"}
     try:
@@ -114,12 +114,12 @@ def run(address: str, sweep_name: str, rows: list[dict[str, Any]], threads: int 
     from distributed import as_completed
 
     git_url, dvc_url, rev = where  # remotes(), checked before any job was planned
-    jobs_dir = sweep.SWEEPS / sweep_name / "jobs"
+    jobs_dir = jobs.SWEEPS / sweep_name / "jobs"
     params = {row["job"]: (jobs_dir / str(row["job"]) / config.PARAMS_FILE).read_text()
               for row in rows}
     from omegaconf import OmegaConf
 
-    shared = sweep.shared_stages([OmegaConf.to_container(OmegaConf.create(text))
+    shared = jobs.shared_stages([OmegaConf.to_container(OmegaConf.create(text))
                                   for text in params.values()]) if len(rows) > 1 else []
     names = {row["job"]: f"{sweep_name}-{row['job']}" for row in rows}
     with client:
@@ -151,5 +151,5 @@ def run(address: str, sweep_name: str, rows: list[dict[str, Any]], threads: int 
         return
     pulled = exp_queue.dvc("exp", "pull", "origin", *built)
     if pulled.returncode != 0:
-        print(f"edgerag: could not pull the experiments: {sweep.failure_reason(pulled.stderr)}",
+        print(f"edgerag: could not pull the experiments: {jobs.failure_reason(pulled.stderr)}",
               file=sys.stderr)

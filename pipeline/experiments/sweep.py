@@ -28,11 +28,11 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from pipeline import artifacts, conf, config, declared, layout, validation
+from pipeline import artifacts, conf, config, layout, params_file, validation
 from pipeline.errors import BadInput
 from pipeline.experiments import exp_queue, pareto, results
+from pipeline.experiments.jobs import SWEEPS, failure_reason, shared_stages, stages_run
 
-SWEEPS = Path("sweeps")
 RESULT, PLAN = "result.json", "sweep.json"
 PLANNED, INTERRUPTED = "planned", "interrupted"
 OPTUNA_EXTRA = "sweep-optuna"
@@ -41,25 +41,12 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _SETTINGS: dict[str, Any] = {"defer": True, "threads": 1}
 
 
-def stages_run(dvc_stdout: str) -> list[str]:
-    """The stages `dvc exp run` really ran (skipped and run-cache-restored ones say otherwise)."""
-    return re.findall(r"Running stage '([^']+)'", dvc_stdout)
-
-
-def failure_reason(dvc_stderr: str) -> str:
-    """One line saying why a job failed: the stage's own `edgerag: …` sentence, else DVC's error."""
-    lines = [line.strip() for line in dvc_stderr.splitlines() if line.strip()]
-    ours = [line for line in lines if line.startswith("edgerag:")]
-    dvc = [line.removeprefix("ERROR:").strip() for line in lines if line.startswith("ERROR:")]
-    return (ours[-1:] or dvc[:1] or lines[-1:] or ["dvc exp run failed without a message."])[0]
-
-
 def plan_job(cfg: Any, overrides: list[str], job_dir: Path) -> dict[str, Any]:
     """Validate one job's config and save the params.yaml it builds with; its row so far."""
     row: dict[str, Any] = {"experiment": "", "status": "failed", "reason": "",
                            "overrides": " ".join(overrides)}
     try:
-        typed = config.validate(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)))
+        typed = params_file.validate(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)))
         validation.check(typed)
     except BadInput as error:
         return {**row, "reason": str(error)}
@@ -130,29 +117,6 @@ def _read_row(job_dir: Path) -> dict[str, Any]:
         return json.loads((job_dir / RESULT).read_text())
     except (OSError, ValueError):
         return {}
-
-
-def shared_stages(job_params: list[dict[str, Any]], dvc_file: Path = Path("dvc.yaml")
-                  ) -> list[str]:
-    """The stages every job builds identically: their declared params agree across all jobs and
-    so do the stages they depend on. Built once before the jobs fan out, they are restored by
-    every job instead of being built by several at once."""
-    stages = OmegaConf.to_container(OmegaConf.load(dvc_file))["stages"]
-    outs = {stage: [next(iter(o)) if isinstance(o, dict) else o for o in body.get("outs", [])]
-            for stage, body in stages.items()}
-    keys = declared.all_params(dvc_file)
-    views = [OmegaConf.create(params) for params in job_params]
-    shared: list[str] = []
-    for stage, body in stages.items():  # dvc.yaml lists a stage after the stages it reads
-        same = all(len({json.dumps(OmegaConf.to_container(v, resolve=True)
-                                   if OmegaConf.is_config(v) else v, sort_keys=True)
-                        for v in (OmegaConf.select(view, key) for view in views)}) == 1
-                   for key in keys[stage])
-        upstream = {other for dep in body.get("deps", []) for other, paths in outs.items()
-                    if other != stage and any(dep == p or dep.startswith(f"{p}/") for p in paths)}
-        if same and upstream <= set(shared):
-            shared.append(stage)
-    return shared if len(shared) < len(stages) else []
 
 
 def _run_queue(sweep_name: str, rows: list[dict[str, Any]], jobs: int,

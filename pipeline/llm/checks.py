@@ -1,6 +1,6 @@
 """The LLM sections' rules: which model, quant, backend and KV-cache settings combine.
 
-The allowed values live here with the rules that use them; `config.validate` calls `check` for
+The allowed values live here with the rules that use them; `params_file.validate` calls `check` for
 `edgerag configure`, `sweep` and every stage, so a bad combination fails before any work in one
 sentence. Importing this module does not import torch or ExecuTorch (`llm_config` does, when
 called).

@@ -26,10 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import artifacts, layout
+from pipeline import artifacts, bundle, layout
 from pipeline.config import IndexConfig
 from pipeline.errors import BadInput
-from pipeline.release import bundle
 from pipeline.retrieval import corpus, index, keyword
 
 STAGE = "delta"

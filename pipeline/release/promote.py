@@ -24,12 +24,12 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from pipeline import artifacts, config, layout
+from pipeline import artifacts, bundle, config, layout, params_file
 from pipeline.config import ReleaseConfig
 from pipeline.errors import BadInput
 from pipeline.experiments.results import flatten
 from pipeline.progress import log
-from pipeline.release import bundle, registry
+from pipeline.release import registry
 
 WORKSPACE = "workspace"
 PTE_BYTES, PPL_DELTA, RECALL = "llm.pte_bytes", "llm.ppl_delta_pct", "retrieval.recall_at_10"
@@ -296,7 +296,7 @@ def ship(root: Path, candidate: Candidate, rule: ReleaseConfig, dest: Path) -> t
 def promote(root: Path, name: str | None = None, run: str | None = None,
             tag: bool = True) -> dict[str, Any]:
     """Select, verify, copy, register and (unless `tag` is False) tag; returns what it did."""
-    rule = config.load(root / config.PARAMS_FILE).release
+    rule = params_file.load(root / config.PARAMS_FILE).release
     name = name or rule.name
     registry.check_name(name)
     if tag:

@@ -17,8 +17,8 @@ import subprocess
 from pathlib import Path
 
 from pipeline import artifacts
+from pipeline.bundle import RELEASES
 from pipeline.errors import BadInput
-from pipeline.release.bundle import RELEASES
 
 DVC_YAML = "dvc.yaml"
 
