@@ -263,6 +263,7 @@ class ReleaseConfig:
     name: str = "default"
     max_ppl_delta_pct: float = 50.0
     min_recall_at_10: float = 0.9
+    min_embed_cosine: float = 0.0  # the index's vectors against the fp32 embedder's (build_index)
     min_rag_hit_at_k: float = 0.0  # evaluate_rag's test half: the answering document in the top k
     min_rag_grounded: float = 0.0  # share of the answer's content words found in its sources
     max_context_cut_rate: float = 1.0  # evaluate_rag's test half: prompts that lost a chunk

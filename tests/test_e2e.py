@@ -262,7 +262,7 @@ def test_every_stage_refuses_a_tampered_input(built, tmp_path):
 def _rule_row(experiment: str, metrics: dict, pte_bytes: float) -> str:
     return (f"{experiment},ok,x,{pte_bytes},{metrics['llm']['ppl_delta_pct']},"
             f"{metrics['retrieval']['recall_at_10']},{metrics['rag']['hit_at_k']},"
-            f"{metrics['rag']['grounded']}\n")
+            f"{metrics['rag']['grounded']},{metrics['retrieval']['embed_cosine_min']}\n")
 
 
 def test_promote_picks_present_runs_and_refuses_rows_that_lie(built, tmp_path):
@@ -272,12 +272,12 @@ def test_promote_picks_present_runs_and_refuses_rows_that_lie(built, tmp_path):
     sh([sys.executable, "-m", "dvc", "exp", "save", "-n", "e2e-exp"], repo)
     shutil.rmtree(repo / "data/eval")  # the sweep's rows are then the only candidates
     header = ("experiment,status,overrides,llm.pte_bytes,llm.ppl_delta_pct,"
-              "retrieval.recall_at_10,rag.hit_at_k,rag.grounded\n")
+              "retrieval.recall_at_10,rag.hit_at_k,rag.grounded,retrieval.embed_cosine_min\n")
     sweep = repo / "sweeps/e2e/results.csv"
     sweep.parent.mkdir(parents=True)
     # The rule's favourite (1 byte) exists only on another machine: skipped, in one line.
     sweep.write_text(header + _rule_row("elsewhere-0", metrics, 1)
-                     + _rule_row("e2e-exp", metrics, pte_bytes) + "broken,failed,x,,,,,\n")
+                     + _rule_row("e2e-exp", metrics, pte_bytes) + "broken,failed,x,,,,,,\n")
     done = _edgerag(repo, "promote", "--name", "from-sweep", "--no-tag")
     assert "skipping experiment elsewhere-0" in done.stderr and "promoted e2e-exp" in done.stdout
     shipped = json.loads((repo / "releases/from-sweep/manifest.json").read_text())

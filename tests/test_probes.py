@@ -163,3 +163,13 @@ def test_the_folder_corpus_brings_its_probe_file_and_is_watched(tmp_path):
     assert composed.rag_eval.questions == "questions/auto.yaml"
     assert composed.corpus.watch == str(tmp_path)
     assert conf.compose([]).rag_eval.questions == "questions/pydoc.jsonl"
+
+
+def test_the_release_rule_gates_on_the_index_vectors_parity():
+    rule = ReleaseConfig(min_embed_cosine=0.9)
+    base = {promote.PTE_BYTES: 1e6, promote.PPL_DELTA: 1.0, promote.RECALL: 1.0,
+            promote.AUTO_HIT: 0.9, promote.AUTO_PROBES: 40}
+    assert promote.missed_bound(rule, {**base, promote.EMBED_COSINE: 0.9999}) is None
+    assert promote.missed_bound(rule, {**base, promote.EMBED_COSINE: -1.0}) == (
+        "retrieval.embed_cosine_min=-1 is below release.min_embed_cosine=0.9")
+    assert promote.missed_bound(rule, base) == "it has no retrieval.embed_cosine_min metric"

@@ -173,7 +173,8 @@ def _fake_run(metrics, pte=b"pte-bytes"):
          ["data/eval_llm", "data/eval_rag", "data/index", "data/embedder"])
 
 
-GOOD = {"llm": {"pte_bytes": 9, "ppl_delta_pct": 3.0}, "retrieval": {"recall_at_10": 1.0},
+GOOD = {"llm": {"pte_bytes": 9, "ppl_delta_pct": 3.0},
+        "retrieval": {"recall_at_10": 1.0, "embed_cosine_min": 1.0},
         "rag": {"hit_at_k": 0.8, "grounded": 0.6, "context_cut_rate": 0.0}}
 
 

@@ -303,6 +303,25 @@ def test_an_edited_document_reembeds_only_its_changed_chunks_and_matches_a_clean
         assert (tmp_path / "v2" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes()
 
 
+def test_a_flipped_vector_in_the_store_is_not_trusted_but_embedded_again(
+        tiny_cfg, model_dir, compiled, pydoc_docs, tmp_path):
+    import sqlite3
+
+    store = vectors.VectorStore(tmp_path / "store.sqlite", 384)
+    _build(tiny_cfg, model_dir, compiled, pydoc_docs[:2], store, tmp_path / "v1")
+    store.close()
+    with sqlite3.connect(tmp_path / "store.sqlite") as db:  # one byte of one vector flipped
+        sha, blob = db.execute("SELECT text_sha, vector FROM vectors LIMIT 1").fetchone()
+        db.execute("UPDATE vectors SET vector = ? WHERE text_sha = ?",
+                   (bytes([blob[0] ^ 0xFF]) + blob[1:], sha))
+    db.close()
+    reopened = vectors.VectorStore(tmp_path / "store.sqlite", 384)
+    _, notes = _build(tiny_cfg, model_dir, compiled, pydoc_docs[:2], reopened, tmp_path / "v2")
+    assert (notes["embedded"], notes["store_rejected"]) == (1, 1)
+    for name in (layout.INDEX_FILE, layout.STORE):
+        assert (tmp_path / "v2" / name).read_bytes() == (tmp_path / "v1" / name).read_bytes()
+
+
 def test_a_deleted_document_leaves_the_index_and_the_keyword_store(
         tiny_cfg, model_dir, compiled, pydoc_docs, tmp_path):
     import sqlite3

@@ -37,6 +37,7 @@ RAG_HIT, RAG_GROUNDED, RAG_CUT = "rag.hit_at_k", "rag.grounded", "rag.context_cu
 RAG_REPEATED, RAG_ABSTAIN, RAG_EVIDENCE = ("rag.repetition_rate", "rag.abstain_recall",
                                            "rag.evidence_hit_at_1")
 AUTO_HIT, AUTO_PROBES = "rag_auto.hit_at_k", "rag_auto.probes"
+EMBED_COSINE = "retrieval.embed_cosine_min"
 SWEEP_RESULTS = "sweeps/*/results.csv"
 # A run's metrics are trusted only if each listed artifact was an input of the one measuring it.
 MEASURED_ON = {
@@ -98,6 +99,7 @@ def missed_bound(rule: ReleaseConfig, metrics: dict[str, Any]) -> str | None:
     cut = not probed and rule.max_context_cut_rate < 1.0
     hit = AUTO_HIT if probed else RAG_HIT
     checked = (PTE_BYTES, PPL_DELTA, RECALL, hit, *(() if probed else (RAG_GROUNDED,)),
+               *((EMBED_COSINE,) if rule.min_embed_cosine > 0.0 else ()),
                *((RAG_CUT,) if cut else ()), *(key for key, *_ in answers))
     values = {key: _number(metrics.get(key)) for key in checked}
     absent = [key for key, value in values.items() if value is None]
@@ -111,6 +113,8 @@ def missed_bound(rule: ReleaseConfig, metrics: dict[str, Any]) -> str | None:
                 f"release.max_context_cut_rate={rule.max_context_cut_rate:g}: its context is too "
                 "short for its prompts")
     minimums = [(RECALL, rule.min_recall_at_10, "min_recall_at_10"),
+                *([(EMBED_COSINE, rule.min_embed_cosine, "min_embed_cosine")]
+                  if rule.min_embed_cosine > 0.0 else []),
                 ((AUTO_HIT, rule.min_rag_auto_hit_at_k, "min_rag_auto_hit_at_k") if probed
                  else (RAG_HIT, rule.min_rag_hit_at_k, "min_rag_hit_at_k"))]
     if not probed:

@@ -39,7 +39,8 @@ PARITY_CHUNKS = 256  # chunks embedded again in fp32 eager to bound the `.pte`'s
 # What `run` measures that differs from one build of the same index to the next (timings, and
 # what the vector store already held): run-record facts, never manifest notes (the manifest
 # describes bytes).
-RUN_FACTS = ("embedded", "reused", "removed", "chunks_per_s", "embed_s", "index_add_s")
+RUN_FACTS = ("embedded", "reused", "store_rejected", "removed", "chunks_per_s", "embed_s",
+             "index_add_s")
 
 
 def check(cfg: IndexConfig) -> None:
@@ -195,6 +196,7 @@ def run(cfg: IndexConfig, chunks: list[Chunk], pte: Embedder, reference: Embedde
         "keyword_store_bytes": (out / layout.STORE).stat().st_size,
         "embedded": embedded,
         "reused": len(chunks) - embedded,
+        "store_rejected": store.rejected,
         "removed": None if previous is None else len(previous - set(rows)),
         "chunks_per_s": round(embedded / (finished - started), 1) if embedded else None,
         "embed_s": round(finished - started, 2),

@@ -8,6 +8,10 @@ same bytes. It lives outside the workspace (beside the wheel cache, `EDGERAG_CAC
 DVC clears a stage's outputs before it runs; being content-addressed it can never be stale,
 only missing. Each batch commits as it is embedded, so an interrupted build resumes.
 
+Every row carries a digest of its text key and vector bytes, checked on every read: a row that
+does not match (a flipped byte, a torn write, a row from another store) is not trusted but
+embedded again and replaced, and the build's run record counts it (`store_rejected`).
+
 The store also remembers, per workspace, the keys of its last index, so a build can say how many
 chunks left the corpus since (`removed`).
 """
@@ -26,7 +30,8 @@ import numpy as np
 from pipeline import sources
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS vectors (text_sha BLOB PRIMARY KEY, vector BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS vectors (text_sha BLOB PRIMARY KEY, vector BLOB NOT NULL,
+                                    digest BLOB);
 CREATE TABLE IF NOT EXISTS last_build (workspace TEXT PRIMARY KEY, keys BLOB NOT NULL);
 """
 BATCH = 256  # texts embedded between commits: what an interruption can lose
@@ -34,6 +39,10 @@ BATCH = 256  # texts embedded between commits: what an interruption can lose
 
 def text_sha(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def row_digest(sha: bytes, vector: bytes) -> bytes:
+    return hashlib.sha256(sha + vector).digest()
 
 
 def embedder_identity(files: dict[str, dict]) -> str:
@@ -52,6 +61,11 @@ class VectorStore:
         self.path, self.dim = path, dim
         self.db = sqlite3.connect(path, timeout=600)  # sweep jobs may share one store
         self.db.executescript(SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(vectors)")}
+        if "digest" not in columns:  # a store from before digests: its rows are re-embedded
+            with self.db:
+                self.db.execute("ALTER TABLE vectors ADD COLUMN digest BLOB")
+        self.rejected = 0  # rows read back whose digest did not match: embedded again
 
     def close(self) -> None:
         self.db.close()
@@ -62,10 +76,13 @@ class VectorStore:
         for start in range(0, len(unique), 500):  # SQLite's bound-parameter limit
             part = unique[start:start + 500]
             rows = self.db.execute(
-                f"SELECT text_sha, vector FROM vectors WHERE text_sha IN "
+                f"SELECT text_sha, vector, digest FROM vectors WHERE text_sha IN "
                 f"({','.join('?' * len(part))})", part).fetchall()
-            found.update((sha, np.frombuffer(blob, np.float32)) for sha, blob in rows
-                         if len(blob) == 4 * self.dim)
+            for sha, blob, digest in rows:
+                if len(blob) == 4 * self.dim and digest == row_digest(sha, blob):
+                    found[sha] = np.frombuffer(blob, np.float32)
+                else:
+                    self.rejected += 1
         return found
 
     def fill(self, items: Iterable[tuple[bytes, str]],
@@ -74,9 +91,9 @@ class VectorStore:
         for batch in _batches(items, BATCH):
             vectors = embed([text for _, text in batch]).astype(np.float32)
             with self.db:
-                self.db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)",
-                                    [(sha, vec.tobytes()) for (sha, _), vec in
-                                     zip(batch, vectors, strict=True)])
+                self.db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
+                                    [(sha, vec.tobytes(), row_digest(sha, vec.tobytes()))
+                                     for (sha, _), vec in zip(batch, vectors, strict=True)])
 
     def previous_keys(self, workspace: str) -> set[int] | None:
         row = self.db.execute("SELECT keys FROM last_build WHERE workspace = ?",
