@@ -326,6 +326,38 @@ def verify(path: str | Path) -> Artifact:
     return Artifact(root, manifest)
 
 
+def copy_verified(path: str | Path, dest: Path) -> Artifact:
+    """`verify`, reading each file once while copying it into `dest`: what a long-lived reader
+    (an `ask` session) opens is this private copy, which nothing else replaces or truncates
+    under its memory maps; the errors name the original's files."""
+    root = Path(path)
+    if not (root / layout.MANIFEST).is_file():
+        read_manifest(root)  # its sentence for a folder without one
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(root / layout.MANIFEST, dest / layout.MANIFEST)  # the bytes read below
+    manifest = read_manifest(dest)
+    listed = manifest.get("files", {})
+    for rel, entry in listed.items():
+        file = inside(root, rel)
+        if not file.is_file():
+            raise BadInput(f"{file} is listed in {root / layout.MANIFEST} but missing.")
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        with open(file, "rb") as source, open(target, "wb") as copy:
+            while block := source.read(1 << 20):
+                digest.update(block)
+                copy.write(block)
+        if target.stat().st_size != entry["bytes"] or digest.hexdigest() != entry["sha256"]:
+            raise BadInput(f"{file} does not match its sha256 in {root / layout.MANIFEST}.")
+    extra = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                   if p.is_file() and p.name != layout.MANIFEST)
+    extra = [rel for rel in extra if rel not in listed]
+    if extra:
+        raise BadInput(f"{root / extra[0]} is not listed in {root / layout.MANIFEST}.")
+    return Artifact(dest, manifest)
+
+
 def require(path: str | Path) -> Artifact:
     """A stage's input: it must exist and be intact."""
     root = Path(path)

@@ -78,13 +78,14 @@ def holds(dest: Path, run_root: Path, shas: dict[str, str]) -> bool:
     return {name: entry["sha256"] for name, entry in files.items()} == wanted
 
 
-def open_release(path: str | Path) -> artifacts.Artifact:
-    """A release folder whose every file matches its manifest, with all the files ask needs."""
+def open_release(path: str | Path, copy_to: Path | None = None) -> artifacts.Artifact:
+    """A release folder whose every file matches its manifest, with all the files ask needs;
+    with `copy_to`, that verified copy of it (`artifacts.copy_verified`)."""
     root = Path(path)
     if not root.is_dir():
         raise BadInput(f"{root} is not a release folder; build one with `edgerag promote` "
                        "or pass --release.")
-    release = artifacts.verify(root)
+    release = artifacts.copy_verified(root, copy_to) if copy_to else artifacts.verify(root)
     missing = [name for name in FILES if name not in release.manifest.get("files", {})]
     if release.manifest.get("stage") != STAGE or missing:
         what = f"it has no {missing[0]}" if missing else "its manifest is not a promote's"

@@ -306,6 +306,60 @@ def test_ask_opens_the_index_mapped_and_searches_as_wide_as_the_build_measured(t
     assert index.expansion_search == 96 and index.memory_usage < index.serialized_length
 
 
+def test_an_ask_session_survives_its_release_being_truncated_under_it(tiny_release, tmp_path):
+    import shutil
+
+    release = tmp_path / "release"
+    shutil.copytree(tiny_release, release)
+    assistant = ask.Assistant.from_release(release)
+    for name in ("llm.pte", "embedder.pte", "index.usearch", "chunks.sqlite"):
+        (release / name).write_bytes(b"")  # replaced or cut while the session runs
+    answer = assistant.ask("How does a for loop work?", 2, 4, lambda _piece: None)
+    assert answer.sources and answer.timings["generated_tokens"] >= 1
+    with pytest.raises(BadInput, match=r"release/\w+\.\w+ does not match its sha256"):
+        ask.Assistant.from_release(release)  # a new session is refused, naming the file
+
+
+def _rehashed(release):
+    """Rewrite the manifest's table over the files as they are now (a careless re-publish)."""
+    from pipeline import artifacts
+
+    manifest = json.loads((release / "manifest.json").read_text())
+    for name, entry in manifest["files"].items():
+        entry.update(sha256=artifacts.sha256_file(release / name),
+                     bytes=(release / name).stat().st_size)
+    (release / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_rehashed_release_whose_files_do_not_belong_together_is_refused_at_open(
+        tiny_release, tmp_path):
+    import shutil
+    import sqlite3
+
+    release = tmp_path / "release"
+    shutil.copytree(tiny_release, release)
+    with sqlite3.connect(release / "chunks.sqlite") as db:
+        key = db.execute("SELECT key FROM chunks LIMIT 1").fetchone()[0]
+        db.execute("DELETE FROM chunks WHERE key = ?", (key,))
+    db.close()
+    _rehashed(release)
+    assert artifacts_verify(release)  # the manifest is consistent with the files
+    with pytest.raises(BadInput, match=r"chunks.sqlite holds \d+ chunks, chunks.jsonl \d+, not "
+                                       "the same ones"):
+        ask.Assistant.from_release(release)
+    shutil.copyfile(tiny_release / "chunks.sqlite", release / "chunks.sqlite")
+    (release / "chunks.sqlite").write_bytes((release / "chunks.sqlite").read_bytes()[:4096])
+    _rehashed(release)
+    with pytest.raises(BadInput, match="chunks.sqlite"):
+        ask.Assistant.from_release(release)
+
+
+def artifacts_verify(path):
+    from pipeline import artifacts
+
+    return artifacts.verify(path)
+
+
 def test_ask_streams_one_piece_per_generated_token(tiny_release):
     assistant = ask.Assistant.from_release(tiny_release)
     pieces = []

@@ -112,7 +112,33 @@ def open_retrieval(files: dict[str, Path], retrieval: RetrievalConfig,
 
             reranker = cross_encoder.load_pte_files(files[bundle.RERANKER],
                                                     files[bundle.RERANKER_TOKENIZER])
-    return Retriever(index, files[bundle.STORE], embedder, retrieval, reranker), chunks
+    retriever = Retriever(index, files[bundle.STORE], embedder, retrieval, reranker)
+    _check_consistent(retriever, chunks)
+    return retriever, chunks
+
+
+def _check_consistent(retriever: Retriever, chunks: dict[int, Any]) -> None:
+    """The index, the keyword store and the chunk list hold the same chunks: a release whose
+    manifest was re-hashed over files that do not belong together is refused at open, naming
+    the file, instead of failing at its first question."""
+    import sqlite3
+
+    import numpy as np
+
+    try:
+        stored = {int(key) for (key,) in retriever.db.execute("SELECT key FROM chunks")}
+    except sqlite3.DatabaseError as error:
+        raise BadInput(f"{bundle.STORE} is not a readable chunk store ({error}); re-fetch the "
+                       "release.") from None
+    keys = np.array(sorted(chunks), dtype=np.uint64)
+    if stored != set(chunks):
+        raise BadInput(f"{bundle.STORE} holds {len(stored)} chunks, {bundle.CHUNKS} "
+                       f"{len(chunks)}, not the same ones: the release's files do not belong "
+                       "together; re-fetch the release.")
+    if len(retriever.index) != len(chunks) or not bool(np.all(retriever.index.contains(keys))):
+        raise BadInput(f"{bundle.INDEX} holds {len(retriever.index)} vectors, not one for each "
+                       f"of the {len(chunks)} chunks: the release's files do not belong "
+                       "together; re-fetch the release.")
 
 
 class Assistant:
@@ -154,13 +180,18 @@ class Assistant:
 
     @classmethod
     def from_release(cls, release: Path, verbose: bool = False) -> Assistant:
-        """A release checked against its manifest, retrieving as its build was configured."""
-        opened = bundle.open_release(release)
+        """A release checked against its manifest, retrieving as its build was configured. The
+        session reads a private copy made while checking it, so a release replaced or
+        truncated while the session runs (its files are memory-mapped) cannot end it."""
+        private = tempfile.TemporaryDirectory(prefix="edgerag-release-")
+        opened = bundle.open_release(release, copy_to=Path(private.name))
         settings = (opened.manifest.get("config") or {}).get("retrieval") or {}
         retrieval = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RetrievalConfig),
                                                         settings))
         files = {name: opened.path / name for name in (*bundle.FILES, *bundle.OPTIONAL)}
-        return cls(files, retrieval, verbose)
+        assistant = cls(files, retrieval, verbose)
+        assistant.private_copy = private  # removed with the session
+        return assistant
 
     def ask(self, question: str, k: int | None, max_new_tokens: int,
             on_piece: Callable[[str], None]) -> Answer:
