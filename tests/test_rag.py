@@ -165,6 +165,13 @@ def test_the_first_complete_answer_ends_at_a_blank_line_outside_code():
     assert announced[: answer.first_answer_end(announced)].strip().endswith("pass\n```")
     unfinished = "The method called is\n\n[5] __getattr__ is called.\n\nNext.\n"
     assert unfinished[: answer.first_answer_end(unfinished)].strip().endswith("called.")
+    # Generation that ends on the paragraph after a complete answer: that paragraph is not shown.
+    shown = []
+    guard = answer.Guard(set(), shown.append, lambda: None, first_answer=True)
+    for piece in ("It needs 3700k.", "\n\n\n", "This is the amount", " it needs."):
+        guard(piece)
+    guard.finish()
+    assert "".join(shown).strip() == guard.text() == "It needs 3700k."
 
 
 def test_special_tokens_never_reach_the_answer():

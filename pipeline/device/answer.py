@@ -101,8 +101,8 @@ def char_repeat_start(text: str, span: int = REPEAT_CHARS, longest: int = 16) ->
 
 def first_answer_end(text: str) -> int | None:
     """Where the first complete answer of a finished `text` ends (`answer_end`), if before its
-    end."""
-    return answer_end(text)[0]
+    end: its last line is whole, newline or not (generation ended there)."""
+    return answer_end(text if text.endswith("\n") else text + "\n")[0]
 
 
 class Guard:
@@ -172,10 +172,12 @@ class Guard:
             self.stop()
 
     def finish(self) -> None:
-        """The end of generation: show what was held back and is part of the answer."""
+        """The end of generation: show what was held back and is part of the answer (a
+        paragraph held after a complete answer is not, when generation ended on it)."""
         if not self.repeated and not self.ended:
             text, _ = self._view(closing=True)
-            self._show(text, len(text))
+            end = first_answer_end(text) if self.first_answer else None
+            self._show(text, len(text) if end is None else end)
 
     def text(self) -> str:
         text = self.shown
