@@ -84,7 +84,7 @@ def test_retrieval_settings_are_checked_in_one_sentence():
     with pytest.raises(BadInput, match=r"retrieval.mode='fuzzy' is not allowed; choose one of: "
                                        "dense, keyword, hybrid."):
         retrieve.check(RetrievalConfig(mode="fuzzy"))
-    with pytest.raises(BadInput, match="retrieval.candidates=2 at least k"):
+    with pytest.raises(BadInput, match="retrieval.k=4 is above retrieval.candidates=2, the lists"):
         retrieve.check(RetrievalConfig(k=4, candidates=2))
 
 

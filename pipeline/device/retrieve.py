@@ -35,9 +35,13 @@ def check(cfg: RetrievalConfig) -> None:
     if cfg.mode not in MODES:
         raise BadInput(f"retrieval.mode={cfg.mode!r} is not allowed; choose one of: "
                        f"{', '.join(MODES)}.")
-    if cfg.k < 1 or cfg.candidates < cfg.k or cfg.rrf_k < 0:
-        raise BadInput(f"retrieval.k={cfg.k} must be at least 1, retrieval.candidates="
-                       f"{cfg.candidates} at least k, and retrieval.rrf_k={cfg.rrf_k} at least 0.")
+    if cfg.k < 1:
+        raise BadInput(f"retrieval.k={cfg.k} must be at least 1.")
+    if cfg.candidates < cfg.k:
+        raise BadInput(f"retrieval.k={cfg.k} is above retrieval.candidates={cfg.candidates}, "
+                       "the lists it is fused from; raise candidates or lower k.")
+    if cfg.rrf_k < 0:
+        raise BadInput(f"retrieval.rrf_k={cfg.rrf_k} must be at least 0.")
     if cfg.dense_weight < 0 or cfg.keyword_weight < 0:
         raise BadInput("retrieval.dense_weight and retrieval.keyword_weight must be ≥ 0.")
     if cfg.rerank_candidates < 1:
