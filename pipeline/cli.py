@@ -31,8 +31,17 @@ def verify(path: str) -> None:
           f"(stage {artifact.manifest.get('stage', '?')}).")
 
 
+# Each command's documentation page (docs/, built with `mkdocs build`).
+DOCS = {"configure": "build", "verify": "reliability", "sweep": "sweeps", "promote": "releases",
+        "delta": "releases", "apply-delta": "releases", "release": "documents",
+        "ask": "answers", "bench": "benchmarks"}
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgerag", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="edgerag", description="Compile a private, on-device RAG stack: an LLM .pte, an "
+        "embedder .pte and the index of your documents, released with proof that it is good.",
+        epilog="docs: docs/index.md (a page per topic; `mkdocs build` makes the site)")
     commands = parser.add_subparsers(dest="command", required=True)
     cfg = commands.add_parser("configure", help="compose conf/ into params.yaml")
     cfg.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. quant=8da4w_g64")
@@ -84,6 +93,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="also show ExecuTorch's own log lines (hidden by default)")
     commands.add_parser("bench", add_help=False,
                         help="edgerag against export_llm and llama.cpp (bench/; --help there)")
+    for action in commands._choices_actions:  # argparse keeps each command's help only here
+        command = commands.choices[action.dest]
+        command.description = f"{action.help[0].upper()}{action.help[1:]}."
+        command.epilog = f"docs: docs/{DOCS[action.dest]}.md"
     return parser
 
 

@@ -49,3 +49,15 @@ def test_a_tiny_block_runs_as_written(where, script, tiny_release_build, tmp_pat
     done = subprocess.run(["bash", "-euo", "pipefail", "-c", runnable], cwd=repo,
                           capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, f"{where}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+
+
+def test_every_command_says_what_it_does_and_points_to_its_page():
+    from pipeline import cli
+
+    parser = cli._parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    assert set(commands) == set(cli.DOCS)
+    for name, command in commands.items():
+        assert command.description and "\n" not in command.description, name
+        page = command.epilog.removeprefix("docs: ")
+        assert (REPO / page).is_file(), (name, page)
