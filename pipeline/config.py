@@ -82,6 +82,7 @@ class CorpusConfig:
     max_documents: int = 0  # 0 = every document; a small number keeps test builds quick
     chunking: str = "sections"  # paragraphs under their heading; tokens: fixed windows
     heading_in_text: bool = True  # sections: embed `file › section` before the chunk's text
+    ocr: bool = False  # read PDF pages without a text layer (scans) with Debian's tesseract
     # What DVC watches for this corpus's text (prepare_corpus's dependency): a folder corpus's
     # folder, so an edited, added or removed file re-runs it; the built-in corpora's reader.
     watch: str = "pipeline/retrieval/corpus.py"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import sqlite3
 import time
 
@@ -129,6 +130,37 @@ def test_image_only_pages_are_counted_and_a_scan_is_skipped(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "mixed.pdf: 1 of 3 pages have no text layer (scanned?) and are not indexed: p. 2" in err
     assert len(docs[0].page_starts) == 3
+
+
+def _scanned_pdf(path, words):
+    """A one-page PDF whose only content is a picture of `words` (what a scanner makes)."""
+    from fpdf import FPDF
+    from PIL import Image, ImageDraw, ImageFont
+
+    picture = Image.new("RGB", (1600, 300), "white")
+    ImageDraw.Draw(picture).text((40, 90), words, fill="black",
+                                 font=ImageFont.load_default(size=72))
+    doc = FPDF()
+    doc.add_page()
+    doc.image(picture, x=10, y=20, w=190)
+    doc.output(str(path))
+
+
+@pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract is not installed")
+def test_ocr_reads_a_scanned_page_when_asked_and_only_then(tmp_path):
+    _scanned_pdf(tmp_path / "scan.pdf", "Rotate the logs weekly")
+    _, plain = corpus.dir_documents(tmp_path)
+    assert plain.counts() == {"scanned-only": 1}
+    docs, report = corpus.dir_documents(tmp_path, ocr=True)
+    assert report.counts() == {} and "logs weekly" in docs[0].text.lower()
+    assert report.record()["no_text_pages"] == {}
+
+
+def test_ocr_without_tesseract_fails_at_configure(monkeypatch, tmp_path):
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    with pytest.raises(BadInput, match="corpus.ocr=true reads scanned pages with tesseract, "
+                                       "which is not installed"):
+        corpus.check(CorpusConfig(kind="dir", path=str(tmp_path), ocr=True))
 
 
 def test_encrypted_truncated_and_malformed_pdfs_are_skipped_with_their_reason(tmp_path):

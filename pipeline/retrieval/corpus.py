@@ -18,6 +18,7 @@ import bisect
 import dataclasses
 import hashlib
 import json
+import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,14 +66,14 @@ def pydoc_documents() -> list[Document]:
             if topics[name].strip()]
 
 
-def dir_documents(root: str | Path) -> tuple[list[Document], readers.Report]:
+def dir_documents(root: str | Path, ocr: bool = False) -> tuple[list[Document], readers.Report]:
     """Every file under `root` of a format `readers` reads, and what became of the rest; each
     skipped file and each PDF's pages without a text layer logged on a line of its own."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise BadInput(f"corpus.path={str(root)!r} is not a folder.")
     listing = folder.list_folder(root, tuple(readers.READERS))
-    reads = readers.read_all(listing.files)
+    reads = readers.read_all(listing.files, ocr=ocr)
     report = readers.Report(reads, listing.skipped, dict(sorted(listing.other.items())))
     for source, reason in report.all_skipped():
         log(f"skipping {source}: {reason}")
@@ -100,6 +101,9 @@ def check(cfg: CorpusConfig) -> None:
                        f"{', '.join(CHUNKING)}.")
     if cfg.kind == "dir" and not cfg.path:
         raise BadInput("corpus.path must be set when corpus.kind=dir.")
+    if cfg.ocr and shutil.which("tesseract") is None:
+        raise BadInput("corpus.ocr=true reads scanned pages with tesseract, which is not "
+                       "installed; install it (Debian: apt install tesseract-ocr) or drop ocr.")
     if cfg.kind == "dir" and cfg.watch.startswith("~"):
         raise BadInput(f"corpus.path={cfg.path!r}: DVC does not expand `~`; give the folder's "
                        "absolute path (corpus.path=$HOME/…).")
@@ -121,7 +125,7 @@ def documents(cfg: CorpusConfig) -> tuple[list[Document], readers.Report]:
     if cfg.kind == "pydoc_topics":
         found, report = pydoc_documents(), readers.Report([], [], {})
     else:
-        found, report = dir_documents(cfg.path)
+        found, report = dir_documents(cfg.path, cfg.ocr)
     if not found:
         held = report.held()
         raise BadInput(f"corpus {cfg.path or cfg.kind} has no readable documents"

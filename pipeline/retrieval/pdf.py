@@ -156,8 +156,27 @@ def _has_images(page) -> bool:
     return any(obj.type == raw.FPDF_PAGEOBJ_IMAGE for obj in page.get_objects(max_depth=2))
 
 
-def read_pdf(path: str) -> PdfText:
-    """The cleaned text of the PDF at `path`; `Unreadable` with the reason if it cannot be."""
+OCR_DPI = 300  # tesseract's own advice for body text
+
+
+def ocr_page(page) -> list[str]:
+    """A page without a text layer, rendered and read by tesseract (`corpus.ocr`)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edgerag-ocr-") as tmp:
+        image = f"{tmp}/page.png"
+        page.render(scale=OCR_DPI / 72).to_pil().save(image)
+        done = subprocess.run([shutil.which("tesseract") or "tesseract", image, "stdout"],
+                              capture_output=True, text=True, timeout=120)
+    return [" ".join(line.split()) for line in done.stdout.splitlines()] if not \
+        done.returncode else []
+
+
+def read_pdf(path: str, ocr: bool = False) -> PdfText:
+    """The cleaned text of the PDF at `path`; `Unreadable` with the reason if it cannot be.
+    With `ocr`, a page without a text layer is read from its image instead of counted."""
     import pypdfium2 as pdfium
 
     try:
@@ -172,7 +191,9 @@ def read_pdf(path: str) -> PdfText:
             textpage = page.get_textpage()
             lines = _page_lines(page, textpage)
             if not any(lines) and _has_images(page):
-                no_text.append(i + 1)
+                lines = [literal(line) for line in ocr_page(page)] if ocr else []
+                if not any(lines):
+                    no_text.append(i + 1)
             raw_pages.append(lines)
             textpage.close()
             page.close()

@@ -49,9 +49,9 @@ def _text(path: Path, source: str) -> Read:
     return Read(source, text, encoding=encoding)
 
 
-def _pdf(path: Path, source: str) -> Read:
+def _pdf(path: Path, source: str, ocr: bool = False) -> Read:
     try:
-        found = pdf.read_pdf(str(path))
+        found = pdf.read_pdf(str(path), ocr)
     except pdf.Unreadable as reason:
         return Read(source, reason=str(reason))
     if found.no_text_pages and len(found.no_text_pages) == len(found.page_starts):
@@ -72,10 +72,12 @@ READERS = {".txt": _text, ".md": _text, ".rst": _text, ".html": _text, ".htm": _
 IN_CHILD = (".pdf", ".docx")
 
 
-def read(path: Path, source: str) -> Read:
-    """The file read by its format's reader, in this process; empty text is a skip."""
+def read(path: Path, source: str, ocr: bool = False) -> Read:
+    """The file read by its format's reader, in this process; empty text is a skip. `ocr`:
+    PDF pages without a text layer are read from their images (`corpus.ocr`)."""
     try:
-        found = READERS[path.suffix.lower()](path, source)
+        suffix = path.suffix.lower()
+        found = _pdf(path, source, ocr) if suffix == ".pdf" else READERS[suffix](path, source)
     except OSError:
         return Read(source, reason="unreadable")
     if found.text is not None and not found.text.strip():
@@ -83,13 +85,13 @@ def read(path: Path, source: str) -> Read:
     return found
 
 
-def _child(path: Path, source: str, conn) -> None:
+def _child(path: Path, source: str, conn, ocr: bool = False) -> None:
     import psutil
 
     limit = psutil.Process().memory_info().vms + (MEMORY_LIMIT_MB << 20)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     try:
-        found = read(path, source)
+        found = read(path, source, ocr)
     except MemoryError:
         found = Read(source, reason="over-memory-limit")
     except Exception as error:  # a parser's own bug on a hostile file: that file's reason
@@ -98,7 +100,8 @@ def _child(path: Path, source: str, conn) -> None:
     conn.close()
 
 
-def read_all(files: list[tuple[str, Path]], workers: int | None = None) -> list[Read]:
+def read_all(files: list[tuple[str, Path]], workers: int | None = None,
+             ocr: bool = False) -> list[Read]:
     """Every file read, in the given order; PDF and Word files in limited child processes (by
     default `WORKERS`, at most one per core)."""
     workers = workers or min(WORKERS, os.cpu_count() or 1)
@@ -117,7 +120,7 @@ def read_all(files: list[tuple[str, Path]], workers: int | None = None) -> list[
         while queue and len(running) < workers:
             i = queue.pop(0)
             receive, send = context.Pipe(duplex=False)
-            process = context.Process(target=_child, args=(files[i][1], files[i][0], send))
+            process = context.Process(target=_child, args=(files[i][1], files[i][0], send, ocr))
             process.start()
             send.close()
             running[receive] = (i, process, time.monotonic() + TIME_LIMIT_S)
