@@ -76,8 +76,8 @@ def read(path: Path, source: str, ocr: bool = False) -> Read:
     """The file read by its format's reader, in this process; empty text is a skip. `ocr`:
     PDF pages without a text layer are read from their images (`corpus.ocr`)."""
     try:
-        suffix = path.suffix.lower()
-        found = _pdf(path, source, ocr) if suffix == ".pdf" else READERS[suffix](path, source)
+        reader = READERS[path.suffix.lower()]
+        found = reader(path, source, ocr=True) if ocr and reader is _pdf else reader(path, source)
     except OSError:
         return Read(source, reason="unreadable")
     if found.text is not None and not found.text.strip():
