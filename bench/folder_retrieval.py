@@ -38,10 +38,7 @@ def main(argv: list[str] | None = None) -> None:
                           cfg.retrieval.k, depth, 0, answers=False)
     human = {key: round(sum(r[key] for r in records) / len(records), 4)
              for key in ("hit_at_1", "hit_at_k", "reciprocal_rank")}
-    chosen = probes.settings(AUTO)
-    derived = probes.derive(list(chunks.values()), chosen["probes"], chosen["seed"])
-    probed = probes.retriever_without(retriever, probes.masked(chunks, derived))
-    auto = probes.summarize(probes.score(probed, derived, cfg.retrieval.k, depth))
+    auto = probes.summarize(probes.evaluate(retriever, chunks, AUTO, cfg.retrieval.k, depth))
     print(json.dumps({"label": args.label, "corpus": cfg.corpus.path, "chunks": len(chunks),
                       "k": cfg.retrieval.k, "questions": len(records),
                       **{f"human_{key}": value for key, value in human.items()},

@@ -23,7 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -310,19 +310,29 @@ def inside(root: Path, rel: str) -> Path:
     return file
 
 
+def _check_files(root: Path, manifest: dict[str, Any],
+                 digest_of: Callable[[Path, str], str]) -> None:
+    """Every file the manifest lists is there with its size and sha256 (`digest_of(file, rel)`
+    reads it once), and no other file is: any difference is an error naming the file."""
+    listed = manifest.get("files", {})
+    for rel, entry in listed.items():
+        file = inside(root, rel)
+        if not file.is_file():
+            raise BadInput(f"{file} is listed in {root / layout.MANIFEST} but missing.")
+        if file.stat().st_size != entry["bytes"] or digest_of(file, rel) != entry["sha256"]:
+            raise BadInput(f"{file} does not match its sha256 in {root / layout.MANIFEST}.")
+    extra = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                   if p.is_file() and p.name != layout.MANIFEST
+                   and p.relative_to(root).as_posix() not in listed)
+    if extra:
+        raise BadInput(f"{root / extra[0]} is not listed in {root / layout.MANIFEST}.")
+
+
 def verify(path: str | Path) -> Artifact:
     """Re-hash every file the manifest lists; any difference is an error naming the file."""
     root = Path(path)
     manifest = read_manifest(root)
-    for rel, entry in manifest.get("files", {}).items():
-        file = inside(root, rel)
-        if not file.is_file():
-            raise BadInput(f"{file} is listed in {root / layout.MANIFEST} but missing.")
-        if file.stat().st_size != entry["bytes"] or sha256_file(file) != entry["sha256"]:
-            raise BadInput(f"{file} does not match its sha256 in {root / layout.MANIFEST}.")
-    extra = set(_file_table(root)) - set(manifest.get("files", {}))
-    if extra:
-        raise BadInput(f"{root / sorted(extra)[0]} is not listed in {root / layout.MANIFEST}.")
+    _check_files(root, manifest, lambda file, _rel: sha256_file(file))
     return Artifact(root, manifest)
 
 
@@ -336,11 +346,8 @@ def copy_verified(path: str | Path, dest: Path) -> Artifact:
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(root / layout.MANIFEST, dest / layout.MANIFEST)  # the bytes read below
     manifest = read_manifest(dest)
-    listed = manifest.get("files", {})
-    for rel, entry in listed.items():
-        file = inside(root, rel)
-        if not file.is_file():
-            raise BadInput(f"{file} is listed in {root / layout.MANIFEST} but missing.")
+
+    def copied(file: Path, rel: str) -> str:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
@@ -348,13 +355,9 @@ def copy_verified(path: str | Path, dest: Path) -> Artifact:
             while block := source.read(1 << 20):
                 digest.update(block)
                 copy.write(block)
-        if target.stat().st_size != entry["bytes"] or digest.hexdigest() != entry["sha256"]:
-            raise BadInput(f"{file} does not match its sha256 in {root / layout.MANIFEST}.")
-    extra = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                   if p.is_file() and p.name != layout.MANIFEST)
-    extra = [rel for rel in extra if rel not in listed]
-    if extra:
-        raise BadInput(f"{root / extra[0]} is not listed in {root / layout.MANIFEST}.")
+        return digest.hexdigest()
+
+    _check_files(root, manifest, copied)
     return Artifact(dest, manifest)
 
 

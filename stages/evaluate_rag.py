@@ -41,15 +41,9 @@ def main() -> None:
 
 
 def by_probes(cfg: config.Config, inputs: list, path: Path) -> None:
-    chosen = probes.settings(path)
     retriever, chunks = open_retrieval(bundle.run_sources(Path(".")), cfg.retrieval)
-    derived = probes.derive(list(chunks.values()), chosen["probes"], chosen["seed"])
-    if not derived:
-        raise errors.BadInput("the corpus has no sentence or heading long enough to probe "
-                              "retrieval with; write a question set (rag_eval.questions=…).")
-    retriever = probes.retriever_without(retriever, probes.masked(chunks, derived))
-    records = probes.score(retriever, derived, cfg.retrieval.k,
-                           max(cfg.retrieval.candidates, rag.NDCG_DEPTH))
+    records = probes.evaluate(retriever, chunks, path, cfg.retrieval.k,
+                              max(cfg.retrieval.candidates, rag.NDCG_DEPTH))
     metrics = {"auto": probes.summarize(records)}
     with output(STAGE, cfg, inputs=inputs, byte_identical=False) as out:
         (out / layout.QUESTIONS).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"

@@ -322,8 +322,6 @@ def test_an_ask_session_survives_its_release_being_truncated_under_it(tiny_relea
 
 def _rehashed(release):
     """Rewrite the manifest's table over the files as they are now (a careless re-publish)."""
-    from pipeline import artifacts
-
     manifest = json.loads((release / "manifest.json").read_text())
     for name, entry in manifest["files"].items():
         entry.update(sha256=artifacts.sha256_file(release / name),
@@ -343,7 +341,7 @@ def test_a_rehashed_release_whose_files_do_not_belong_together_is_refused_at_ope
         db.execute("DELETE FROM chunks WHERE key = ?", (key,))
     db.close()
     _rehashed(release)
-    assert artifacts_verify(release)  # the manifest is consistent with the files
+    assert artifacts.verify(release)  # the manifest is consistent with the files
     with pytest.raises(BadInput, match=r"chunks.sqlite holds \d+ chunks, chunks.jsonl \d+, not "
                                        "the same ones"):
         ask.Assistant.from_release(release)
@@ -352,12 +350,6 @@ def test_a_rehashed_release_whose_files_do_not_belong_together_is_refused_at_ope
     _rehashed(release)
     with pytest.raises(BadInput, match="chunks.sqlite"):
         ask.Assistant.from_release(release)
-
-
-def artifacts_verify(path):
-    from pipeline import artifacts
-
-    return artifacts.verify(path)
 
 
 def test_ask_streams_one_piece_per_generated_token(tiny_release):

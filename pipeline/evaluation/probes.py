@@ -150,6 +150,18 @@ def score(retriever: Retriever, probes: list[Probe], k: int, depth: int) -> list
     return records
 
 
+def evaluate(retriever: Retriever, chunks: dict[int, Chunk], path: Path, k: int,
+             depth: int) -> list[dict[str, Any]]:
+    """The probe file's probes derived, taken out of a copy of the indexes and scored: what
+    evaluate_rag reports as `rag_auto.*` (and bench/folder_retrieval beside a question set)."""
+    chosen = settings(path)
+    derived = derive(list(chunks.values()), chosen["probes"], chosen["seed"])
+    if not derived:
+        raise BadInput("the corpus has no sentence or heading long enough to probe retrieval "
+                       "with; write a question set (rag_eval.questions=…).")
+    return score(retriever_without(retriever, masked(chunks, derived)), derived, k, depth)
+
+
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     """`rag_auto.*`: the probes' hit@1, hit@k and MRR, overall and by kind."""
     def mean(rows: list[dict], key: str) -> float:
