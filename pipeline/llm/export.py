@@ -48,7 +48,9 @@ def build_eager(params: dict[str, Any], llm: Any, state_dict: dict[str, torch.Te
     # Built on the CPU, not on "meta": buffers absent from checkpoints (KV cache, rope tables)
     # must be real tensors.
     torch.manual_seed(0)
-    model = construct_transformer(args)
+    from pipeline.llm import unbuilt
+
+    model = unbuilt.complete(construct_transformer(args), args)
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     missing_weights = [name for name in missing if name.endswith(".weight")]
     if missing_weights or unexpected:
@@ -224,6 +226,10 @@ def run(model_dir: Path, model_cfg: Any, out: Path, backend: str = "xnnpack") ->
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     params = families.model_args(hf_config)
     llm = checks.llm_config(model_cfg.executorch)
+    if params.get("sliding_window") and (backend != "xnnpack" or model_cfg.kv_cache != "fp32"):
+        raise BadInput(f"a model with sliding-window layers builds for XNNPACK with an fp32 KV "
+                       f"cache only (ExecuTorch's ring cache), not {backend} with "
+                       f"model.kv_cache={model_cfg.kv_cache}.")
     log(f"building ExecuTorch's Llama from the {hf_config.model_type} checkpoint")
     # The checkpoint's tensors are copied into the model and dropped here, not held through
     # torch.export: that was 0.5 GB of the stage's peak for SmolLM2-135M.

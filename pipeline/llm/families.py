@@ -34,6 +34,7 @@ class Family:
     converter: str | None
     params: Callable[[Any], dict[str, Any]]
     refuse: Callable[[Any], str | None] = lambda config: None
+    activations: tuple[str, ...] = ("silu",)  # ExecuTorch's FeedForward gates with SiLU
 
 
 def _no_extras(config: Any) -> dict[str, Any]:
@@ -136,6 +137,35 @@ def _lfm2_refusal(config: Any) -> str | None:
     return None
 
 
+def _gemma3(config: Any) -> dict[str, Any]:
+    """Gemma 3: (1 + w) norms around both sublayers, QK-norm, GELU, embeddings scaled by
+    sqrt(dim), and sliding-window layers with their own RoPE base between global ones
+    (`pipeline/llm/unbuilt.py` builds what ExecuTorch's Llama only declares)."""
+    local = _rope_parameters(config, "sliding_attention")
+    return {"rms_norm_add_unit_offset": True, "use_qk_norm": True, "qk_norm_before_rope": True,
+            "post_attention_norm": True, "post_ffn_norm": True, "act_fn": "gelu_approx",
+            "embedding_scale_factor": config.hidden_size ** 0.5,
+            "local_rope_theta": float(local["rope_theta"]),
+            "layer_types": list(config.layer_types), "sliding_window": config.sliding_window}
+
+
+def _gemma3_refusal(config: Any) -> str | None:
+    head_dim = config.head_dim
+    if config.query_pre_attn_scalar != head_dim:
+        return (f"its attention scale (query_pre_attn_scalar {config.query_pre_attn_scalar}) "
+                f"is not 1/sqrt(head_dim {head_dim}), the only one ExecuTorch's SDPA applies")
+    if config.attn_logit_softcapping or config.final_logit_softcapping:
+        return "its logit soft-capping is not in ExecuTorch's Llama"
+    if getattr(config, "use_bidirectional_attention", False):
+        return "its bidirectional attention is not the causal attention the runner decodes with"
+    kinds = {kind: parameters.get("rope_type", "default") for kind, parameters in (
+        (kind, _rope_parameters(config, kind)) for kind in ("full_attention",
+                                                            "sliding_attention"))}
+    if set(kinds.values()) != {"default"}:
+        return f"its RoPE scaling {kinds} is not the plain RoPE ExecuTorch's Llama applies"
+    return None
+
+
 def _smollm3_refusal(config: Any) -> str | None:
     if any(flag == 0 for flag in (config.no_rope_layers or [])[: config.num_hidden_layers]):
         return ("its NoPE layers (no_rope_layers) are ignored by ExecuTorch 1.5.1's Llama "
@@ -157,6 +187,8 @@ FAMILIES = {family.model_type: family for family in (
            _qwen3_5),
     Family("smollm3", "executorch.examples.models.smollm3.convert_weights:smollm_to_meta",
            _no_extras, _smollm3_refusal),
+    Family("gemma3_text", "executorch.examples.models.gemma3.convert_weights:gemma3_to_executorch",
+           _gemma3, _gemma3_refusal, activations=("gelu_pytorch_tanh",)),
 )}
 
 def of(config: Any) -> Family:
@@ -167,9 +199,11 @@ def of(config: Any) -> Family:
         raise BadInput(f"edgerag cannot compile a {config.model_type!r} model: the families it "
                        f"compiles are {known}.")
     reason = family.refuse(config)
-    activation = getattr(config, "hidden_act", "silu")
-    if activation != "silu":  # ExecuTorch's FeedForward and ShortConvBlock gate with SiLU
-        reason = f"its MLP activation {activation!r} is not the SiLU of ExecuTorch's FeedForward"
+    activation = (getattr(config, "hidden_activation", None)
+                  or getattr(config, "hidden_act", None) or "silu")
+    if activation not in family.activations:
+        reason = (f"its MLP activation {activation!r} is not the "
+                  f"{' or '.join(family.activations)} edgerag builds for this family")
     if reason:
         raise BadInput(f"edgerag cannot compile this {config.model_type!r} model: {reason}.")
     return family
@@ -288,10 +322,12 @@ def _import_converter(module: str) -> types.ModuleType:
     return importlib.import_module(module)
 
 
-def _rope_parameters(config: Any) -> dict[str, Any]:
-    """transformers 5 keeps RoPE settings in `rope_parameters`; older configs in `rope_scaling`."""
-    return dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
-                or {})
+def _rope_parameters(config: Any, layer_type: str = "full_attention") -> dict[str, Any]:
+    """transformers 5 keeps RoPE settings in `rope_parameters` (per layer type where layers
+    differ, as in Gemma 3); older configs in `rope_scaling`."""
+    found = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+                 or {})
+    return dict(found.get(layer_type) or {}) if layer_type in found else found
 
 
 def _norm_eps(config: Any) -> float:
