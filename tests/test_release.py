@@ -151,6 +151,25 @@ def test_chat_format_falls_back_to_plain_text_without_a_template(tmp_path):
         f"{prompt.SYSTEM}\n\nSources:\n[1] doc\nbody\n\nQuestion: q?\nAnswer:")
 
 
+def test_a_plain_prompt_opens_with_what_the_tokenizer_puts_before_every_text(tmp_path):
+    """A pretrained model's tokenizer (Gemma 3's) adds <bos> in its post-processor; the runner
+    adds nothing, so the plain prompt carries it as text (the runner's tokenizer reads it as
+    the special token)."""
+    from tokenizers import Tokenizer, models, processors
+
+    tokenizer = Tokenizer(models.WordLevel({"<bos>": 0, "[UNK]": 1}, unk_token="[UNK]"))
+    tokenizer.add_special_tokens(["<bos>"])
+    tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A",
+                                                             special_tokens=[("<bos>", 0)])
+    counter = prompt.TokenCounter(tokenizer)
+    opened = prompt.ChatFormat.from_files(tmp_path / "none.jinja", tmp_path / "none.json",
+                                          counter)
+    assert opened.render("q?", []).startswith("<bos>" + prompt.SYSTEM)
+    tokenizer.post_processor = None
+    assert prompt.ChatFormat.from_files(tmp_path / "none.jinja", tmp_path / "none.json",
+                                        counter).render("q?", []).startswith(prompt.SYSTEM)
+
+
 # --- the bundle and bad releases ------------------------------------------------------------------
 
 def _fake_run(metrics, pte=b"pte-bytes"):

@@ -157,7 +157,7 @@ class Assistant:
         with native_logs(verbose):
             self.counter = prompt.TokenCounter.from_file(files[bundle.TOKENIZER])
             self.chat = prompt.ChatFormat.from_files(files[bundle.CHAT_TEMPLATE],
-                                                     files[bundle.TOKENIZER_CONFIG])
+                                                     files[bundle.TOKENIZER_CONFIG], self.counter)
             self.special = _special_tokens(files[bundle.TOKENIZER])
             self.context_length = _context_length(files[bundle.LLM])
             # The runner's own copy of the tokenizer, its pieces made whole here (`pieces`).

@@ -56,8 +56,10 @@ class ChatFormat:
     """The model's chat template (Jinja, sandboxed as transformers renders it), or plain text."""
 
     def __init__(self, template: str | None, special_tokens: dict[str, str],
-                 system: str = SYSTEM) -> None:
-        self.special_tokens, self.system = special_tokens, system
+                 system: str = SYSTEM, opening: str = "") -> None:
+        """`opening` starts a plain-text prompt: what the tokenizer's own post-processor puts
+        before every text (Gemma's `<bos>`), which the runner, adding nothing, would omit."""
+        self.special_tokens, self.system, self.opening = special_tokens, system, opening
         self.template = None
         if template:
             from jinja2.ext import loopcontrols
@@ -69,18 +71,22 @@ class ChatFormat:
             self.template = env.from_string(template)
 
     @classmethod
-    def from_files(cls, template_file: Path, config_file: Path) -> ChatFormat:
+    def from_files(cls, template_file: Path, config_file: Path,
+                   counter: TokenCounter | None = None) -> ChatFormat:
         settings = json.loads(config_file.read_text()) if config_file.is_file() else {}
         template = (template_file.read_text() if template_file.is_file()
                     else settings.get("chat_template"))
         special = {key: _token_text(settings[key]) for key in ("bos_token", "eos_token")
                    if settings.get(key)}
-        return cls(template if isinstance(template, str) else None, special)
+        opening = ""
+        if counter is not None:  # "" through the post-processor: the tokens it adds, as text
+            opening = "".join(counter.tokenizer.encode("", add_special_tokens=True).tokens)
+        return cls(template if isinstance(template, str) else None, special, opening=opening)
 
     def render(self, question: str, passages: list[Passage]) -> str:
         message = user_message(question, passages)
         if self.template is None:
-            return f"{self.system}\n\n{message}\nAnswer:"
+            return f"{self.opening}{self.system}\n\n{message}\nAnswer:"
         messages = [{"role": "system", "content": self.system},
                     {"role": "user", "content": message}]
         return self.template.render(messages=messages, add_generation_prompt=True,
