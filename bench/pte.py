@@ -3,10 +3,13 @@ the runtime. Both run inside a bench worker process (see bench/worker.py)."""
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.report import timing_sample
+from pipeline.device.pieces import runner_tokenizer
 
 
 def _pin_threads(threads: int) -> int:
@@ -27,8 +30,10 @@ def time_generation(pte: str, tokenizer: str, prompt: str, new_tokens: int, repe
     from executorch.extension.llm.runner import GenerationConfig
 
     pool = _pin_threads(threads)
+    workdir = tempfile.TemporaryDirectory(prefix="edgerag-bench-")  # pieces undecoded (pieces.py)
+    raw_tokenizer = runner_tokenizer(Path(tokenizer), Path(workdir.name))[0]
     begin = time.monotonic()
-    runner = text_runner(pte, tokenizer)
+    runner = text_runner(pte, raw_tokenizer)
     construct_s = time.monotonic() - begin
     config = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0, echo=False,
                               num_bos=0, num_eos=0)

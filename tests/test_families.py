@@ -102,8 +102,9 @@ def test_a_config_executorch_cannot_build_is_refused_in_one_sentence(family, cha
 def test_a_family_outside_the_table_is_refused_naming_the_known_ones():
     from transformers import AutoConfig
 
-    with pytest.raises(BadInput, match=r"'gpt2' model: the families it compiles are gemma3_text, "
-                                       r"lfm2, llama, phi3, qwen2, qwen3, qwen3_5_text, smollm3\.$"):
+    with pytest.raises(BadInput, match=r"'gpt2' model: the families it compiles are "
+                                       r"gemma3_text, lfm2, llama, phi3, qwen2, qwen3, "
+                                       r"qwen3_5_text, smollm3\.$"):
         families.of(AutoConfig.for_model("gpt2"))
 
 

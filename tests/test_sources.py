@@ -178,7 +178,8 @@ def test_a_wheels_gguf_tokenizer_is_converted_once_and_read_back_to_the_same_byt
 
 
 def test_non_llama_gguf_is_refused(tmp_path):
-    with pytest.raises(BadInput, match=r"holds a 'gpt2' model; edgerag reads llama and gemma3 GGUFs"):
+    with pytest.raises(BadInput, match=r"holds a 'gpt2' model; edgerag reads llama and "
+                                       r"gemma3 GGUFs"):
         checkpoint.check_gguf(_write_gguf(tmp_path / "g.gguf", arch="gpt2"))
 
 

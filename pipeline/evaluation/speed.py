@@ -84,9 +84,15 @@ def _generate(runner: Any, prompt: str, max_new_tokens: int) -> tuple[dict[str, 
 
 def _run(pte: str, tokenizer: str, max_new_tokens: int, repeats: int,
          long_prompt: str = "") -> dict[str, Any]:
+    import tempfile
+
+    from pipeline.device.pieces import runner_tokenizer
     from pipeline.runtime import text_runner
 
-    runner = text_runner(pte, tokenizer)
+    # The pieces are not read, but the stock runner must not decode them: a token ending inside
+    # a character (any SentencePiece byte token of Gemma's) fails in `generate` (pieces.py).
+    workdir = tempfile.TemporaryDirectory(prefix="edgerag-speed-")
+    runner = text_runner(pte, runner_tokenizer(Path(tokenizer), Path(workdir.name))[0])
     runs = [_generate(runner, prompt, max_new_tokens)
             for _ in range(repeats) for prompt in PROMPTS]
     figures = {
