@@ -128,9 +128,11 @@ def constants(pte: str | Path, names: tuple[str, ...]) -> dict[str, Any]:
 
 
 def context_length(pte: str | Path) -> int | None:
-    """The tokens one generation may span: the least of the max sequence and context lengths."""
+    """The tokens one generation may span: the context length (the runner prefills a prompt
+    longer than the max sequence length in calls of that length), else the max sequence."""
     lengths = constants(pte, ("get_max_seq_len", "get_max_context_len"))
-    return min(int(v) for v in lengths.values()) if lengths else None
+    found = lengths.get("get_max_context_len", lengths.get("get_max_seq_len"))
+    return int(found) if found is not None else None
 
 
 class Program:

@@ -182,3 +182,18 @@ def test_qwen3_5s_multimodal_checkpoint_loads_as_its_text_model(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(tokens).logits, full(input_ids=tokens).logits)
     assert families.model_args(loaded.config)["layer_types"] == text.layer_types
+
+
+def test_a_model_that_prefills_in_calls_says_the_length_its_export_takes(tiny_llm):
+    """LLMEdgeManager exports the token dimension up to max_seq_length - 1 while the runner
+    prefills in calls of get_max_seq_len: a shorter sequence than the context says the former
+    (Gemma 3's ring caches need calls of at most a window); an equal one is unchanged."""
+    _, _, llm, _ = tiny_llm
+    params = families.model_args(tiny_families.config("gemma3", vocab_size=512))
+    assert export.runner_metadata(params, llm, 1, [2])["get_max_seq_len"] == \
+        llm.export.max_seq_length
+    chunked = copy.deepcopy(llm)
+    chunked.export.max_seq_length = 64
+    metadata = export.runner_metadata(params, chunked, 1, [2])
+    assert metadata["get_max_seq_len"] == 63 and metadata["get_max_context_len"] == \
+        chunked.export.max_context_length

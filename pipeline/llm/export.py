@@ -122,6 +122,10 @@ def runner_metadata(params: dict[str, Any], llm: Any, bos_id: int, eos_ids: list
         params["vocab_size"],
     )
     metadata.update({"get_bos_id": bos_id, "get_eos_ids": eos_ids})
+    if llm.export.max_seq_length < llm.export.max_context_length:
+        # The runner prefills a longer prompt in calls of get_max_seq_len tokens, but
+        # LLMEdgeManager exports the token dimension up to max_seq_length - 1: say that.
+        metadata["get_max_seq_len"] = llm.export.max_seq_length - 1
     return metadata
 
 
