@@ -197,3 +197,30 @@ def test_a_model_that_prefills_in_calls_says_the_length_its_export_takes(tiny_ll
     metadata = export.runner_metadata(params, chunked, 1, [2])
     assert metadata["get_max_seq_len"] == 63 and metadata["get_max_context_len"] == \
         chunked.export.max_context_length
+
+
+def test_gemma3_pte_prefilled_in_calls_past_its_window_matches_transformers(tiny_llm, tokenizer,
+                                                                             tmp_path):
+    """The real model's shape, shrunk: a sequence of one window (64) in a 128-token context, so
+    a 100-token prompt is prefilled in calls of 63 through the ring caches, then decoded a token
+    at a time past the window; every log-probability equals transformers'."""
+    from pipeline.config import BackendConfig
+    from pipeline.evaluation.scorers import RuntimeScorer
+    from pipeline.llm import lower
+
+    llm = copy.deepcopy(tiny_llm[2])
+    llm.export.max_seq_length = 64
+    hf = tiny_families.write_folder("gemma3", tmp_path, tokenizer, layers=2)
+    params = families.model_args(hf.config)
+    model = export.apply(export.build_eager(params, llm, families.to_meta(
+        hf.config, hf.state_dict())), export.runner_transforms(llm))
+    metadata = export.runner_metadata(params, llm, tokenizer.bos_token_id,
+                                      [tokenizer.eos_token_id])
+    program = export.export_program(model, llm, metadata, "gemma3")
+    pte = tmp_path / "llm.pte"
+    pte.write_bytes(lower.to_pte(program, llm, metadata, BackendConfig(name="xnnpack"), "gemma3"))
+    ids = torch.randint(0, len(tokenizer), (120,), generator=torch.Generator().manual_seed(1))
+    got = RuntimeScorer(pte).logprobs(ids.tolist(), 100)
+    with torch.no_grad():
+        reference = torch.log_softmax(hf(ids[None]).logits[0, 99:119], dim=-1)
+    assert (got - reference).abs().max() < RUNTIME_TOLERANCE["gemma3"]
