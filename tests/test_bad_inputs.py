@@ -285,8 +285,8 @@ CASES: dict[str, Case] = {
                      "+model.source.file=model.gguf"))),
     "not-llama-gguf": Case(
         "`model=local` on a GGUF of another architecture",
-        "…/model.gguf holds a 'gpt2' model; edgerag reads Llama GGUFs, and the other families "
-        "from a transformers folder or the hub.",
+        "…/model.gguf holds a 'gpt2' model; edgerag reads llama and gemma3 GGUFs, and the other "
+        "families from a transformers folder or the hub.",
         stage("fetch_model"),
         steps(inputs("weights/model.gguf", gguf_file("gpt2")),
               params("model=local", "model.source.path={inputs}/weights",
