@@ -204,6 +204,7 @@ def test_gemma3_pte_prefilled_in_calls_past_its_window_matches_transformers(tiny
     """The real model's shape, shrunk: a sequence of one window (64) in a 128-token context, so
     a 100-token prompt is prefilled in calls of 63 through the ring caches, then decoded a token
     at a time past the window; every log-probability equals transformers'."""
+    from pipeline import runtime
     from pipeline.config import BackendConfig
     from pipeline.evaluation.scorers import RuntimeScorer
     from pipeline.llm import lower
@@ -224,3 +225,13 @@ def test_gemma3_pte_prefilled_in_calls_past_its_window_matches_transformers(tiny
     with torch.no_grad():
         reference = torch.log_softmax(hf(ids[None]).logits[0, 99:119], dim=-1)
     assert (got - reference).abs().max() < RUNTIME_TOLERANCE["gemma3"]
+    assert runtime.constants(pte, ("get_max_seq_len",)) == {"get_max_seq_len": 63}
+    from executorch.extension.llm.runner import GenerationConfig
+
+    prompt = " ".join(["Python's reference manual"] * 30)  # more than one 63-token call
+    assert len(tokenizer(prompt)["input_ids"]) > 64
+    pieces = []
+    runtime.text_runner(pte, tmp_path / "tokenizer.json").generate(
+        prompt, GenerationConfig(max_new_tokens=4, temperature=0.0, echo=False), pieces.append,
+        lambda _stats: None)
+    assert len(pieces) == 4

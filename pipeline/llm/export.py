@@ -135,7 +135,7 @@ def edge_manager(model: torch.nn.Module, llm: Any, metadata: dict, name: str) ->
 
     dynamic = llm.model.enable_dynamic_shape
     tokens = torch.tensor([[1, 2, 3]] if dynamic else [[1]], dtype=torch.long)
-    return LLMEdgeManager(
+    manager = LLMEdgeManager(
         model=model,
         modelname=name,
         max_seq_len=llm.export.max_seq_length,
@@ -145,6 +145,9 @@ def edge_manager(model: torch.nn.Module, llm: Any, metadata: dict, name: str) ->
         enable_dynamic_shape=dynamic,
         metadata=dict(metadata),
     )
+    # LLMEdgeManager sets get_max_seq_len to max_seq_length itself; ours may say one less.
+    manager.metadata["get_max_seq_len"] = metadata["get_max_seq_len"]
+    return manager
 
 
 def export_program(model: torch.nn.Module, llm: Any, metadata: dict, name: str) -> Any:
