@@ -31,11 +31,17 @@ def _logits_along(model, tokens: torch.Tensor, prefill: int) -> torch.Tensor:
     return torch.stack([(s[0] if isinstance(s, tuple) else s).reshape(-1) for s in steps])
 
 
-def _max_error(family: str, llm, extras=None) -> float:
+def _max_error(family: str, llm, extras=None, embedding_bits=None) -> float:
     hf = tiny_families.model(family, vocab_size=512)
     params = {**families.model_args(hf.config), **(extras or {})}
     weights = families.to_meta(hf.config, hf.state_dict())
-    model = export.apply(export.build_eager(params, llm, weights), export.runner_transforms(llm))
+    model = export.build_eager(params, llm, weights)
+    if embedding_bits:
+        from pipeline.config import TensorQuant
+        from pipeline.llm.schemes import TorchaoWeights
+
+        model = TorchaoWeights._quantize_embedding(model, TensorQuant(bits=embedding_bits), "")
+    model = export.apply(model, export.runner_transforms(llm))
     tokens = torch.randint(0, 512, (1, 104), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         reference = hf(tokens).logits[0, 99:]
@@ -65,6 +71,16 @@ def test_gemma3_parity_needs_each_block_executorch_only_declares(unbuilt, tiny_l
     the 64-token window, the local layers' RoPE base, the embedding scale or GELU, it misses."""
     _, _, llm, _ = tiny_llm
     assert _max_error("gemma3", llm, unbuilt) > 5 * TOLERANCE
+
+
+def test_gemma3_keeps_its_embedding_scale_when_the_embedding_is_quantized(tiny_llm):
+    """The recipes swap `tok_embeddings` for ExecuTorch's quantized lookup; the sqrt(dim) scale
+    must survive it (it once lived in the embedding module, and the real 8da8w model's
+    perplexity was 1.85M)."""
+    _, _, llm, _ = tiny_llm
+    quantized = _max_error("gemma3", llm, embedding_bits=8)
+    unscaled = _max_error("gemma3", llm, {"embedding_scale_factor": 1.0}, embedding_bits=8)
+    assert quantized < 0.1 * unscaled
 
 
 def test_a_sliding_window_model_refuses_a_cache_its_ring_does_not_take(tmp_path, tiny_cfg):

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from executorch.examples.models.llama.attention import AttentionMHA
 from executorch.examples.models.llama.feed_forward import FeedForward
-from executorch.examples.models.llama.llama_transformer import TransformerBlock
+from executorch.examples.models.llama.llama_transformer import Transformer, TransformerBlock
 from executorch.examples.models.llama.model_args import ActFn
 from executorch.examples.models.llama.norm import RMSNorm
 from executorch.examples.models.llama.rope import Rope
@@ -29,8 +29,8 @@ SLIDING = "sliding_attention"
 def complete(model: torch.nn.Module, args: Any) -> torch.nn.Module:
     """Give the built Transformer the blocks its `ModelArgs` ask for and it lacks."""
     if args.embedding_scale_factor != 1.0:
-        model.tok_embeddings.__class__ = ScaledEmbedding
-        model.tok_embeddings.scale = float(args.embedding_scale_factor)
+        model.__class__ = ScaledEmbeddingTransformer
+        model.embedding_scale = float(args.embedding_scale_factor)
     local_rope = _local_rope(args)
     for layer_id, block in enumerate(model.layers):
         if args.post_attention_norm:
@@ -66,13 +66,19 @@ def window_sizes(args: Any) -> list[int]:
     return [args.sliding_window if is_sliding(args, i) else 0 for i in range(args.n_layers)]
 
 
-class ScaledEmbedding(torch.nn.Embedding):
-    """Gemma scales the looked-up rows by sqrt(dim); the table (tied to the head) stays as is."""
+class ScaledEmbeddingTransformer(Transformer):
+    """Gemma scales the looked-up rows by sqrt(dim); the table (tied to the head) stays as is.
 
-    scale: float
+    The scale is applied here, to the rows, not in `tok_embeddings`: embedding quantization
+    (ExecuTorch's `get_quant_embedding_transform`) replaces that module and would drop it.
+    """
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return super().forward(tokens) * self.scale
+    embedding_scale: float
+
+    def forward(self, tokens=None, attn_options=None, h=None):
+        if tokens is not None and h is None:
+            tokens, h = None, self.tok_embeddings(tokens) * self.embedding_scale
+        return super().forward(tokens, attn_options, h)
 
 
 class PostNormedBlock(TransformerBlock):
