@@ -177,7 +177,9 @@ class QuantConfig:
     algorithm: str = "affine"
     embedding: TensorQuant | None = None
     head: TensorQuant | None = None
-    source_grid: str = "none"  # q4_1 | q4_0: keep the GGUF's own 4-bit grid (pipeline/llm/grid.py)
+    # q4_1 | q4_0: keep the GGUF's own 4-bit grid (pipeline/llm/grid.py); gguf: each linear's
+    # Q4_K grid read from the file's blocks, the others at `bits` (pipeline/llm/gguf_grids.py)
+    source_grid: str = "none"
     exceptions: list[LayerException] = field(default_factory=list)
     mixed: MixedConfig | None = None
     # Input channels of the output head kept in fp32 beside its int8 activations: the final

@@ -266,17 +266,69 @@ def test_a_gguf_says_which_of_its_grids_are_kept_and_which_are_rounded_again(tin
     """Q4_1/Q4_0 matrices are kept by their grid recipes; Q8_0 (and K-quants) are rounded again,
     because ExecuTorch 1.5.1's XNNPACK delegate takes grouped weights at 4 bits only."""
     from pipeline import sources
-    from pipeline.llm import checkpoint
+    from pipeline.llm import checkpoint, gguf_grids
     from tests import tiny_gguf
 
     tokenizer = sources.materialize(tiny_cfg.model.tokenizer_source)
     q8 = tiny_gguf.write(tmp_path / "q8.gguf", tokenizer, linears="Q8_0", layers=1)
     assert checkpoint.check_gguf(q8) == {"Q8_0": 8}  # seven linears and the embedding
     q41 = tiny_gguf.write(tmp_path / "q41.gguf", tokenizer, linears="Q4_1", layers=1)
-    note = checkpoint.grid_note(checkpoint.check_gguf(q41))
+    note = gguf_grids.note(checkpoint.check_gguf(q41))
     assert "Kept exactly by quant=q4_1_grid: Q4_1." in note and ": Q8_0 ×1." in note
     assert note.endswith("Q8_0's nearest XNNPACK grid is quant=8da8w (8 bits per row).")
-    assert "rounded a second time" in checkpoint.grid_note({"Q4_K": 7, "Q6_K": 1})
+    k_quants = gguf_grids.note({"Q4_K": 7, "Q6_K": 1})
+    assert "Kept exactly by quant=gguf_grid: Q4_K." in k_quants
+    assert "rounded a second time by the recipe (XNNPACK has no 8-bit grouped or K-quant weight " \
+           "type to keep them): Q6_K ×1." in k_quants
     weight = checkpoint.load_pretrained(q8).model.layers[0].mlp.down_proj.weight
     with pytest.raises(BadInput, match="Q4_1 grid"):
         grid.decompose(weight, "down_proj", "q4_1")
+
+
+def test_gguf_grid_keeps_each_q4_k_linear_of_the_file_code_for_code(tiny_cfg, tiny_llm, tmp_path):
+    """A tiny GGUF of Q4_K linears (random super-blocks, tests/tiny_gguf.py) through
+    transformers' dequantization and ExecuTorch's converter: every linear whose weight is the
+    file's decodes carries the file's own codes and steps in the 4-bit kernel (none re-derived
+    from floats); q and k, which the conversion permutes, find no grid and take 8 bits."""
+    from pipeline import sources
+    from pipeline.llm import checkpoint, export, families, gguf_grids
+    from tests import tiny_gguf
+
+    tokenizer = sources.materialize(tiny_cfg.model.tokenizer_source)
+    path = tiny_gguf.write(tmp_path / "q4k.gguf", tokenizer, linears="Q4_K", layers=1,
+                           dim=256, ffn=512)
+    assert gguf_grids.write(path, tmp_path) == 7
+    grids = gguf_grids.load(tmp_path)
+    hf = checkpoint.load_pretrained(path)
+    weights = families.to_meta(hf.config, hf.state_dict())
+    _, _, llm, _ = tiny_llm
+    model = export.build_eager(families.model_args(hf.config), llm, weights)
+    quant = QuantConfig(name="t", method="torchao", activations="int8_dynamic", bits=8,
+                        group_size=0, source_grid="gguf")
+    with torch.no_grad():
+        model = schemes.quantize_eager(model, quant, None, grids)
+    source_model = export.build_eager(families.model_args(hf.config), llm, weights)
+    known = grid.known(source_model, grids)
+    layer = model.layers[0]
+    for name in ("wq", "wk"):
+        assert getattr(layer.attention, name).weight.target_dtype == torch.int8
+    stacks = {"layers.0.attention.wv": (layer.attention.wv, ["wv"]),
+              "layers.0.attention.wo": (layer.attention.wo, ["wo"]),
+              "layers.0.feed_forward.w1_w3": (layer.feed_forward.w1_w3, ["w1", "w3"])}
+    stacks["layers.0.feed_forward.w2"] = (layer.feed_forward.w2, ["w2"])
+    for fqn, (linear, names) in stacks.items():
+        assert isinstance(linear, grid.GridLinear), fqn
+        parent = fqn.rsplit(".", 1)[0]
+        parts = [known[f"{parent}.{n}"] for n in names]
+        for name, (codes, scales, offsets) in zip(names, parts, strict=True):  # no rounding
+            weight = weights[f"{parent}.{name}.weight"]
+            rebuilt = codes.double().view(weight.shape[0], -1, 32) * scales.unsqueeze(-1) \
+                + offsets.unsqueeze(-1)
+            assert torch.allclose(rebuilt.view_as(weight).float(), weight, rtol=0, atol=1e-7)
+        rows = sum(linear.sizes)
+        assert torch.equal(linear.main.weight.qdata[:rows], torch.cat([p[0] for p in parts]))
+        assert torch.equal(linear.main.weight.scale[:rows], torch.cat([p[1] for p in parts]))
+    x = torch.randn(3, 256)
+    source = torch.nn.functional.linear(x, weights["layers.0.attention.wo.weight"])
+    error = (layer.attention.wo(x) - source).norm() / source.norm()
+    assert error < 0.02, error  # int8 activations and the int8 offsets only

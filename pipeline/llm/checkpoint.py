@@ -17,7 +17,7 @@ import torch
 from pipeline import layout
 from pipeline.config import ModelConfig, Source
 from pipeline.errors import BadInput
-from pipeline.llm import families, grid
+from pipeline.llm import families
 from pipeline.progress import log
 from pipeline.sources import kept, materialize
 
@@ -62,24 +62,6 @@ def _checked_gguf(path: Path, size: int, mtime_ns: int) -> dict[str, int]:
     counts = Counter(t.tensor_type.name for t in reader.tensors
                      if sum(int(d) > 1 for d in t.shape) == 2)
     return dict(sorted(counts.items()))
-
-
-def grid_note(types: dict[str, int]) -> str:
-    """One line on what loading these GGML types costs: only grids a recipe keeps are free."""
-    kept = [t for t in types if t.lower() in grid.KINDS]
-    rounded = [f"{t} ×{n}" for t, n in types.items()
-               if t not in kept and t not in ("F32", "F16", "BF16")]
-    line = f"GGUF matrices: {', '.join(f'{t} ×{n}' for t, n in types.items())}."
-    if kept:
-        recipes = " or ".join(f"quant={t.lower()}_grid" for t in kept)
-        line += f" Kept exactly by {recipes}: {', '.join(kept)}."
-    if rounded:
-        line += (" Dequantized exactly to fp32, then rounded a second time by the recipe (XNNPACK"
-                 " has no 8-bit grouped or K-quant weight type to keep them): "
-                 f"{', '.join(rounded)}.")
-    if "Q8_0" in types:
-        line += " Q8_0's nearest XNNPACK grid is quant=8da8w (8 bits per row)."
-    return line
 
 
 def load_tokenizer(source: Source, payload: Path | None = None) -> Any:
@@ -164,8 +146,6 @@ def fetch(model_cfg: ModelConfig, out: Path) -> dict[str, Any]:
     tokenizer.save_pretrained(out)
     config = model.config
     source_types = check_gguf(weights) if weights is not None and weights.suffix == ".gguf" else {}
-    if source_types:
-        log(grid_note(source_types))
     return {
         **({"gguf_types": source_types} if source_types else {}),
         "architecture": config.model_type,

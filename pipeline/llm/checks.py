@@ -23,7 +23,7 @@ from pipeline.errors import BadInput
 QUANT_METHODS = ("none", "torchao", "pt2e")
 ACTIVATIONS = ("none", "int8_dynamic")
 ALGORITHMS = ("affine", "hqq")
-SOURCE_GRIDS = ("none", "q4_1", "q4_0")
+SOURCE_GRIDS = ("none", "q4_1", "q4_0", "gguf")
 BACKENDS = ("xnnpack", "qnn")
 KV_CACHE_PRECISIONS = ("fp32", "bf16", "int8")  # pipeline/llm/kv_cache.py
 # Group sizes XNNPACK's blockwise int4 kernels take; 0 means one scale per output channel.
@@ -221,7 +221,7 @@ def _check_quant(quant: QuantConfig, widths: list[int]) -> None:
     one_of("quant.source_grid", quant.source_grid, SOURCE_GRIDS)
     if not 0 <= quant.head_outliers <= 64:
         raise BadInput(f"quant.head_outliers={quant.head_outliers} must be between 0 and 64.")
-    if quant.source_grid != "none" and (quant.bits, quant.group_size) != (4, 32):
+    if quant.source_grid in ("q4_1", "q4_0") and (quant.bits, quant.group_size) != (4, 32):
         raise BadInput(f"quant.source_grid={quant.source_grid} keeps 4-bit groups of 32; it needs "
                        "quant.bits=4 and quant.group_size=32.")
     for index, exception in enumerate(quant.exceptions):

@@ -20,8 +20,10 @@ The slices of `main`'s output run outside XNNPACK's delegate, which does not sli
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
+import numpy as np
 import torch
 
 from pipeline.errors import BadInput
@@ -126,6 +128,33 @@ def _q4_0(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     return torch.where(flipped, -k - 1, k), step, torch.where(flipped, step, torch.zeros_like(d))
 
 
+def digest(weight: np.ndarray | torch.Tensor) -> str:
+    """The sha256 of a matrix's float32 bytes, row-major: how a linear finds its source grid."""
+    if isinstance(weight, torch.Tensor):
+        weight = weight.detach().to(torch.float32).contiguous().numpy()
+    return hashlib.sha256(np.ascontiguousarray(weight, dtype=np.float32).tobytes()).hexdigest()
+
+
+def known(model: torch.nn.Module, grids: dict[str, Any]) -> dict[str, Any]:
+    """fqn → (codes, scales, offsets) of every linear (not the head) whose weight digest `grids`
+    holds a source grid for (gguf_grids.load): each group's own step and offset, `w = step*q +
+    offset` with q in 0..15, as `step*(q - 8) + (offset + 8*step)` (the same split as Q4_1's)."""
+    found = {}
+    for fqn, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or fqn == "output":
+            continue
+        source = grids.get(digest(module.weight))
+        if source is None:
+            continue
+        out_features, in_features = module.weight.shape
+        steps = torch.from_numpy(source.steps).double()
+        codes = torch.from_numpy(source.codes.astype(np.int16) - 8).to(torch.int8)
+        offsets = torch.from_numpy(source.offsets).double() + 8 * steps
+        found[fqn] = (codes.view(out_features, in_features),
+                      steps.view(out_features, -1).float(), offsets.view(out_features, -1).float())
+    return found
+
+
 # The pooling rows' grid: code 4 at scale 1/4 is exactly 1 (bf16 holds 1/4 exactly).
 POOL_CODE, POOL_SCALE = 4, 0.25
 
@@ -142,9 +171,11 @@ def _pool_rows(in_features: int) -> tuple[torch.Tensor, torch.Tensor]:
 SIBLINGS = (("wq", "wk", "wv"), ("w1", "w3"))
 
 
-def _grid_linear(linears: list[torch.nn.Linear], names: list[str], kind: str) -> GridLinear:
-    """One GridLinear holding `linears` stacked (all read the same input)."""
-    parts = [decompose(linear.weight, name, kind)
+def _grid_linear(linears: list[torch.nn.Linear], names: list[str], kind: str,
+                 known: dict[str, Any]) -> GridLinear:
+    """One GridLinear holding `linears` stacked (all read the same input); a linear's parts are
+    `known[name]` when given (read from the source file), else decomposed from its floats."""
+    parts = [known[name] if name in known else decompose(linear.weight, name, kind)
              for linear, name in zip(linears, names, strict=True)]
     in_features = linears[0].in_features
     pool_codes, pool_scales = _pool_rows(in_features)
@@ -160,8 +191,10 @@ def _grid_linear(linears: list[torch.nn.Linear], names: list[str], kind: str) ->
     return GridLinear(main, corr, [linear.out_features for linear in linears], codes, scales)
 
 
-def split(model: torch.nn.Module, keep: Any, kind: str = "q4_1") -> list[str]:
-    """Replace every linear that `keep(fqn)` leaves to the grid; the names replaced.
+def split(model: torch.nn.Module, keep: Any, kind: str = "q4_1",
+          known: dict[str, Any] | None = None) -> list[str]:
+    """Replace every linear that `keep(fqn)` leaves to the grid; the names replaced. `known`:
+    fqn → (codes, scales, offsets) of linears whose grid the source file gives (gguf_grids).
 
     Siblings (SIBLINGS) all kept become one GridLinear registered on their parent as `wq_wk_wv`
     or `w1_w3`, each sibling a `Sibling` view of it; any other linear becomes its own GridLinear.
@@ -177,13 +210,13 @@ def split(model: torch.nn.Module, keep: Any, kind: str = "q4_1") -> list[str]:
         family = next((f for f in SIBLINGS if f[0] == attr), ())
         names = [f"{parent_name}.{a}" if parent_name else a for a in family]
         if len(names) > 1 and all(name in kept for name in names):
-            shared = _grid_linear([kept.pop(name) for name in names], names, kind)
+            shared = _grid_linear([kept.pop(name) for name in names], names, kind, known or {})
             setattr(parent, "_".join(family), shared)
             for index, sibling in enumerate(family):
                 setattr(parent, sibling, Sibling(shared, index))
             replaced += names
             continue
-        setattr(parent, attr, _grid_linear([kept.pop(fqn)], [fqn], kind))
+        setattr(parent, attr, _grid_linear([kept.pop(fqn)], [fqn], kind, known or {}))
         replaced.append(fqn)
     return replaced
 

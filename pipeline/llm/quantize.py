@@ -38,7 +38,9 @@ def run_calibration(cfg: Config, export_dir: Path, split_dir: Path, model_dir: P
     return {"uses_calibration": True, "samples": len(samples), **scheme.save(stats, samples, out)}
 
 
-def run(cfg: Config, export_dir: Path, calibration_dir: Path, out: Path) -> dict[str, Any]:
+def run(cfg: Config, export_dir: Path, calibration_dir: Path, out: Path,
+        grids: dict | None = None) -> dict[str, Any]:
+    """`grids`: the source's Q4_K grids by weight digest (gguf_grids.load), for source_grid=gguf."""
     params, metadata = export.load_interface(export_dir)
     llm = checks.llm_config(cfg.model.executorch)
     program = export.load_program(export_dir / layout.PROGRAM)
@@ -47,7 +49,13 @@ def run(cfg: Config, export_dir: Path, calibration_dir: Path, out: Path) -> dict
     if scheme.uses_calibration(cfg.quant) and stats is None:
         raise BadInput(f"quant={cfg.quant.name} needs calibration statistics; rerun calibrate.")
     log(f"quantizing with {cfg.quant.name} ({cfg.quant.method})")
-    quantized = scheme.quantize(cfg.quant, program, params, llm, metadata, stats)
+    extra = {}
+    if cfg.quant.source_grid == schemes.GGUF:
+        if not grids:
+            raise BadInput(f"quant={cfg.quant.name} keeps a GGUF's Q4_K grids, and this model's "
+                           "source holds none; use quant=8da8w or a re-quantizing recipe.")
+        extra = {"grids": grids}
+    quantized = scheme.quantize(cfg.quant, program, params, llm, metadata, stats, **extra)
     export.save_program(quantized, out / layout.PROGRAM)
     export.save_interface(out, params, metadata)
     return {"scheme": cfg.quant.name}

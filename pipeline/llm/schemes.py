@@ -134,11 +134,11 @@ class TorchaoWeights(NoQuantization):
         return json.loads(plan.read_text()) if plan.exists() else None
 
     def quantize(self, quant: QuantConfig, program: Any, params: dict, llm: Any,
-                 metadata: dict, stats: Any) -> Any:
+                 metadata: dict, stats: Any, grids: dict | None = None) -> Any:
         model = export.eager_from_program(program, params, llm)
         _check_widths(model, quant.group_size)
         with torch.no_grad():
-            model = quantize_eager(model, quant, stats)
+            model = quantize_eager(model, quant, stats, grids)
         log("exporting the quantized model")
         model = export.apply(model, export.runner_transforms(
             llm, kv_cache=export.kv_cache_precision(program)))
@@ -167,11 +167,12 @@ def _exception_for(quant: QuantConfig, fqn: str) -> Any:
     return next((e for e in quant.exceptions if re.search(e.match, fqn)), None)
 
 
-def quantize_eager(model: torch.nn.Module, quant: QuantConfig, plan: Any = None
-                   ) -> torch.nn.Module:
+def quantize_eager(model: torch.nn.Module, quant: QuantConfig, plan: Any = None,
+                   grids: dict | None = None) -> torch.nn.Module:
     """torchao `quantize_` on the eager model: embedding, head, per-layer exceptions, the rest.
 
-    `plan` (from calibration, for mixed precision) adds exceptions to the config's own.
+    `plan` (from calibration, for mixed precision) adds exceptions to the config's own; `grids`
+    (quant.source_grid=gguf: gguf_grids.load) the source's 4-bit grids, found by weight digest.
     """
     from torchao.quantization import quantize_
 
@@ -197,22 +198,30 @@ def quantize_eager(model: torch.nn.Module, quant: QuantConfig, plan: Any = None
                                         quant.algorithm),
                   filter_fn=lambda m, fqn, e=exception: body(m, fqn)
                   and _exception_for(quant, fqn) is e)
-    if quant.source_grid in grid.KINDS:
+    on_grid: list[str] = []
+    if quant.source_grid in (*grid.KINDS, GGUF):
+        known = grid.known(model, grids or {}) if quant.source_grid == GGUF else {}
         on_grid = grid.split(model, lambda fqn: fqn != "output"
-                             and _exception_for(quant, fqn) is None, quant.source_grid)
+                             and _exception_for(quant, fqn) is None
+                             and (quant.source_grid != GGUF or fqn in known),
+                             quant.source_grid, known)
         log(f"{quant.source_grid} grid kept exactly in {len(on_grid)} linears")
         quantize_(model, _weight_config(4, grid.GROUP, True, dynamic, "affine"),
                   filter_fn=lambda m, fqn: fqn.endswith(".main"))
         grid.pin(model)
         quantize_(model, _weight_config(8, 0, True, dynamic, "affine"),
                   filter_fn=lambda m, fqn: fqn.endswith(".corr"))
-    else:
+    if quant.source_grid in ("none", GGUF):  # gguf: the linears without a grid at quant.bits
         quantize_(model, _weight_config(quant.bits, quant.group_size, quant.symmetric, dynamic,
                                         quant.algorithm),
-                  filter_fn=lambda m, fqn: body(m, fqn) and _exception_for(quant, fqn) is None)
+                  filter_fn=lambda m, fqn: body(m, fqn) and _exception_for(quant, fqn) is None
+                  and not fqn.endswith((".main", ".corr")))
     if kept:
         model.output = outliers.OutlierHead(model.output, kept, head_columns)
     return model
+
+
+GGUF = "gguf"  # quant.source_grid: each linear's own grid from the GGUF file (gguf_grids)
 
 
 def apply_plan(quant: QuantConfig, plan: dict) -> QuantConfig:
