@@ -36,8 +36,14 @@ def check_vocab(gguf: Path, tokenizer_json: Path) -> dict[str, Any]:
     from gguf import GGUFReader
     from tokenizers import Tokenizer
 
-    field = GGUFReader(str(gguf)).fields["tokenizer.ggml.tokens"]
+    reader = GGUFReader(str(gguf))
+    field = reader.fields["tokenizer.ggml.tokens"]
     theirs = [bytes(field.parts[i]).decode("utf-8") for i in field.data]
+    kind = reader.fields.get("tokenizer.ggml.model")
+    if kind is not None and bytes(kind.parts[kind.data[0]]).decode() == "llama":
+        # SentencePiece vocabularies (Gemma's) keep some runs of spaces as spaces in the GGUF;
+        # transformers' conversion writes them with the meta-space, as the others are: one token.
+        theirs = [token.replace(" ", "\u2581") for token in theirs]
     vocab = Tokenizer.from_file(str(tokenizer_json)).get_vocab(with_added_tokens=True)
     ours = [None] * (max(vocab.values()) + 1)
     for token, index in vocab.items():
