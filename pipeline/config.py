@@ -287,6 +287,10 @@ class ReleaseConfig:
     min_rag_abstain_recall: float = 0.0  # unanswerable questions refused (0: unchecked)
     min_rag_evidence_hit_at_1: float = 0.0  # top evidence quotes holding the answer
     min_rag_auto_hit_at_k: float = 0.0  # with no question set: probes finding their chunk
+    # Among the runs within the bounds, the one with the best of this metric ships (a smaller
+    # .pte breaks a tie): llm.pte_bytes (smallest), or an answer metric of evaluate_rag's test
+    # half (highest): rag.answer_f1, rag.answer_terms_recall, rag.grounded, rag.evidence_hit_at_1
+    pick_by: str = "llm.pte_bytes"
 
 
 @dataclass

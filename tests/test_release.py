@@ -47,6 +47,25 @@ def test_rule_picks_the_smallest_pte_within_the_bounds():
     assert promote.select(tie, RULE).run == "workspace"
 
 
+def test_the_rule_can_pick_the_best_answers_instead_of_the_smallest_pte():
+    """Two models within the bounds (say SmolLM2 and a larger Gemma 3): by size the smaller
+    ships; with pick_by an answer metric, the better answers do, size breaking a tie."""
+    small = promote.Candidate("smollm2", {**_candidate("s", 100, 1.0, 1.0).metrics,
+                                          "rag.answer_f1": 0.25})
+    large = promote.Candidate("gemma3", {**_candidate("g", 300, 1.0, 1.0).metrics,
+                                         "rag.answer_f1": 0.31})
+    larger = promote.Candidate("gemma3-8bit", {**_candidate("g", 400, 1.0, 1.0).metrics,
+                                               "rag.answer_f1": 0.31})
+    assert promote.select([small, large], RULE).run == "smollm2"
+    by_answers = dataclasses.replace(RULE, pick_by="rag.answer_f1")
+    assert promote.select([small, larger, large], by_answers).run == "gemma3"
+    with pytest.raises(BadInput, match=r"release.pick_by=rag.answer_f1 and experiment q has no "
+                                       r"rag.answer_f1; run evaluate_rag for it"):
+        promote.select([small, _candidate("q", 50, 1.0, 1.0)], by_answers)
+    with pytest.raises(BadInput, match=r"release.pick_by='speed' is not one of llm.pte_bytes, "):
+        promote.select([small], dataclasses.replace(RULE, pick_by="speed"))
+
+
 def test_a_run_missing_the_rule_is_named_with_the_bound_it_misses():
     with pytest.raises(BadInput, match=r"workspace build misses it, llm.ppl_delta_pct=39.4 is "
                                        r"above release.max_ppl_delta_pct=10 \(and 1 other run "

@@ -2,10 +2,11 @@
 
 The candidates are the workspace build and every finished experiment a sweep listed in
 `sweeps/*/results.csv`; the rule (conf/release/) keeps the smallest LLM `.pte` whose metrics stay
-within its bounds. A run other than the workspace is read at its git revision through DVC's
-filesystem, from the local cache, so promoting never rewrites the workspace the user is in.
-Before copying, every artifact's manifest is re-hashed and the metrics are checked to have been
-measured on exactly these files (the manifests' recorded inputs).
+within its bounds (or, with `pick_by`, the best answers among them). A run other than the
+workspace is read at its git revision through DVC's filesystem, from the local cache, so
+promoting never rewrites the workspace the user is in. Before copying, every artifact's manifest
+is re-hashed and the metrics are checked to have been measured on exactly these files (the
+manifests' recorded inputs).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ PTE_BYTES, PPL_DELTA, RECALL = "llm.pte_bytes", "llm.ppl_delta_pct", "retrieval.
 RAG_HIT, RAG_GROUNDED, RAG_CUT = "rag.hit_at_k", "rag.grounded", "rag.context_cut_rate"
 RAG_REPEATED, RAG_ABSTAIN, RAG_EVIDENCE = ("rag.repetition_rate", "rag.abstain_recall",
                                            "rag.evidence_hit_at_1")
+# What release.pick_by may name: the .pte's size (smallest wins) or an answer metric (highest).
+PICK_BY = (PTE_BYTES, "rag.answer_f1", "rag.answer_terms_recall", RAG_GROUNDED, RAG_EVIDENCE)
 AUTO_HIT, AUTO_PROBES = "rag_auto.hit_at_k", "rag_auto.probes"
 EMBED_COSINE = "retrieval.embed_cosine_min"
 SWEEP_RESULTS = "sweeps/*/results.csv"
@@ -131,10 +134,13 @@ def missed_bound(rule: ReleaseConfig, metrics: dict[str, Any]) -> str | None:
 
 
 def select(candidates: list[Candidate], rule: ReleaseConfig) -> Candidate:
-    """The smallest LLM `.pte` among the runs that meet the rule; the first listed wins a tie."""
+    """The smallest LLM `.pte` among the runs that meet the rule, or the highest `pick_by` answer
+    metric (then the smallest); the first listed wins a tie."""
     if not candidates:
         raise BadInput("there is no built run to promote: data/eval/metrics.json is missing and "
                        f"no {SWEEP_RESULTS} lists a finished experiment; run `dvc repro` first.")
+    if rule.pick_by not in PICK_BY:
+        raise BadInput(f"release.pick_by={rule.pick_by!r} is not one of {', '.join(PICK_BY)}.")
     passing = [c for c in candidates if missed_bound(rule, c.metrics) is None]
     if not passing:
         first = candidates[0]
@@ -143,6 +149,14 @@ def select(candidates: list[Candidate], rule: ReleaseConfig) -> Candidate:
                 f" (and {others} other runs miss it too)" if others else "")
         raise BadInput(f"no run meets the release rule: {first.describe()} misses it, "
                        f"{missed_bound(rule, first.metrics)}{tail}.")
+    if rule.pick_by != PTE_BYTES:
+        unmeasured = next((c for c in passing if _number(c.metrics.get(rule.pick_by)) is None),
+                          None)
+        if unmeasured is not None:
+            raise BadInput(f"release.pick_by={rule.pick_by} and {unmeasured.describe()} has no "
+                           f"{rule.pick_by}; run evaluate_rag for it, or pick by llm.pte_bytes.")
+        return min(passing, key=lambda c: (-_number(c.metrics[rule.pick_by]),
+                                           _number(c.metrics[PTE_BYTES])))
     return min(passing, key=lambda c: _number(c.metrics[PTE_BYTES]))
 
 
