@@ -178,7 +178,8 @@ class QuantConfig:
     embedding: TensorQuant | None = None
     head: TensorQuant | None = None
     # q4_1 | q4_0: keep the GGUF's own 4-bit grid (pipeline/llm/grid.py); gguf: each linear's
-    # Q4_K grid read from the file's blocks, the others at `bits` (pipeline/llm/gguf_grids.py)
+    # own 4-bit grid (Q4_K from the file's blocks, Q4_1/Q4_0 from its floats), the others at
+    # `bits` (pipeline/llm/gguf_grids.py)
     source_grid: str = "none"
     exceptions: list[LayerException] = field(default_factory=list)
     mixed: MixedConfig | None = None

@@ -332,3 +332,20 @@ def test_gguf_grid_keeps_each_q4_k_linear_of_the_file_code_for_code(tiny_cfg, ti
     source = torch.nn.functional.linear(x, weights["layers.0.attention.wo.weight"])
     error = (layer.attention.wo(x) - source).norm() / source.norm()
     assert error < 0.02, error  # int8 activations and the int8 offsets only
+
+
+def test_gguf_grid_also_keeps_a_q4_1_grid_from_the_floats_and_refuses_a_model_on_none(tiny_llm):
+    """The one recipe for any GGUF: Q4_1 (or Q4_0) linears keep their grid as q4_1_grid does, so
+    a sweep across a Q4_1 and a K-quant model runs one recipe; a model on no 4-bit grid at all
+    is told to take 8da8w."""
+    from pipeline.llm import export
+
+    quant = QuantConfig(name="gguf_grid", method="torchao", activations="int8_dynamic", bits=8,
+                        group_size=0, source_grid="gguf")
+    with torch.no_grad():
+        model = schemes.quantize_eager(_grid_model(tiny_llm)(), quant, None, {})
+    assert isinstance(model.layers[0].attention.wq_wk_wv, grid.GridLinear)
+    assert isinstance(model.layers[1].feed_forward.w2, grid.GridLinear)
+    _, params, llm, weights = tiny_llm
+    with pytest.raises(BadInput, match=r"no linear of this model is on one; use quant=8da8w"):
+        schemes.quantize_eager(export.build_eager(params, llm, weights), quant, None, {})

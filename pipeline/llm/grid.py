@@ -104,6 +104,17 @@ def decompose(weight: torch.Tensor, name: str,
             step.squeeze(-1).float(), offsets.squeeze(-1).float())
 
 
+def _on_a_float_grid(weight: torch.Tensor, fqn: str) -> tuple | None:
+    if weight.shape[1] % GROUP:
+        return None
+    for kind in KINDS:
+        try:
+            return decompose(weight, fqn, kind)
+        except BadInput:
+            continue
+    return None
+
+
 def _q4_1(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Q4_1: `w = d*q + m`, q in 0..15, so `w = d*(q - 8) + (m + 8d)`."""
     low, high = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
@@ -136,15 +147,22 @@ def digest(weight: np.ndarray | torch.Tensor) -> str:
 
 
 def known(model: torch.nn.Module, grids: dict[str, Any]) -> dict[str, Any]:
-    """fqn → (codes, scales, offsets) of every linear (not the head) whose weight digest `grids`
-    holds a source grid for (gguf_grids.load): each group's own step and offset, `w = step*q +
-    offset` with q in 0..15, as `step*(q - 8) + (offset + 8*step)` (the same split as Q4_1's)."""
+    """fqn → (codes, scales, offsets) of every linear (not the head) on a 4-bit GGUF grid.
+
+    A linear whose weight digest `grids` holds (gguf_grids.load: Q4_K) takes the file's own
+    step and offset per group, `w = step*q + offset` with q in 0..15, as `step*(q - 8) +
+    (offset + 8*step)` (the same split as Q4_1's); any other linear whose floats decompose
+    exactly onto a Q4_1 or Q4_0 grid takes that; the rest are not on a 4-bit grid.
+    """
     found = {}
     for fqn, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear) or fqn == "output":
             continue
         source = grids.get(digest(module.weight))
         if source is None:
+            on_floats = _on_a_float_grid(module.weight, fqn)
+            if on_floats is not None:
+                found[fqn] = on_floats
             continue
         out_features, in_features = module.weight.shape
         steps = torch.from_numpy(source.steps).double()

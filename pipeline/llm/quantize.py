@@ -49,12 +49,7 @@ def run(cfg: Config, export_dir: Path, calibration_dir: Path, out: Path,
     if scheme.uses_calibration(cfg.quant) and stats is None:
         raise BadInput(f"quant={cfg.quant.name} needs calibration statistics; rerun calibrate.")
     log(f"quantizing with {cfg.quant.name} ({cfg.quant.method})")
-    extra = {}
-    if cfg.quant.source_grid == schemes.GGUF:
-        if not grids:
-            raise BadInput(f"quant={cfg.quant.name} keeps a GGUF's Q4_K grids, and this model's "
-                           "source holds none; use quant=8da8w or a re-quantizing recipe.")
-        extra = {"grids": grids}
+    extra = {"grids": grids or {}} if cfg.quant.source_grid == schemes.GGUF else {}
     quantized = scheme.quantize(cfg.quant, program, params, llm, metadata, stats, **extra)
     export.save_program(quantized, out / layout.PROGRAM)
     export.save_interface(out, params, metadata)

@@ -205,6 +205,10 @@ def quantize_eager(model: torch.nn.Module, quant: QuantConfig, plan: Any = None,
                              and _exception_for(quant, fqn) is None
                              and (quant.source_grid != GGUF or fqn in known),
                              quant.source_grid, known)
+        if quant.source_grid == GGUF and not on_grid:
+            raise BadInput(f"quant={quant.name} keeps a GGUF's 4-bit grids (Q4_K, Q4_1, Q4_0) "
+                           "and no linear of this model is on one; use quant=8da8w or a "
+                           "re-quantizing recipe.")
         log(f"{quant.source_grid} grid kept exactly in {len(on_grid)} linears")
         quantize_(model, _weight_config(4, grid.GROUP, True, dynamic, "affine"),
                   filter_fn=lambda m, fqn: fqn.endswith(".main"))
