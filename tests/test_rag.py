@@ -330,6 +330,9 @@ def test_an_invented_command_is_flagged_and_a_quoted_one_is_not():
     assert code_spans("Call os.path.join() with --verbose on ./a/b, not plain words.") == [
         "os.path.join()", "--verbose", "./a/b"]
     assert unsupported("Plain advice with no code at all.", sources) == []
+    reference = ["Built-in functions: list(iterable) returns a list; see also str.split."]
+    calls = "Use `list()` or `str.split(sep)`, then `os.remove(path)` and `split.x()`."
+    assert unsupported(calls, reference) == ["os.remove(path)", "split.x()"]
 
 
 def test_the_abstention_rule_weighs_its_signals_against_a_threshold():
