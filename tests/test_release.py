@@ -390,6 +390,18 @@ def test_a_rehashed_release_whose_files_do_not_belong_together_is_refused_at_ope
         ask.Assistant.from_release(release)
 
 
+def test_a_run_whose_model_has_no_chat_template_is_asked_with_the_plain_prompt(tiny_release):
+    """evaluate_rag reads the run's own files, where a pretrained model (Gemma 3 270M) has no
+    chat_template.jinja or tokenizer_config.json at all: the plain prompt, not a KeyError."""
+    from pipeline.config import AbstainConfig, RetrievalConfig
+
+    files = {name: tiny_release / name for name in bundle.FILES}
+    assistant = ask.Assistant(files, RetrievalConfig(abstain=AbstainConfig(below=0.0)))
+    assert assistant.chat.template is None
+    answer = assistant.ask("How does a for loop work?", 2, 4, lambda _p: None)
+    assert answer.timings["generated_tokens"] >= 1
+
+
 def test_ask_streams_one_piece_per_generated_token(tiny_release):
     assistant = ask.Assistant.from_release(tiny_release)
     pieces = []

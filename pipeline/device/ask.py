@@ -156,8 +156,10 @@ class Assistant:
         self._placed = {(c.source, c.start): c for c in self.chunks.values()}
         with native_logs(verbose):
             self.counter = prompt.TokenCounter.from_file(files[bundle.TOKENIZER])
-            self.chat = prompt.ChatFormat.from_files(files[bundle.CHAT_TEMPLATE],
-                                                     files[bundle.TOKENIZER_CONFIG], self.counter)
+            # A pretrained model's run has no chat template (Gemma 3 270M): the plain prompt.
+            self.chat = prompt.ChatFormat.from_files(files.get(bundle.CHAT_TEMPLATE),
+                                                     files.get(bundle.TOKENIZER_CONFIG),
+                                                     self.counter)
             self.special = _special_tokens(files[bundle.TOKENIZER])
             self.context_length = _context_length(files[bundle.LLM])
             # The runner's own copy of the tokenizer, its pieces made whole here (`pieces`).

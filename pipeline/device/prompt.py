@@ -71,10 +71,13 @@ class ChatFormat:
             self.template = env.from_string(template)
 
     @classmethod
-    def from_files(cls, template_file: Path, config_file: Path,
+    def from_files(cls, template_file: Path | None, config_file: Path | None,
                    counter: TokenCounter | None = None) -> ChatFormat:
-        settings = json.loads(config_file.read_text()) if config_file.is_file() else {}
-        template = (template_file.read_text() if template_file.is_file()
+        """Either file may be absent (None or missing): a run whose model has neither."""
+        settings = (json.loads(config_file.read_text())
+                    if config_file is not None and config_file.is_file() else {})
+        template = (template_file.read_text()
+                    if template_file is not None and template_file.is_file()
                     else settings.get("chat_template"))
         special = {key: _token_text(settings[key]) for key in ("bos_token", "eos_token")
                    if settings.get(key)}
