@@ -12,7 +12,8 @@ def main() -> None:
     inputs = [artifacts.require(p) for p in (layout.EXPORT, layout.CALIBRATION, layout.MODEL)]
     exported, calibration, model = inputs
     with output(STAGE, cfg, inputs=inputs, byte_identical=True) as out:
-        grids = gguf_grids.load(model.path)
+        # Decoded only for the recipe that reads them (a K-quant GGUF's blocks take seconds).
+        grids = gguf_grids.load(model.path) if cfg.quant.source_grid == "gguf" else {}
         out.notes.update(quantize.run(cfg, exported.path, calibration.path, out.path, grids))
 
 
