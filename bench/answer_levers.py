@@ -2,7 +2,8 @@
 
 Runs evaluate_rag's own loop (`rag.ask_all` over `ask.Assistant`) on the built artifacts in
 data/ once per lever (the system line, a worked example in it, the generation length, stopping
-at the end of the first complete answer) and prints one row per lever: choose on `tune`, report
+at the end of the first complete answer or after a number of sentences, leaving out sentences
+that name code no source says) and prints one row per lever: choose on `tune`, report
 `test`. Greedy decoding throughout: the stock runner's only sampling setting is a temperature,
 and a sampled answer is not reproducible.
 """
@@ -14,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import bundle, layout, params_file
-from pipeline.device import prompt
+from pipeline.device import ask, prompt
 from pipeline.device.ask import Assistant
 from pipeline.evaluation import rag
 from pipeline.retrieval.corpus import read_chunks
 
 COLUMNS = ("repetition_rate", "answer_terms_recall", "answer_f1", "grounded",
-           "median_total_ms")
+           "unsupported_code_rate", "invented_code_rate", "median_total_ms")
 # The system line before this bench (kept to measure against).
 OLD_SYSTEM = ("Answer from the numbered sources only and cite them like [1]; if they lack it, "
               "say so.")
@@ -37,6 +38,8 @@ class Lever:
     system: str
     first_answer: bool
     max_new_tokens: int | None = None  # None: the build's rag_eval.max_new_tokens
+    most_sentences: int | None = None  # end the answer after this many sentences
+    vet_sentences: bool = True  # leave out a sentence naming code no source says
 
 
 LEVERS = {
@@ -46,7 +49,10 @@ LEVERS = {
     "brief_system": Lever(BRIEF, False),
     "brief_system+first_answer": Lever(BRIEF, True),
     "example+first_answer": Lever(EXAMPLE, True),
-    "shipped": Lever(prompt.SYSTEM, True),
+    "shipped_before_sentence_vetting": Lever(prompt.SYSTEM, True, vet_sentences=False),
+    "two_sentences": Lever(prompt.SYSTEM, True, most_sentences=2),
+    "three_sentences": Lever(prompt.SYSTEM, True, most_sentences=3),
+    "shipped": Lever(prompt.SYSTEM, True, most_sentences=ask.MOST_SENTENCES),
 }
 
 
@@ -65,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.levers.split(","):
         lever = LEVERS[name]
         assistant.chat.system, assistant.first_answer = lever.system, lever.first_answer
+        assistant.most_sentences, assistant.vet_sentences = (lever.most_sentences,
+                                                             lever.vet_sentences)
         records = rag.ask_all(assistant, questions, cfg.retrieval.k,
                               max(cfg.retrieval.candidates, rag.NDCG_DEPTH),
                               lever.max_new_tokens or cfg.rag_eval.max_new_tokens)

@@ -392,6 +392,35 @@ def test_an_invented_code_block_is_held_then_left_out_and_never_streamed():
         "/etc/logrotate.conf\n```")
 
 
+def test_a_sentence_naming_invented_code_is_held_then_left_out_and_never_streamed():
+    from pipeline.device.unsupported import unsupported
+
+    sources = ["Rotate the logs with logrotate, e.g. logrotate --force /etc/logrotate.conf."]
+    shown = []
+    guard = answer.Guard(set(), shown.append, lambda: None, vet_sentence=lambda s: (
+        s if not unsupported(s, sources) else "(left out)"))
+    for piece in ("Rotate them with logrotate.", " Or run `rm", " -rf /var/log/x`. ", "Or ",
+                  "delete with `rm -rf /var`.", " Then `logrotate --force /etc/logrotate.conf`",
+                  " runs."):
+        guard(piece)
+        assert "rm -rf" not in "".join(shown)
+    assert "".join(shown) == "Rotate them with logrotate. (left out) "  # the last is undecided
+    guard.finish()
+    assert guard.text() == "".join(shown).strip() == (
+        "Rotate them with logrotate. (left out) Then `logrotate --force "
+        "/etc/logrotate.conf` runs.")  # one note for the run of two
+
+
+def test_the_answer_ends_after_its_sentence_budget_but_not_inside_an_abbreviation():
+    stopped = []
+    guard = answer.Guard(set(), lambda _p: None, lambda: stopped.append(True), most_sentences=2)
+    for piece in ("It calls __exit__, e.g. on a file.", " It does so", " even on error. ",
+                  "Then it", " wanders on."):
+        guard(piece)
+    assert stopped == [True] and guard.ended and not guard.repeated
+    assert guard.text() == "It calls __exit__, e.g. on a file. It does so even on error."
+
+
 @pytest.mark.parametrize(("text", "kept"), [
     ("Answer: " + ":" * 30, "Answer: :"),
     ("日本語の説明" + "ですです" * 8, "日本語の説明です"),

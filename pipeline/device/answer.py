@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.device.retrieve import STOPWORDS
-from pipeline.device.sentences import sentences
+from pipeline.device.sentences import boundaries, sentences, split
 
 # Ten words again in the same order is a loop; six also cut lists whose items share a phrase
 # ("adds an item to the end") on the tune half (bench/answer_levers.py).
@@ -107,42 +107,81 @@ def first_answer_end(text: str) -> int | None:
 
 class Guard:
     """Streams pieces on, drops special tokens, and stops the runner when the answer loops, or
-    (`first_answer`) when its first complete answer has ended.
+    (`first_answer`) when its first complete answer has ended, or after `most_sentences`
+    sentences of prose.
 
-    Text is held back while it is undecided: after a blank line that may end the answer, and
-    inside a code block until it closes, when `vet` (if given) may replace the block (with a
-    note that an example no source says was left out). So what streamed is what the answer
-    keeps; `finish` sends what is left when generation ends."""
+    Text is held back while it is undecided: after a blank line that may end the answer, inside
+    a code block until it closes, when `vet` (if given) may replace the block (with a note that
+    an example no source says was left out), and, with `vet_sentence`, a sentence until it ends,
+    when it may be replaced in the same way (a sentence naming a command no source says). So
+    what streamed is what the answer keeps; `finish` sends what is left when generation ends."""
 
     def __init__(self, special: set[str], on_piece: Callable[[str], None],
                  stop: Callable[[], None], first_answer: bool = False,
-                 vet: Callable[[str], str] | None = None) -> None:
+                 vet: Callable[[str], str] | None = None,
+                 vet_sentence: Callable[[str], str] | None = None,
+                 most_sentences: int | None = None) -> None:
         self.special, self.on_piece, self.stop = special, on_piece, stop
-        self.first_answer, self.vet = first_answer, vet
+        self.first_answer, self.vet, self.vet_sentence = first_answer, vet, vet_sentence
+        self.most_sentences = most_sentences
         self.pieces: list[str] = []
         self.repeated = False
         self.ended = False
         self.shown = ""
         self._vetted: dict[str, str] = {}
+        self._ends: list[int] = []  # where each kept sentence of prose ends, in the view
 
     def _view(self, closing: bool = False) -> tuple[str, int | None]:
-        """The text so far with its closed code blocks vetted, and where an open block starts
-        (None when none is open; `closing` vets an open block as if it had closed)."""
+        """The text so far with its closed code blocks and ended sentences vetted, and where
+        undecided text starts (None when nothing is; `closing` decides it all, as if
+        generation had ended). Sets `_ends`."""
         text = "".join(self.pieces)
-        if self.vet is None:
-            return text, None
-        out, position = [], 0
+        out: list[str] = []
+        self._ends = []
+        position = 0
         for block in _BLOCK.finditer(text):
-            out.append(text[position:block.start()])
-            if block.group().count("```") < 2 and not closing:
-                return "".join(out), len("".join(out))
+            held = self._prose(text[position:block.start()], out, True)
+            if held is not None:
+                return "".join(out), held
             code = block.group()
-            if code not in self._vetted:
-                self._vetted[code] = self.vet(code)
-            out.append(self._vetted[code])
+            if block.group().count("```") < 2 and not closing and self.vet is not None:
+                return "".join(out), len("".join(out))
+            if self.vet is not None:
+                if code not in self._vetted:
+                    self._vetted[code] = self.vet(code)
+                code = self._vetted[code]
+            out.append(code)
             position = block.end()
-        out.append(text[position:])
-        return "".join(out), None
+        held = self._prose(text[position:], out, closing)
+        return "".join(out), held
+
+    def _prose(self, prose: str, out: list[str], whole: bool) -> int | None:
+        """Append `prose` to `out` with each ended sentence vetted; its last sentence has ended
+        when `whole`. Returns where the undecided rest starts (in the joined `out`), if any."""
+        spans = split(prose)
+        last = max(boundaries(prose), default=0)
+        open_tick = _open_backtick(prose)
+        position = 0
+        for begin, end in spans:
+            ended = (whole or end <= last) and (open_tick is None or end <= open_tick)
+            if not ended and self.vet_sentence is not None:
+                out.append(prose[position:begin])
+                return len("".join(out))
+            sentence = prose[begin:end]
+            if self.vet_sentence is not None:
+                if sentence not in self._vetted:
+                    self._vetted[sentence] = self.vet_sentence(sentence)
+                kept = self._vetted[sentence]
+                if kept != sentence and "".join(out).rstrip().endswith(kept):
+                    kept = ""  # one note for a run of sentences left out
+            else:
+                kept = sentence
+            out.append(prose[position:begin] + kept if kept else "")
+            if ended and kept == sentence:
+                self._ends.append(len("".join(out)))
+            position = end
+        out.append(prose[position:])
+        return None
 
     def _show(self, text: str, upto: int) -> None:
         if upto > len(self.shown):
@@ -155,6 +194,7 @@ class Guard:
         self.pieces.append(piece)
         text, open_block = self._view()
         end, pending = answer_end(text) if self.first_answer else (None, None)
+        end = _earliest(end, self._budget_end())
         raw = "".join(self.pieces)
         looped = end is None and (repeat_start(_WORD.findall(raw)) is not None
                                   or char_repeat_start(raw) is not None)
@@ -177,7 +217,14 @@ class Guard:
         if not self.repeated and not self.ended:
             text, _ = self._view(closing=True)
             end = first_answer_end(text) if self.first_answer else None
+            end = _earliest(end, self._budget_end())
             self._show(text, len(text) if end is None else end)
+
+    def _budget_end(self) -> int | None:
+        """Where the answer's `most_sentences`-th kept sentence of prose ends, once it has."""
+        if self.most_sentences is None or len(self._ends) < self.most_sentences:
+            return None
+        return self._ends[self.most_sentences - 1]
 
     def text(self) -> str:
         text = self.shown
@@ -189,6 +236,16 @@ class Guard:
             else:
                 text = text[: char_repeat_start(text) or len(text)]
         return text.strip()
+
+
+def _earliest(*ends: int | None) -> int | None:
+    return min((e for e in ends if e is not None), default=None)
+
+
+def _open_backtick(text: str) -> int | None:
+    """Where an inline code span opens that has not closed yet (its period is no end)."""
+    ticks = [m.start() for m in re.finditer("`", text)]
+    return ticks[-1] if len(ticks) % 2 else None
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,12 @@ from pipeline.runtime import context_length, native_logs, runner_rates
 # Stop at the end of the first complete answer (`answer.first_answer_end`): measured on the
 # tune half (bench/answer_levers.py), it is what keeps a small model from looping.
 FIRST_ANSWER = True
-# What stands in the answer for a code block that no placed source says (`unsupported`).
+# What stands in the answer for a code block, or a sentence naming code, that no placed source
+# says (`unsupported`): it is never shown as advice.
 LEFT_OUT = "(An example that is not in your documents was left out.)"
+LEFT_OUT_SENTENCE = "(A step naming code that is not in your documents was left out.)"
+# The answer ends after this many sentences of prose (None: no limit).
+MOST_SENTENCES: int | None = None
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ class Answer:
     unsupported: list[str] = field(default_factory=list)  # code no placed source says
     abstained: bool = False  # the documents do not answer it (`abstain`): no answer generated
     signals: dict[str, float] = field(default_factory=dict)  # what `abstain.Rule` judged
-    left_out: list[str] = field(default_factory=list)  # invented code blocks, not shown
+    left_out: list[str] = field(default_factory=list)  # invented code, not shown
 
     @property
     def context_cut(self) -> bool:
@@ -150,7 +154,8 @@ class Assistant:
         from pipeline.runtime import text_runner
 
         self.verbose = verbose
-        self.first_answer = FIRST_ANSWER
+        self.first_answer, self.most_sentences = FIRST_ANSWER, MOST_SENTENCES
+        self.vet_sentences = True
         self.abstention = abstain.rule(retrieval)
         self.retriever, self.chunks = open_retrieval(files, retrieval, verbose)
         self._placed = {(c.source, c.start): c for c in self.chunks.values()}
@@ -239,18 +244,22 @@ class Assistant:
     def _generate(self, prompt_text: str, max_new_tokens: int, sources: list[str],
                   on_piece: Callable[[str], None]) -> tuple[str, bool, Any, list[str]]:
         """The stock runner's answer to the fitted prompt, streamed through `Guard`; a code
-        block that no source says is left out of it (and returned)."""
+        block or a sentence naming code that no source says is left out of it (and returned)."""
         from executorch.extension.llm.runner import GenerationConfig
 
         left_out: list[str] = []
 
-        def vet(block: str) -> str:
-            if not unsupported(block, sources):
-                return block
-            left_out.append(block)
-            return LEFT_OUT
+        def vetting(note: str) -> Callable[[str], str]:
+            def vet(code: str) -> str:
+                if not unsupported(code, sources):
+                    return code
+                left_out.append(code)
+                return note
+            return vet
 
-        guard = Guard(self.special, on_piece, self.runner.stop, self.first_answer, vet)
+        guard = Guard(self.special, on_piece, self.runner.stop, self.first_answer,
+                      vetting(LEFT_OUT), vetting(LEFT_OUT_SENTENCE) if self.vet_sentences else None,
+                      self.most_sentences)
         decoder = PieceDecoder(self.decoding, self.special)
         stats: list[Any] = []
         self.runner.reset()

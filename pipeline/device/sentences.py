@@ -31,16 +31,24 @@ def _is_abbreviation(text: str, end: int) -> bool:
     return word.lower() in ABBREVIATIONS or (len(word) == 1 and word.isupper())
 
 
-def split(text: str) -> list[tuple[int, int]]:
-    """(start, end) character spans of the sentences of `text`, white space trimmed."""
+def boundaries(text: str) -> list[int]:
+    """Where the sentences of `text` end: after a sentence's last mark, or after a blank line.
+    Text past the last one has not ended (yet)."""
     code = _in_code(text)
-    spans, start = [], 0
+    ends = []
     for match in _END.finditer(text):
-        end = match.end()
         if any(a < match.start() < b for a, b in code):
             continue
         if match.group().startswith(".") and _is_abbreviation(text, match.start() + 1):
             continue
+        ends.append(match.end())
+    return ends
+
+
+def split(text: str) -> list[tuple[int, int]]:
+    """(start, end) character spans of the sentences of `text`, white space trimmed."""
+    spans, start = [], 0
+    for end in boundaries(text):
         spans.append((start, end))
         start = end
     spans.append((start, len(text)))
