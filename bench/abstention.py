@@ -4,8 +4,10 @@ Measures `abstain.signals` for every question of the sets (answerable and unansw
 built artifacts in data/; retrieval only, no generation: seconds), then searches the rule's
 weights and threshold on the `tune` halves, pooled: the rule that refuses the most unanswerable
 questions while refusing at most `MAX_FALSE_ABSTAIN` of the answerable ones, ties broken by the
-wider margin. Prints the chosen rule as `retrieval.abstain` and its figures on both halves. The
-sets must share the build's corpus (each set is read against the build's chunks).
+wider margin. Prints the chosen rule as `retrieval.abstain` and its figures on both halves, per
+set. The sets must share the build's corpus (each set is read against the build's chunks); to
+choose one rule across corpora, measure each build with `--save rows.jsonl` and choose on them
+together with `--pool a.jsonl,b.jsonl` (no build needed then).
 """
 
 from __future__ import annotations
@@ -68,24 +70,43 @@ def choose(rows: list[dict]) -> abstain.Rule:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.abstention", description=__doc__)
     parser.add_argument("--sets", help="question sets (default: the build's rag_eval.questions)")
+    parser.add_argument("--save", help="also write the measured rows here (JSONL)")
+    parser.add_argument("--pool", help="choose on rows saved by --save instead of measuring")
     args = parser.parse_args(argv)
-    cfg = params_file.load()
-    sources = {c.source for c in read_chunks(Path(layout.INDEX) / layout.CHUNKS)}
-    paths = args.sets.split(",") if args.sets else [cfg.rag_eval.questions]
-    questions = [q for path in paths for q in rag.read_questions(Path(path), sources)]
-    assistant = Assistant(bundle.run_sources(Path(".")), cfg.retrieval)
-    rows = measured(assistant, questions, cfg.retrieval.k)
+    if args.pool:
+        rows = [json.loads(line) for path in args.pool.split(",")
+                for line in Path(path).read_text().splitlines() if line.strip()]
+    else:
+        rows = _measure(args.sets)
+    if args.save:
+        Path(args.save).write_text("".join(json.dumps(r) + "\n" for r in rows))
     rule = choose([r for r in rows if r["split"] == "tune"])
     print(json.dumps({"abstain": {"below": rule.threshold, "dense_cosine": rule.dense_cosine,
                                   "keyword_agreement": rule.keyword_agreement,
                                   "coverage": rule.coverage,
                                   "evidence_cosine": rule.evidence_cosine}}))
-    for half in rag.SPLITS:
-        chosen = [r for r in rows if r["split"] == half]
-        recall, false = rates(rule, chosen)
-        print(f"{half}: abstain_recall {recall:.3f} ({sum(r['unanswerable'] for r in chosen)} "
-              f"unanswerable), false_abstain_rate {false:.3f} "
-              f"({sum(not r['unanswerable'] for r in chosen)} answerable)")
+    for name in sorted({r["set"] for r in rows}):
+        for half in rag.SPLITS:
+            chosen = [r for r in rows if r["split"] == half and r["set"] == name]
+            recall, false = rates(rule, chosen)
+            print(f"{name} {half}: abstain_recall {recall:.3f} "
+                  f"({sum(r['unanswerable'] for r in chosen)} unanswerable), false_abstain_rate "
+                  f"{false:.3f} ({sum(not r['unanswerable'] for r in chosen)} answerable)")
+
+
+def _measure(sets: str | None) -> list[dict]:
+    """The signals of every question of `sets` on the build in data/, each row named by its
+    set's file name."""
+    cfg = params_file.load()
+    sources = {c.source for c in read_chunks(Path(layout.INDEX) / layout.CHUNKS)}
+    paths = sets.split(",") if sets else [cfg.rag_eval.questions]
+    assistant = Assistant(bundle.run_sources(Path(".")), cfg.retrieval)
+    rows = []
+    for path in paths:
+        questions = rag.read_questions(Path(path), sources)
+        rows += [{"set": Path(path).stem, **row}
+                 for row in measured(assistant, questions, cfg.retrieval.k)]
+    return rows
 
 
 if __name__ == "__main__":

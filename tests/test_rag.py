@@ -203,11 +203,15 @@ def test_evidence_quotes_the_sentences_nearest_the_question_by_the_embedder():
     assert quoted[0].citation == "pydoc:with, § The with statement"
 
 
-def test_evidence_ties_go_to_the_earlier_source_and_nothing_is_quoted_from_nothing():
-    same = "The statement calls the method on exit here."
-    passages = [("b", 0, same, "b"), ("a", 0, same, "a")]
+def test_evidence_ties_go_to_the_earlier_source_and_nothing_is_quoted_twice_or_from_nothing():
+    same, reworded = ("The statement calls the method on exit here.",
+                      "Here the statement calls the method on exit.")  # the same meaning
+    passages = [("b", 0, same, "b"), ("a", 0, reworded, "a")]
     assert [q.source for q in answer.evidence("calls method exit", passages, _meaning)] == \
         ["b", "a"]
+    overlapping = [("b", 0, same, "b"), ("b", 0, same, "b"), ("a", 0, reworded, "a")]
+    assert [q.text for q in answer.evidence("calls method exit", overlapping, _meaning)] == \
+        [same, reworded]
     assert answer.evidence("anything", [("a", 0, "Too short.", "a")], _meaning) == []
 
 

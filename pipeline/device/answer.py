@@ -29,6 +29,7 @@ REPEAT_CHARS = 24  # a unit of up to 16 characters filling the last 24: a loop w
 _ENDS = (".", "!", "?", "```", ".)", '."', ".*", ".**")
 MIN_QUOTE_WORDS = 5
 QUOTE_CANDIDATES = 24
+OVERLAP_WEIGHT = 0.0  # weight of the question's words in a quote (bench/evidence_levers.py)
 _WORD = re.compile(r"\S+")
 _BLOCK = re.compile(r"```.*?(?:```|$)", re.S)
 _CONTENT = re.compile(r"[A-Za-z0-9_]+")
@@ -260,18 +261,22 @@ class Evidence:
 
 def evidence(question: str, passages: list[tuple[str, int, str, str]],
              embed: Callable[[list[str]], np.ndarray], most: int = 2,
-             question_vector: np.ndarray | None = None) -> list[Evidence]:
+             question_vector: np.ndarray | None = None,
+             overlap_weight: float = OVERLAP_WEIGHT) -> list[Evidence]:
     """The `most` sentences of `passages` ((source, start offset, text, citation)) nearest the
-    question by the embedder's meaning (cosine of unit vectors). Fragments under
-    `MIN_QUOTE_WORDS` words are no quote; at most `QUOTE_CANDIDATES` sentences are embedded,
+    question by the embedder's meaning (cosine of unit vectors), plus `overlap_weight` times the
+    share of the question's content words the sentence holds. Fragments under
+    `MIN_QUOTE_WORDS` words are no quote, and a sentence already quoted is not quoted again
+    (overlapping chunks hold it twice); at most `QUOTE_CANDIDATES` sentences are embedded,
     those sharing the most content words with the question first; ties go to the earlier
     source and sentence. `question_vector`, when the caller has it, saves embedding the
     question again."""
     wanted = content_words(question)
-    candidates = []
+    candidates, seen = [], set()
     for order, (source, offset, text, citation) in enumerate(passages):
         for begin, end, sentence in sentences(text):
-            if len(_WORD.findall(sentence)) >= MIN_QUOTE_WORDS:
+            if len(_WORD.findall(sentence)) >= MIN_QUOTE_WORDS and sentence not in seen:
+                seen.add(sentence)
                 overlap = len(wanted & content_words(sentence))
                 candidates.append((-overlap, order, begin, Evidence(
                     source, offset + begin, offset + end, sentence, citation=citation)))
@@ -285,7 +290,9 @@ def evidence(question: str, passages: list[tuple[str, int, str, str]],
     else:
         vectors = embed(quotes)
     nearness = vectors @ question_vector
-    ranked = sorted(zip(nearness, candidates, strict=True),
-                    key=lambda pair: (-round(float(pair[0]), 4), pair[1][1], pair[1][2]))
+    share = np.array([-c[0] / max(len(wanted), 1) for c in candidates])
+    score = nearness + overlap_weight * share
+    ranked = sorted(zip(score, nearness, candidates, strict=True),
+                    key=lambda t: (-round(float(t[0]), 4), t[2][1], t[2][2]))
     return [dataclasses.replace(candidate[-1], nearness=round(float(near), 4))
-            for near, candidate in ranked[:most]]
+            for _, near, candidate in ranked[:most]]
