@@ -208,9 +208,12 @@ class Guard:
             return
         held = [x for x in (pending, open_block) if x is not None]
         self._show(text, min(held) if held else len(text))
-        if looped:
+        if looped:  # what came before the repeat is decided: generation ends here
             self.repeated = True
             self.stop()
+            self.pieces = [raw[:_repeat_cut(raw)]]
+            text, _ = self._view(closing=True)
+            self._show(text, len(text))
 
     def finish(self) -> None:
         """The end of generation: show what was held back and is part of the answer (a
@@ -230,13 +233,17 @@ class Guard:
     def text(self) -> str:
         text = self.shown
         if self.repeated:
-            words = list(_WORD.finditer(text))
-            cut = repeat_start([w.group() for w in words])
-            if cut is not None:
-                text = text[: words[cut].start()]
-            else:
-                text = text[: char_repeat_start(text) or len(text)]
+            text = text[:_repeat_cut(text)]
         return text.strip()
+
+
+def _repeat_cut(text: str) -> int:
+    """Where the repeat in `text` starts (by words, else by characters), or its end."""
+    words = list(_WORD.finditer(text))
+    cut = repeat_start([w.group() for w in words])
+    if cut is not None:
+        return words[cut].start()
+    return char_repeat_start(text) or len(text)
 
 
 def _earliest(*ends: int | None) -> int | None:
