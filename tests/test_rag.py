@@ -337,6 +337,9 @@ def test_an_invented_command_is_flagged_and_a_quoted_one_is_not():
     reference = ["Built-in functions: list(iterable) returns a list; see also str.split."]
     calls = "Use `list()` or `str.split(sep)`, then `os.remove(path)` and `split.x()`."
     assert unsupported(calls, reference) == ["os.remove(path)", "split.x()"]
+    # reStructuredText's double backticks pair with each other, not with the text between
+    rst = "The ``rb`` command makes the bucket ``my-bucket`` in ``us-west-2``."
+    assert code_spans(rst) == ["my-bucket", "us-west-2"]  # `rb` is too short to judge
 
 
 def test_the_abstention_rule_weighs_its_signals_against_a_threshold():

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 _FENCE = re.compile(r"```[^\n]*\n(.*?)(?:```|$)", re.S)
-_INLINE = re.compile(r"`([^`\n]+)`")
+_INLINE = re.compile(r"(`+)([^`\n]+?)\1(?!`)")  # `x` or reStructuredText's ``x``
 _BARE = re.compile(
     r"(?<![\w/.-])(?:"
     r"(?:~|\.{1,2})?/[\w.@+-]+(?:/[\w.@+-]+)+"  # a path of two parts or more
@@ -37,7 +37,7 @@ def code_spans(answer: str) -> list[str]:
     for block in _FENCE.finditer(answer):
         spans += [line.strip() for line in block.group(1).splitlines() if line.strip()]
     rest = _FENCE.sub(" ", rest)
-    spans += [m.group(1).strip() for m in _INLINE.finditer(rest)]
+    spans += [m.group(2).strip() for m in _INLINE.finditer(rest)]
     rest = _INLINE.sub(" ", rest)
     spans += [m.group().rstrip(".,;:") for m in _BARE.finditer(rest)]
     seen: dict[str, None] = {}
