@@ -1,9 +1,10 @@
 """What keeps answers from looping: `python -m bench.answer_levers [--half tune] [--levers …]`.
 
 Runs evaluate_rag's own loop (`rag.ask_all` over `ask.Assistant`) on the built artifacts in
-data/ once per lever (the system line, a worked example in it, the generation length, stopping
-at the end of the first complete answer or after a number of sentences, leaving out sentences
-that name code no source says) and prints one row per lever: choose on `tune`, report
+data/ once per lever (the system line, a worked example in it, the question asked before the
+sources too, how many chunks the prompt gets, the generation length, stopping at the end of
+the first complete answer or after a number of sentences, leaving out sentences that name code
+no source says) and prints one row per lever: choose on `tune`, report
 `test`. Greedy decoding throughout: the stock runner's only sampling setting is a temperature,
 and a sampled answer is not reproducible.
 """
@@ -40,6 +41,8 @@ class Lever:
     max_new_tokens: int | None = None  # None: the build's rag_eval.max_new_tokens
     most_sentences: int | None = None  # end the answer after this many sentences
     vet_sentences: bool = True  # leave out a sentence naming code no source says
+    prompt_chunks: int | None = 4  # the chunks the LLM reads (None: the build's setting)
+    question_first: bool = False  # ask the question before the sources as well as after
 
 
 LEVERS = {
@@ -52,7 +55,20 @@ LEVERS = {
     "shipped_before_sentence_vetting": Lever(prompt.SYSTEM, True, vet_sentences=False),
     "two_sentences": Lever(prompt.SYSTEM, True, most_sentences=2),
     "three_sentences": Lever(prompt.SYSTEM, True, most_sentences=3),
-    "shipped": Lever(prompt.SYSTEM, True, most_sentences=ask.MOST_SENTENCES),
+    "shipped": Lever(prompt.SYSTEM, True, most_sentences=ask.MOST_SENTENCES, prompt_chunks=None),
+    "two_passages": Lever(prompt.SYSTEM, True, most_sentences=ask.MOST_SENTENCES,
+                          prompt_chunks=2),
+    "three_passages": Lever(prompt.SYSTEM, True, most_sentences=ask.MOST_SENTENCES,
+                            prompt_chunks=3),
+    "question_first": Lever(prompt.SYSTEM, True, most_sentences=ask.MOST_SENTENCES,
+                            question_first=True),
+    "one_passage": Lever(prompt.SYSTEM, True, most_sentences=ask.MOST_SENTENCES,
+                         prompt_chunks=1),
+    "two_passages+question_first": Lever(prompt.SYSTEM, True, most_sentences=ask.MOST_SENTENCES,
+                                         prompt_chunks=2, question_first=True),
+    "three_passages+question_first": Lever(prompt.SYSTEM, True,
+                                           most_sentences=ask.MOST_SENTENCES, prompt_chunks=3,
+                                           question_first=True),
 }
 
 
@@ -66,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     questions = [q for q in rag.read_questions(Path(cfg.rag_eval.questions), sources)
                  if q["split"] == args.half]
     assistant = Assistant(bundle.run_sources(Path(".")), cfg.retrieval)
+    built_prompt_chunks = cfg.retrieval.prompt_chunks  # the levers below change it in place
     print(f"| lever | {args.half} questions | " + " | ".join(COLUMNS) + " |")
     print("|---|---:|" + "---:|" * len(COLUMNS))
     for name in args.levers.split(","):
@@ -73,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
         assistant.chat.system, assistant.first_answer = lever.system, lever.first_answer
         assistant.most_sentences, assistant.vet_sentences = (lever.most_sentences,
                                                              lever.vet_sentences)
+        assistant.chat.question_first = lever.question_first
+        assistant.retriever.cfg.prompt_chunks = lever.prompt_chunks or built_prompt_chunks
         records = rag.ask_all(assistant, questions, cfg.retrieval.k,
                               max(cfg.retrieval.candidates, rag.NDCG_DEPTH),
                               lever.max_new_tokens or cfg.rag_eval.max_new_tokens)

@@ -255,6 +255,7 @@ class RetrievalConfig:
 
     mode: str = "dense"
     k: int = 4
+    prompt_chunks: int = 2  # the LLM reads the first of the k; all k are quoted and judged
     candidates: int = 20
     rrf_k: int = 60
     dense_weight: float = 1.0

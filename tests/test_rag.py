@@ -86,6 +86,8 @@ def test_retrieval_settings_are_checked_in_one_sentence():
         retrieve.check(RetrievalConfig(mode="fuzzy"))
     with pytest.raises(BadInput, match="retrieval.k=4 is above retrieval.candidates=2, the lists"):
         retrieve.check(RetrievalConfig(k=4, candidates=2))
+    with pytest.raises(BadInput, match="retrieval.prompt_chunks=0 must be at least 1."):
+        retrieve.check(RetrievalConfig(prompt_chunks=0))
 
 
 def test_question_sets_name_documents_the_corpus_has(tmp_path):

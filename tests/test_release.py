@@ -415,13 +415,29 @@ def test_ask_says_when_the_context_could_not_hold_every_retrieved_chunk(tiny_rel
     assistant = ask.Assistant.from_release(tiny_release)
     whole = {"retrieved": 2, "placed": 2, "last_cut": False}
     assert not ask.Answer("q", "a", [], [], {}, False, whole).context_cut
-    tight = assistant.ask("How does a for loop work?", 3, 4, lambda _p: None)  # 128-token .pte
+    assistant.retriever.cfg.prompt_chunks = 3
+    tight = assistant.ask("How does a for loop work?", 4, 4, lambda _p: None)  # 128-token .pte
     assert tight.context_cut and tight.fit["retrieved"] == 3
-    assert tight.fit["placed"] == len(tight.sources) and (
-        tight.fit["placed"] < 3 or tight.fit["last_cut"])
+    assert tight.fit["placed"] < 3 or tight.fit["last_cut"]
+    # every retrieved chunk is a source; only those placed were read by the LLM
+    assert len(tight.sources) == 4
+    assert [s.in_prompt for s in tight.sources] == [n < tight.fit["placed"] for n in range(4)]
     ask._print_sources(tight)
-    assert "retrieved chunks" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "chunks meant for it" in out and out.count(", not in the prompt") == 4 - tight.fit["placed"]
     assert json.loads(tight.as_json())["fit"] == tight.fit
+
+
+def test_the_prompt_reads_the_first_prompt_chunks_of_the_sources(tiny_release):
+    assistant = ask.Assistant.from_release(tiny_release)
+    assistant.retriever.cfg.prompt_chunks = 1
+    answer = assistant.ask("How does a for loop work?", 3, 4, lambda _p: None)
+    assert [s.in_prompt for s in answer.sources] == [True, False, False]
+    assert answer.fit["retrieved"] == 1 and answer.fit["placed"] == 1
+    assistant.retriever.cfg.prompt_chunks = 3
+    wider = assistant.ask("How does a for loop work?", 3, 4, lambda _p: None)
+    assert [s.source for s in wider.sources] == [s.source for s in answer.sources]
+    assert answer.timings["prompt_tokens"] < wider.timings["prompt_tokens"]
 
 
 def test_ask_streams_then_lists_sources_and_reads_stdin(tiny_release, monkeypatch, capsys):

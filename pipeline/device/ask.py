@@ -55,6 +55,7 @@ class Source:
     citation: str = ""  # `manual.pdf, p. 37–38, § Log files` (`retrieval.citation.cite`)
     page_start: int | None = None  # pages of a paged format (PDF), else None
     page_end: int | None = None
+    in_prompt: bool = True  # the LLM read it (to `end`); the rest are quoted and shown only
 
 
 @dataclass
@@ -65,7 +66,7 @@ class Answer:
     evidence: list[Evidence]
     timings: dict[str, float]
     repeated: bool  # the answer started over and was cut there
-    fit: dict[str, int | bool]  # retrieved vs placed chunks, and whether the last placed was cut
+    fit: dict[str, int | bool]  # chunks meant for the prompt vs placed, the last placed cut?
     unsupported: list[str] = field(default_factory=list)  # code no placed source says
     abstained: bool = False  # the documents do not answer it (`abstain`): no answer generated
     signals: dict[str, float] = field(default_factory=dict)  # what `abstain.Rule` judged
@@ -181,7 +182,9 @@ class Assistant:
         return chunk.text[: source.end - source.start]
 
     def context_need(self, questions: list[str], k: int, max_new_tokens: int) -> int:
-        """`prompt.context_need` over this release's chunks, as `ask` would place them."""
+        """`prompt.context_need` over this release's chunks, as `ask` would place them (the
+        first `retrieval.prompt_chunks` of the `k`)."""
+        k = min(k, self.retriever.cfg.prompt_chunks)
         passages = [(chunk.heading or chunk.source, chunk.text) for chunk in self.chunks.values()]
         longest = max(questions, key=self.counter.count, default="")
         return prompt.context_need(longest, passages, k, max_new_tokens, self.chat.render,
@@ -215,20 +218,25 @@ class Assistant:
             found = self.retriever.search(question, k)
         hits = [(self.chunks[key], round(score, 5)) for key, score in found]
         retrieval_ms = (time.monotonic() - started) * 1000.0
-        passages = [(chunk.heading or chunk.source, chunk.text) for chunk, _ in hits]
+        offered = hits[: self.retriever.cfg.prompt_chunks]
+        passages = [(chunk.heading or chunk.source, chunk.text) for chunk, _ in offered]
         fitted = prompt.fit(question, passages, self.chat.render, self.counter, budget)
-        placed = list(zip(hits[: len(fitted.texts)], fitted.texts, strict=True))
-        fit = {"retrieved": len(hits), "placed": len(placed),
-               "last_cut": bool(placed) and len(placed[-1][1]) < len(placed[-1][0][0].text)}
-        sources = [Source(n, chunk.source, chunk.start, chunk.start + len(text), score,
-                          _cite(chunk), chunk.page_start, chunk.page_end)
-                   for n, ((chunk, score), text) in enumerate(placed, start=1)]
-        texts = [text for _, text in placed]
+        read = fitted.texts + [None] * (len(hits) - len(fitted.texts))
+        fit = {"retrieved": len(offered), "placed": len(fitted.texts),
+               "last_cut": bool(fitted.texts)
+               and len(fitted.texts[-1]) < len(offered[len(fitted.texts) - 1][0].text)}
+        sources = [Source(n, chunk.source, chunk.start,
+                          chunk.start + len(chunk.text if text is None else text), score,
+                          _cite(chunk), chunk.page_start, chunk.page_end, text is not None)
+                   for n, ((chunk, score), text) in enumerate(zip(hits, read), start=1)]
+        shown = [(chunk, chunk.text if text is None else text)
+                 for (chunk, _), text in zip(hits, read)]
+        texts = [text for _, text in shown]
         quoted = evidence(question, [(chunk.source, chunk.start, text, _cite(chunk))
-                                     for (chunk, _), text in placed],
+                                     for chunk, text in shown],
                           self.retriever.embedder.embed,
                           question_vector=self.retriever.query_vector(question))
-        measured = abstain.signals(self.retriever, question, [c.key for (c, _), _ in placed],
+        measured = abstain.signals(self.retriever, question, [c.key for c, _ in shown],
                                    texts, quoted[0].nearness if quoted else 0.0)
         abstained = self.abstention is not None and self.abstention.abstains(measured)
         if abstained:
@@ -340,10 +348,10 @@ def _print_sources(answer: Answer) -> None:
     print("\nSources:" if answer.evidence else "\n\nSources:")
     for source in answer.sources:
         print(f"[{source.n}] {source.citation}, characters {source.start}-{source.end} "
-              f"(score {source.score:.4f})")
+              f"(score {source.score:.4f})" + ("" if source.in_prompt else ", not in the prompt"))
     if answer.context_cut:
         fit = answer.fit
-        print(f"(the prompt held {fit['placed']} of the {fit['retrieved']} retrieved chunks"
+        print(f"(the prompt held {fit['placed']} of the {fit['retrieved']} chunks meant for it"
               + (", the last one cut short" if fit["last_cut"] else "")
               + ": the model's context is full; a smaller --k or --max-new-tokens makes room)")
 

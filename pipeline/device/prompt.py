@@ -46,10 +46,12 @@ class TokenCounter:
         return text[: offsets[tokens - 1][1]] if tokens > 0 else ""
 
 
-def user_message(question: str, passages: list[Passage]) -> str:
+def user_message(question: str, passages: list[Passage], question_first: bool = False) -> str:
+    """The sources, then the question; `question_first` also asks it before them."""
     sources = "\n\n".join(f"[{n}] {heading}\n{text}"
                           for n, (heading, text) in enumerate(passages, start=1))
-    return f"Sources:\n{sources or 'none found.'}\n\nQuestion: {question}"
+    before = f"Question: {question}\n\n" if question_first else ""
+    return f"{before}Sources:\n{sources or 'none found.'}\n\nQuestion: {question}"
 
 
 class ChatFormat:
@@ -60,6 +62,7 @@ class ChatFormat:
         """`opening` starts a plain-text prompt: what the tokenizer's own post-processor puts
         before every text (Gemma's `<bos>`), which the runner, adding nothing, would omit."""
         self.special_tokens, self.system, self.opening = special_tokens, system, opening
+        self.question_first = False
         self.template = None
         if template:
             from jinja2.ext import loopcontrols
@@ -87,7 +90,7 @@ class ChatFormat:
         return cls(template if isinstance(template, str) else None, special, opening=opening)
 
     def render(self, question: str, passages: list[Passage]) -> str:
-        message = user_message(question, passages)
+        message = user_message(question, passages, self.question_first)
         if self.template is None:
             return f"{self.opening}{self.system}\n\n{message}\nAnswer:"
         messages = [{"role": "system", "content": self.system},

@@ -37,6 +37,8 @@ def check(cfg: RetrievalConfig) -> None:
                        f"{', '.join(MODES)}.")
     if cfg.k < 1:
         raise BadInput(f"retrieval.k={cfg.k} must be at least 1.")
+    if cfg.prompt_chunks < 1:
+        raise BadInput(f"retrieval.prompt_chunks={cfg.prompt_chunks} must be at least 1.")
     if cfg.candidates < cfg.k:
         raise BadInput(f"retrieval.k={cfg.k} is above retrieval.candidates={cfg.candidates}, "
                        "the lists it is fused from; raise candidates or lower k.")

@@ -11,7 +11,7 @@ on) is `test`.
 Per question:
 - retrieval, by expected item (chunks ranked by the release's retrieval, each counted as the
   item it is or its document, repeats dropped): `hit_at_1`, `hit_at_k` (among the
-  `retrieval.k` chunks the prompt gets), reciprocal rank, and nDCG@10 with every expected item
+  `retrieval.k` sources shown; the prompt gets the first `retrieval.prompt_chunks`), reciprocal rank, and nDCG@10 with every expected item
   relevant;
 - answer: `answer_terms_recall` (share of the terms found in the answer, case-insensitive),
   token F1 against the reference answer where there is one, and `grounded`: the share of the
@@ -22,8 +22,8 @@ Per question:
 - with `retrieval.rerank`, the same retrieval scores without the reranker (`*_fused`), so the
   summary says what reranking gained (`rerank_gain_hit_at_1`, `rerank_gain_mrr`);
 - `repeated`: the answer looped and was cut (`answer.Guard`);
-- `context_cut`: the prompt could not hold every retrieved chunk whole (the rate says whether
-  the release's context is long enough for its `retrieval.k`);
+- `context_cut`: the prompt could not hold its chunks whole (the rate says whether the
+  release's context is long enough for its `retrieval.prompt_chunks`);
 - latency: retrieval ms, time to first token, decode tok/s and total ms (medians in the metrics).
 """
 
@@ -176,8 +176,8 @@ def ask_all(assistant: Any, questions: list[dict], k: int, depth: int, max_new_t
                             **retrieval_scores(documents_in_order(deep), wanted, deep[:k])})
             continue
         answer = assistant.ask(record["question"], k, max_new_tokens, lambda _piece: None)
-        shown = deep[: len(answer.sources)]  # the prompt's chunks lead the same ranking
-        context = "\n".join(assistant.passage(s) for s in answer.sources)
+        shown = deep[: len(answer.sources)]  # the sources shown lead the same ranking
+        context = "\n".join(assistant.passage(s) for s in answer.sources if s.in_prompt)
         scores = {} if record["unanswerable"] else {
             **retrieval_scores(documents_in_order(deep), wanted, shown), **before,
             **answer_scores(answer.answer, record, context),
