@@ -170,6 +170,16 @@ def test_chat_format_falls_back_to_plain_text_without_a_template(tmp_path):
         f"{prompt.SYSTEM}\n\nSources:\n[1] doc\nbody\n\nQuestion: q?\nAnswer:")
 
 
+def test_the_question_can_be_asked_before_the_sources_as_well_as_after():
+    """A layout bench.answer_levers measures (`ChatFormat.question_first`); off by default."""
+    chat = prompt.ChatFormat(None, {})
+    plain = chat.render("Why?", [("h", "text")])
+    assert plain.count("Question: Why?") == 1 and plain.index("Sources:") < plain.index("Why?")
+    chat.question_first = True
+    both = chat.render("Why?", [("h", "text")])
+    assert both.count("Question: Why?") == 2 and both.index("Why?") < both.index("Sources:")
+
+
 def test_a_plain_prompt_opens_with_what_the_tokenizer_puts_before_every_text(tmp_path):
     """A pretrained model's tokenizer (Gemma 3's) adds <bos> in its post-processor; the runner
     adds nothing, so the plain prompt carries it as text (the runner's tokenizer reads it as
@@ -437,7 +447,7 @@ def test_the_prompt_reads_the_first_prompt_chunks_of_the_sources(tiny_release):
     assistant.retriever.cfg.prompt_chunks = 3
     wider = assistant.ask("How does a for loop work?", 3, 4, lambda _p: None)
     assert [s.source for s in wider.sources] == [s.source for s in answer.sources]
-    assert answer.timings["prompt_tokens"] < wider.timings["prompt_tokens"]
+    assert wider.fit["retrieved"] == 3 and answer.fit["retrieved"] == 1
 
 
 def test_ask_streams_then_lists_sources_and_reads_stdin(tiny_release, monkeypatch, capsys):
