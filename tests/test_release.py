@@ -434,7 +434,8 @@ def test_ask_says_when_the_context_could_not_hold_every_retrieved_chunk(tiny_rel
     assert [s.in_prompt for s in tight.sources] == [n < tight.fit["placed"] for n in range(4)]
     ask._print_sources(tight)
     out = capsys.readouterr().out
-    assert "chunks meant for it" in out and out.count(", not in the prompt") == 4 - tight.fit["placed"]
+    assert "chunks meant for it" in out
+    assert out.count(", not in the prompt") == 4 - tight.fit["placed"]
     assert json.loads(tight.as_json())["fit"] == tight.fit
 
 

@@ -228,9 +228,10 @@ class Assistant:
         sources = [Source(n, chunk.source, chunk.start,
                           chunk.start + len(chunk.text if text is None else text), score,
                           _cite(chunk), chunk.page_start, chunk.page_end, text is not None)
-                   for n, ((chunk, score), text) in enumerate(zip(hits, read), start=1)]
+                   for n, ((chunk, score), text)
+                   in enumerate(zip(hits, read, strict=True), start=1)]
         shown = [(chunk, chunk.text if text is None else text)
-                 for (chunk, _), text in zip(hits, read)]
+                 for (chunk, _), text in zip(hits, read, strict=True)]
         texts = [text for _, text in shown]
         quoted = evidence(question, [(chunk.source, chunk.start, text, _cite(chunk))
                                      for chunk, text in shown],

@@ -11,8 +11,8 @@ on) is `test`.
 Per question:
 - retrieval, by expected item (chunks ranked by the release's retrieval, each counted as the
   item it is or its document, repeats dropped): `hit_at_1`, `hit_at_k` (among the
-  `retrieval.k` sources shown; the prompt gets the first `retrieval.prompt_chunks`), reciprocal rank, and nDCG@10 with every expected item
-  relevant;
+  `retrieval.k` sources shown; the prompt gets the first `retrieval.prompt_chunks`),
+  reciprocal rank, and nDCG@10 with every expected item relevant;
 - answer: `answer_terms_recall` (share of the terms found in the answer, case-insensitive),
   token F1 against the reference answer where there is one, and `grounded`: the share of the
   answer's content words (three letters or more, not stopwords) that occur in the sources the
