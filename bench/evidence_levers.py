@@ -82,7 +82,7 @@ def _answer_vector(assistant: Assistant, question: str, max_new_tokens: int,
                    embed) -> np.ndarray | None:
     """The embedder's unit vector of the answer `ask` gives (None when it abstains)."""
     given = assistant.ask(question, None, max_new_tokens, lambda piece: None)
-    return None if given.abstained else embed([given.text])[0]
+    return None if given.abstained else embed([given.answer])[0]
 
 
 if __name__ == "__main__":
