@@ -280,7 +280,8 @@ def evidence(question: str, passages: list[tuple[str, int, str, str]],
     those sharing the most content words with the question first; ties go to the earlier
     source and sentence. `question_vector`, when the caller has it, saves embedding the
     question again; `answer_weight` times the cosine with `answer_vector` (the generated
-    answer's) is a lever `bench.evidence_levers --answers` measures."""
+    answer's) is a lever `bench.evidence_levers --answers` measures (not shipped: 0.394 against
+    0.408 on the three tune halves pooled, docs/answers.md)."""
     wanted = content_words(question)
     candidates, seen = [], set()
     for order, (source, offset, text, citation) in enumerate(passages):
