@@ -65,11 +65,13 @@ def main(argv: list[str] | None = None) -> None:
         if args.answers:
             answered = [_answer_vector(assistant, q["question"], cfg.rag_eval.max_new_tokens,
                                        embed) for q in questions]
+            asked = embed([q["question"] for q in questions])
             for name, weight in ANSWER_LEVERS.items():
-                hits = [rag.evidence_hit(answer.evidence(q["question"], p, embed,
-                                                         answer_vector=a, answer_weight=weight),
-                                         q)
-                        for q, p, a in zip(questions, placed, answered, strict=True)]
+                # cos(q, s) + w·cos(a, s) = (q + w·a)·s: the question's vector, moved.
+                hits = [rag.evidence_hit(answer.evidence(
+                            q["question"], p, embed,
+                            question_vector=v if a is None else v + weight * a), q)
+                        for q, p, v, a in zip(questions, placed, asked, answered, strict=True)]
                 _row(name, path, hits)
 
 

@@ -269,9 +269,7 @@ class Evidence:
 def evidence(question: str, passages: list[tuple[str, int, str, str]],
              embed: Callable[[list[str]], np.ndarray], most: int = 2,
              question_vector: np.ndarray | None = None,
-             overlap_weight: float = OVERLAP_WEIGHT,
-             answer_vector: np.ndarray | None = None,
-             answer_weight: float = 0.0) -> list[Evidence]:
+             overlap_weight: float = OVERLAP_WEIGHT) -> list[Evidence]:
     """The `most` sentences of `passages` ((source, start offset, text, citation)) nearest the
     question by the embedder's meaning (cosine of unit vectors), plus `overlap_weight` times the
     share of the question's content words the sentence holds. Fragments under
@@ -279,9 +277,7 @@ def evidence(question: str, passages: list[tuple[str, int, str, str]],
     (overlapping chunks hold it twice); at most `QUOTE_CANDIDATES` sentences are embedded,
     those sharing the most content words with the question first; ties go to the earlier
     source and sentence. `question_vector`, when the caller has it, saves embedding the
-    question again; `answer_weight` times the cosine with `answer_vector` (the generated
-    answer's) is a lever `bench.evidence_levers --answers` measures (not shipped: 0.394 against
-    0.408 on the three tune halves pooled, docs/answers.md)."""
+    question again."""
     wanted = content_words(question)
     candidates, seen = [], set()
     for order, (source, offset, text, citation) in enumerate(passages):
@@ -303,8 +299,6 @@ def evidence(question: str, passages: list[tuple[str, int, str, str]],
     nearness = vectors @ question_vector
     share = np.array([-c[0] / max(len(wanted), 1) for c in candidates])
     score = nearness + overlap_weight * share
-    if answer_vector is not None and answer_weight:
-        score = score + answer_weight * (vectors @ answer_vector)
     ranked = sorted(zip(score, nearness, candidates, strict=True),
                     key=lambda t: (-round(float(t[0]), 4), t[2][1], t[2][2]))
     return [dataclasses.replace(candidate[-1], nearness=round(float(near), 4))
