@@ -183,6 +183,22 @@ def test_special_tokens_never_reach_the_answer():
     assert guard.text() == "The answer is 42."
 
 
+def test_an_answer_without_a_letter_is_not_shown_and_a_note_stands_for_it():
+    shown: list[str] = []
+    guard = answer.Guard(set(), shown.append, lambda: None)
+    for piece in ("1.", " 1.", " 1."):
+        guard(piece)
+    assert shown == []  # held while no letter has come
+    guard.finish()
+    assert guard.wordless and guard.text() == answer.WORDLESS and shown == [answer.WORDLESS]
+    shown.clear()
+    guard = answer.Guard(set(), shown.append, lambda: None)
+    for piece in ("1.", " 東京", "."):
+        guard(piece)
+    guard.finish()
+    assert not guard.wordless and "".join(shown) == "1. 東京."
+
+
 def _meaning(texts):
     """A stand-in embedder: a sentence means the set of its words (unit bag-of-words vectors),
     so which sentence is nearest is known."""
@@ -215,6 +231,13 @@ def test_evidence_ties_go_to_the_earlier_source_and_nothing_is_quoted_twice_or_f
     assert [q.text for q in answer.evidence("calls method exit", overlapping, _meaning)] == \
         [same, reworded]
     assert answer.evidence("anything", [("a", 0, "Too short.", "a")], _meaning) == []
+
+
+def test_a_quote_longer_than_a_sentence_is_cut_at_a_word_with_an_ellipsis():
+    code = "int main(void) { " + " ".join(f"call_step_{n}(buffer);" for n in range(60)) + " }"
+    quoted = answer.evidence("call step buffer", [("c", 10, code, "c")], _meaning)
+    assert len(quoted[0].text) <= answer.MAX_QUOTE_CHARS + 2 and quoted[0].text.endswith(" …")
+    assert code.startswith(quoted[0].text[:-2]) and code[quoted[0].end - 10] == " "
 
 
 @pytest.mark.parametrize(("text", "expected"), [

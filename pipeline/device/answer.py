@@ -28,9 +28,12 @@ REPEAT_WORDS = 10
 REPEAT_CHARS = 24  # a unit of up to 16 characters filling the last 24: a loop without spaces
 _ENDS = (".", "!", "?", "```", ".)", '."', ".*", ".**")
 MIN_QUOTE_WORDS = 5
+MAX_QUOTE_CHARS = 300  # a longer "sentence" (a run of code, a table) is quoted up to here + "…"
 QUOTE_CANDIDATES = 24
 OVERLAP_WEIGHT = 0.0  # weight of the question's words in a quote (bench/evidence_levers.py)
 _WORD = re.compile(r"\S+")
+_LETTER = re.compile(r"[^\W\d_]")  # a letter of any script
+WORDLESS = "(The model gave no answer in words; the quotes below are what your documents say.)"
 _BLOCK = re.compile(r"```.*?(?:```|$)", re.S)
 _CONTENT = re.compile(r"[A-Za-z0-9_]+")
 
@@ -128,6 +131,7 @@ class Guard:
         self.pieces: list[str] = []
         self.repeated = False
         self.ended = False
+        self.wordless = False  # the model wrote no letter at all: `WORDLESS` stands instead
         self.shown = ""
         self._vetted: dict[str, str] = {}
         self._ends: list[int] = []  # where each kept sentence of prose ends, in the view
@@ -185,6 +189,8 @@ class Guard:
         return None
 
     def _show(self, text: str, upto: int) -> None:
+        if not self.shown and not _LETTER.search(text[:upto]):
+            return  # no letter yet ("1. 1. 1."): not an answer until one comes
         if upto > len(self.shown):
             self.on_piece(text[len(self.shown):upto])
             self.shown = text[:upto]
@@ -223,6 +229,10 @@ class Guard:
             end = first_answer_end(text) if self.first_answer else None
             end = _earliest(end, self._budget_end())
             self._show(text, len(text) if end is None else end)
+        if not self.shown:
+            self.wordless = True
+            self.on_piece(WORDLESS)
+            self.shown = WORDLESS
 
     def _budget_end(self) -> int | None:
         """Where the answer's `most_sentences`-th kept sentence of prose ends, once it has."""
@@ -301,5 +311,16 @@ def evidence(question: str, passages: list[tuple[str, int, str, str]],
     score = nearness + overlap_weight * share
     ranked = sorted(zip(score, nearness, candidates, strict=True),
                     key=lambda t: (-round(float(t[0]), 4), t[2][1], t[2][2]))
-    return [dataclasses.replace(candidate[-1], nearness=round(float(near), 4))
+    return [clipped(dataclasses.replace(candidate[-1], nearness=round(float(near), 4)))
             for _, near, candidate in ranked[:most]]
+
+
+def clipped(quote: Evidence) -> Evidence:
+    """The quote cut at the last word boundary before `MAX_QUOTE_CHARS`, with "…" (its `end`
+    moved to match): a manual's example can be forty lines of C with no period in it."""
+    if len(quote.text) <= MAX_QUOTE_CHARS:
+        return quote
+    cut = max(quote.text.rfind(space, 0, MAX_QUOTE_CHARS + 1) for space in " \n\t")
+    cut = cut if cut > 0 else MAX_QUOTE_CHARS
+    kept = quote.text[:cut].rstrip()
+    return dataclasses.replace(quote, text=kept + " …", end=quote.start + len(kept))
