@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -358,3 +359,33 @@ def test_head_precision_variants_reduce_to_the_int8_head_at_their_limits():
     assert (int4_groups(weight) - weight).abs().mean() > (int8_rows(weight) - weight).abs().mean()
     scores = perplexities([hidden], [[1, 2, 3, 4, 5]], {"int8": heads["int8"]})
     assert scores["int8"] > 1
+
+
+def test_a_signal_that_ranks_every_answerable_question_higher_has_auc_one_and_ties_half():
+    from bench.abstention_signals import auc
+
+    assert auc([0.9, 0.8], [0.1, 0.2]) == 1.0
+    assert auc([0.1], [0.9]) == 0.0
+    assert auc([0.5], [0.5]) == 0.5
+
+
+def test_the_evidence_levers_rerank_by_source_place_and_read_sentences_in_context():
+    from bench.evidence_levers import _in_context, _reranked
+
+    def embed(texts):  # a sentence means its words, as a unit vector over a fixed vocabulary
+        vocabulary = ["close", "file", "exit", "statement", "manager", "section"]
+        rows = np.array([[float(w in t.lower()) for w in vocabulary] for t in texts]) + 1e-3
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+    passages = [("a", 0, "Call close on the file when it is done here.", ""),
+                ("b", 0, "The statement will close the file on exit for you.", "")]
+    question = "close file exit"
+    plain = _reranked(question, passages, embed, lambda quote, place: quote.nearness)
+    assert [q.source for q in plain] == ["b", "a"]
+    prior = _reranked(question, passages, embed, lambda quote, place: quote.nearness - place)
+    assert [q.source for q in prior] == ["a", "b"]
+    seen = []
+    _in_context(lambda texts: seen.extend(texts) or embed(texts), passages,
+                ["doc › Section", ""], "heading: sentence")(["Call close on the file when it is "
+                                                            "done here."])
+    assert seen == ["Section: Call close on the file when it is done here."]
