@@ -4,7 +4,8 @@ Runs evaluate_rag's own loop (`rag.ask_all` over `ask.Assistant`) on the built a
 data/ once per lever (the system line, a worked example in it, the question asked before the
 sources too, how many chunks the prompt gets, the generation length, stopping at the end of
 the first complete answer or after a number of sentences, leaving out sentences that name code
-no source says) and prints one row per lever: choose on `tune`, report
+no source says, the sources' nearest example in place of an invented block) and prints one row
+per lever: choose on `tune`, report
 `test`. Greedy decoding throughout: the stock runner's only sampling setting is a temperature,
 and a sampled answer is not reproducible.
 """
@@ -43,6 +44,7 @@ class Lever:
     vet_sentences: bool = True  # leave out a sentence naming code no source says
     prompt_chunks: int | None = 4  # the chunks the LLM reads (None: the build's setting)
     question_first: bool = False  # ask the question before the sources as well as after
+    documents_examples: bool = False  # an invented block gives way to the sources' example
 
 
 LEVERS = {
@@ -55,7 +57,11 @@ LEVERS = {
     "shipped_before_sentence_vetting": Lever(prompt.SYSTEM, True, vet_sentences=False),
     "two_sentences": Lever(prompt.SYSTEM, True, most_sentences=2),
     "three_sentences": Lever(prompt.SYSTEM, True, most_sentences=3),
-    "shipped": Lever(prompt.SYSTEM, True, most_sentences=ask.MOST_SENTENCES, prompt_chunks=None),
+    "shipped": Lever(prompt.SYSTEM, True, most_sentences=ask.MOST_SENTENCES, prompt_chunks=None,
+                     documents_examples=True),
+    "shipped_before_documents_examples": Lever(prompt.SYSTEM, True,
+                                               most_sentences=ask.MOST_SENTENCES,
+                                               prompt_chunks=None),
     "two_passages": Lever(prompt.SYSTEM, True, most_sentences=ask.MOST_SENTENCES,
                           prompt_chunks=2),
     "three_passages": Lever(prompt.SYSTEM, True, most_sentences=ask.MOST_SENTENCES,
@@ -91,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         assistant.most_sentences, assistant.vet_sentences = (lever.most_sentences,
                                                              lever.vet_sentences)
         assistant.chat.question_first = lever.question_first
+        assistant.documents_examples = lever.documents_examples
         assistant.retriever.cfg.prompt_chunks = lever.prompt_chunks or built_prompt_chunks
         records = rag.ask_all(assistant, questions, cfg.retrieval.k,
                               max(cfg.retrieval.candidates, rag.NDCG_DEPTH),

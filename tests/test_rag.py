@@ -461,3 +461,59 @@ def test_the_answer_ends_after_its_sentence_budget_but_not_inside_an_abbreviatio
 def test_a_loop_without_spaces_is_found_by_its_characters(text, kept):
     start = answer.char_repeat_start(text)
     assert (text[:start] if start is not None else None) == kept
+
+
+RST = """**Example 1: Copying a local file to S3**
+
+The following ``cp`` command copies a single file to a specified bucket and key::
+
+    aws s3 cp test.txt s3://bucket/test2.txt
+
+Output::
+
+    upload: test.txt to s3://bucket/test2.txt
+
+**Example 2: Recursively copying local files to S3**
+
+When passed with the parameter ``--recursive``, the following ``cp`` command recursively copies
+all files under a specified directory to a specified bucket::
+
+    aws s3 cp myDir s3://bucket/ \\
+        --recursive
+"""
+
+
+def test_code_blocks_are_commands_with_their_introduction_not_outputs_or_indented_prose():
+    from pipeline.device.examples import code_blocks
+
+    blocks = code_blocks(RST)
+    assert [code for _, code in blocks] == ["aws s3 cp test.txt s3://bucket/test2.txt",
+                                            "aws s3 cp myDir s3://bucket/ \\\n    --recursive"]
+    assert blocks[1][0].startswith("When passed with the parameter ``--recursive``")
+    described = ("sort(*, key=None)\n\n   This method sorts the list in place, using only "
+                 "comparisons\n   between items. Exceptions are not suppressed.\n")
+    assert code_blocks(described) == []  # pydoc's indented description is prose
+    fenced = "Run this:\n\n```sh\n$ make test\n```\n"
+    assert code_blocks(fenced) == [("Run this:", "$ make test")]
+    assert code_blocks("    cut from its introduction --at the chunk's start\n") == []
+
+
+def test_the_documents_example_nearest_the_question_stands_in_for_an_invented_one():
+    from pipeline.device import examples
+
+    vocabulary = ("recursive", "directory", "single", "file", "copies", "bucket")
+
+    def embed(texts):  # a text means which of a fixed vocabulary it holds
+        rows = np.array([[float(w in t.lower()) for w in vocabulary] for t in texts]) + 1e-3
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+    question = embed(["How do I copy a whole directory, recursive, to a bucket?"])[0]
+    found = examples.nearest(question, [("Only words here.", "s3/ls.rst"), (RST, "s3/cp.rst")],
+                             embed)
+    assert found.code == "aws s3 cp myDir s3://bucket/ \\\n    --recursive"
+    assert examples.shown(found) == ("```\naws s3 cp myDir s3://bucket/ \\\n    --recursive\n```\n"
+                                     "(An example from your documents: s3/cp.rst.)")
+    assert examples.nearest(question, [("Only words here.", "s3/ls.rst")], embed) is None
+    long = "Run all of these steps::\n\n" + "".join(f"    step {n} --go\n" for n in range(30))
+    cut = examples.nearest(question, [(long, "x")], embed).code.splitlines()
+    assert len(cut) == examples.MOST_LINES + 1 and cut[-1] == "…"

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from pipeline import bundle
 from pipeline.config import RetrievalConfig
-from pipeline.device import abstain, prompt
+from pipeline.device import abstain, examples, prompt
 from pipeline.device.answer import Evidence, Guard, evidence
 from pipeline.device.pieces import PieceDecoder, runner_tokenizer
 from pipeline.device.retrieve import Retriever
@@ -159,6 +159,7 @@ class Assistant:
         self.verbose = verbose
         self.first_answer, self.most_sentences = FIRST_ANSWER, MOST_SENTENCES
         self.vet_sentences = True
+        self.documents_examples = True  # an invented block gives way to the sources' example
         self.abstention = abstain.rule(retrieval)
         self.retriever, self.chunks = open_retrieval(files, retrieval, verbose)
         self._placed = {(c.source, c.start): c for c in self.chunks.values()}
@@ -244,8 +245,15 @@ class Assistant:
             on_piece(abstain.ABSTENTION)
             text, repeated, stats, left_out = abstain.ABSTENTION, False, None, []
         else:
+            def documented() -> str | None:
+                found = self.documents_examples and examples.nearest(
+                    self.retriever.query_vector(question),
+                    [(text, _cite(chunk)) for chunk, text in shown],
+                    self.retriever.embedder.embed)
+                return examples.shown(found) if found else None
+
             text, repeated, stats, left_out = self._generate(fitted.prompt, max_new_tokens,
-                                                             texts, on_piece)
+                                                             texts, on_piece, documented)
         timings = _timings(retrieval_ms, fitted.tokens, stats)
         timings["total_ms"] = round((time.monotonic() - started) * 1000.0, 1)
         return Answer(question, text, sources, quoted, timings, repeated, fit,
@@ -253,23 +261,27 @@ class Assistant:
                       left_out)
 
     def _generate(self, prompt_text: str, max_new_tokens: int, sources: list[str],
-                  on_piece: Callable[[str], None]) -> tuple[str, bool, Any, list[str]]:
+                  on_piece: Callable[[str], None],
+                  documented: Callable[[], str | None] = lambda: None,
+                  ) -> tuple[str, bool, Any, list[str]]:
         """The stock runner's answer to the fitted prompt, streamed through `Guard`; a code
-        block or a sentence naming code that no source says is left out of it (and returned)."""
+        block or a sentence naming code that no source says is left out of it (and returned),
+        a block in favour of the sources' nearest example (`documented`) when they have one."""
         from executorch.extension.llm.runner import GenerationConfig
 
         left_out: list[str] = []
 
-        def vetting(note: str) -> Callable[[str], str]:
+        def vetting(note: Callable[[], str | None]) -> Callable[[str], str]:
             def vet(code: str) -> str:
                 if not unsupported(code, sources):
                     return code
                 left_out.append(code)
-                return note
+                return note() or LEFT_OUT
             return vet
 
         guard = Guard(self.special, on_piece, self.runner.stop, self.first_answer,
-                      vetting(LEFT_OUT), vetting(LEFT_OUT_SENTENCE) if self.vet_sentences else None,
+                      vetting(documented),
+                      vetting(lambda: LEFT_OUT_SENTENCE) if self.vet_sentences else None,
                       self.most_sentences)
         decoder = PieceDecoder(self.decoding, self.special)
         stats: list[Any] = []
