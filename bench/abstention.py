@@ -17,12 +17,12 @@ import itertools
 import json
 from pathlib import Path
 
-from pipeline import bundle, layout, params_file
+from bench import built
+from pipeline import params_file
 from pipeline.device import abstain
 from pipeline.device.answer import evidence
 from pipeline.device.ask import Assistant
 from pipeline.evaluation import rag
-from pipeline.retrieval.corpus import read_chunks
 
 MAX_FALSE_ABSTAIN = 0.1
 WEIGHTS = (0.0, 0.5, 1.0)
@@ -98,9 +98,9 @@ def _measure(sets: str | None) -> list[dict]:
     """The signals of every question of `sets` on the build in data/, each row named by its
     set's file name."""
     cfg = params_file.load()
-    sources = {c.source for c in read_chunks(Path(layout.INDEX) / layout.CHUNKS)}
+    sources = built.documents()
     paths = sets.split(",") if sets else [cfg.rag_eval.questions]
-    assistant = Assistant(bundle.run_sources(Path(".")), cfg.retrieval)
+    assistant = built.assistant(cfg.retrieval)
     rows = []
     for path in paths:
         questions = rag.read_questions(Path(path), sources)

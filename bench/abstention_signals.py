@@ -22,14 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import built
 from bench.abstention import measured
-from pipeline import bundle, layout, params_file
+from pipeline import bundle, params_file
 from pipeline.device import abstain
 from pipeline.device.answer import evidence
 from pipeline.device.ask import Assistant
 from pipeline.device.retrieve import STOPWORDS
 from pipeline.evaluation import rag
-from pipeline.retrieval.corpus import read_chunks
 
 MARGIN_DEPTH = 50
 PASSAGE_TOKENS = 300  # of the first placed chunk, before the question
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="also the LLM's question likelihood given the first chunk")
     args = parser.parse_args(argv)
     cfg = params_file.load()
-    sources = {c.source for c in read_chunks(Path(layout.INDEX) / layout.CHUNKS)}
+    sources = built.documents()
     files = bundle.run_sources(Path("."))
     assistant = Assistant(files, cfg.retrieval)
     likelihood = QuestionLikelihood(files) if args.likelihood else None

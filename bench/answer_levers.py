@@ -16,11 +16,10 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import bundle, layout, params_file
+from bench import built
+from pipeline import params_file
 from pipeline.device import ask, prompt
-from pipeline.device.ask import Assistant
 from pipeline.evaluation import rag
-from pipeline.retrieval.corpus import read_chunks
 
 COLUMNS = ("repetition_rate", "answer_terms_recall", "answer_f1", "grounded",
            "unsupported_code_rate", "invented_code_rate", "median_total_ms")
@@ -84,10 +83,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--levers", default=",".join(LEVERS))
     args = parser.parse_args(argv)
     cfg = params_file.load()
-    sources = {c.source for c in read_chunks(Path(layout.INDEX) / layout.CHUNKS)}
+    sources = built.documents()
     questions = [q for q in rag.read_questions(Path(cfg.rag_eval.questions), sources)
                  if q["split"] == args.half]
-    assistant = Assistant(bundle.run_sources(Path(".")), cfg.retrieval)
+    assistant = built.assistant(cfg.retrieval)
     built_prompt_chunks = cfg.retrieval.prompt_chunks  # the levers below change it in place
     print(f"| lever | {args.half} questions | " + " | ".join(COLUMNS) + " |")
     print("|---|---:|" + "---:|" * len(COLUMNS))

@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline import bundle, layout, params_file
+from bench import built
+from pipeline import params_file
 from pipeline.device import answer
-from pipeline.device.ask import Assistant
 from pipeline.device.sentences import sentences
 from pipeline.evaluation import rag
 from pipeline.evaluation.expected import HEADING_SEPARATOR
-from pipeline.retrieval.corpus import read_chunks
 
 LEVERS = {  # (overlap weight, sentences embedded)
     "cosine": (0.0, answer.QUOTE_CANDIDATES),
@@ -48,8 +47,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="also weigh the cosine with the generated answer")
     args = parser.parse_args(argv)
     cfg = params_file.load()
-    sources = {c.source for c in read_chunks(Path(layout.INDEX) / layout.CHUNKS)}
-    assistant = Assistant(bundle.run_sources(Path(".")), cfg.retrieval)
+    sources = built.documents()
+    assistant = built.assistant(cfg.retrieval)
     embed = assistant.retriever.embedder.embed
     print(f"| lever | set | {args.half} questions | evidence hit@1 |\n|---|---|---:|---:|")
     for path in (args.sets or cfg.rag_eval.questions).split(","):

@@ -13,10 +13,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from pipeline import bundle, layout, params_file
-from pipeline.device.ask import Assistant
+from bench import built
+from pipeline import params_file
 from pipeline.evaluation import rag
-from pipeline.retrieval.corpus import read_chunks
 
 COLUMNS = ("hit_at_1", "hit_at_k", "mrr", "ndcg_at_10", "answer_terms_recall", "grounded",
            "repetition_rate", "median_retrieval_ms", "median_time_to_first_token_ms",
@@ -36,10 +35,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="retrieval.KEY=VALUE for every mode")
     args = parser.parse_args(argv)
     cfg = params_file.load()
-    sources = {c.source for c in read_chunks(Path(layout.INDEX) / layout.CHUNKS)}
+    sources = built.documents()
     questions = rag.read_questions(Path(cfg.rag_eval.questions), sources)
     base = dataclasses.replace(cfg.retrieval, **_settings(args.overrides))
-    assistant = Assistant(bundle.run_sources(Path(".")), base)
+    assistant = built.assistant(base)
     print("| mode | half | " + " | ".join(COLUMNS) + " |")
     print("|---|---|" + "---:|" * len(COLUMNS))
     for mode in args.modes.split(","):

@@ -303,6 +303,26 @@ def test_the_summary_says_what_reranking_gained():
     assert summary["rerank_gain_hit_at_1"] == 0.5 and summary["rerank_gain_mrr"] == 0.25
 
 
+def test_retrieval_alone_and_reranking_score_only_the_questions_that_expect_something():
+    """An unanswerable question expects no document: nothing to rank it by (no nDCG ideal)."""
+    from types import SimpleNamespace
+
+    from pipeline.evaluation import expected
+    from pipeline.retrieval.corpus import Chunk
+
+    chunks = {1: Chunk(1, "pydoc:with", 0, 10, "with text"), 2: Chunk(2, "pydoc:for", 0, 10, "x")}
+    retriever = SimpleNamespace(cfg=SimpleNamespace(rerank=True),
+                                search=lambda question, depth, rerank=None: [(1, 0.9), (2, 0.5)])
+    assistant = SimpleNamespace(retriever=retriever, chunks=chunks)
+    questions = [{"question": "with?", "split": "test", "unanswerable": False,
+                  "expect": ["pydoc:with"], "expected": expected.parse(["pydoc:with"])},
+                 {"question": "tides?", "split": "test", "unanswerable": True, "expect": None,
+                  "expected": []}]
+    records = rag.ask_all(assistant, questions, 2, 10, 8, answers=False)
+    assert records[0]["hit_at_1"] == 1.0 and records[0]["hit_at_1_fused"] == 1.0
+    assert "hit_at_1" not in records[1] and "hit_at_1_fused" not in records[1]
+
+
 @pytest.fixture(scope="module")
 def tiny_cross_encoder(tiny_embedder_source, tmp_path_factory):
     """A random two-layer BERT cross-encoder (one label) with MiniLM's tokenizer."""

@@ -164,7 +164,7 @@ def ask_all(assistant: Any, questions: list[dict], k: int, depth: int, max_new_t
         deep = _ranked(assistant, record, depth, rerank)
         wanted = expected.wanted_labels(record["expected"])
         before = {}
-        if rerank:
+        if rerank and not record["unanswerable"]:  # nothing expected: nothing to score
             fused = _ranked(assistant, record, depth, False)
             scores = retrieval_scores(documents_in_order(fused), wanted, [])
             before = {f"{key}_fused": scores[key] for key in ("hit_at_1", "reciprocal_rank")}
@@ -173,7 +173,8 @@ def ask_all(assistant: Any, questions: list[dict], k: int, depth: int, max_new_t
                "retrieved": documents_in_order(deep)[:NDCG_DEPTH]}
         if not answers:
             records.append({**row, "repeated": False, "timings": {}, **before,
-                            **retrieval_scores(documents_in_order(deep), wanted, deep[:k])})
+                            **({} if record["unanswerable"] else retrieval_scores(
+                                documents_in_order(deep), wanted, deep[:k]))})
             continue
         answer = assistant.ask(record["question"], k, max_new_tokens, lambda _piece: None)
         shown = deep[: len(answer.sources)]  # the sources shown lead the same ranking
