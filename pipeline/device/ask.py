@@ -246,10 +246,11 @@ class Assistant:
             text, repeated, stats, left_out = abstain.ABSTENTION, False, None, []
         else:
             def documented() -> str | None:
-                found = self.documents_examples and examples.nearest(
-                    self.retriever.query_vector(question),
-                    [(text, _cite(chunk)) for chunk, text in shown],
-                    self.retriever.embedder.embed)
+                if not self.documents_examples:
+                    return None
+                found = examples.nearest(self.retriever.query_vector(question),
+                                         [(text, _cite(chunk)) for chunk, text in shown],
+                                         self.retriever.embedder.embed)
                 return examples.shown(found) if found else None
 
             text, repeated, stats, left_out = self._generate(fitted.prompt, max_new_tokens,

@@ -19,6 +19,7 @@ signature): mostly plain words, a sentence that ends, and no line a prompt or a 
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,6 +49,7 @@ def code_blocks(text: str) -> list[tuple[str, str]]:
         blocks.append((_paragraph_before(text, fence.start()), _dedent(fence.group(1))))
     text = _FENCE.sub(lambda m: "\n" * m.group().count("\n"), text)
     lines = text.splitlines()
+    text = "\n".join(lines)
     number = 0
     while number < len(lines):
         if _INDENTED.match(lines[number]) and lines[number].strip() \
@@ -56,7 +58,7 @@ def code_blocks(text: str) -> list[tuple[str, str]]:
             while end < len(lines) and (_INDENTED.match(lines[end]) or not lines[end].strip()):
                 end += 1
             code = _dedent("\n".join(lines[number:end]))
-            intro = _paragraph_before("\n".join(lines), len("\n".join(lines[:number])))
+            intro = _paragraph_before(text, len("\n".join(lines[:number])))
             if code.strip():
                 blocks.append((intro, code))
             number = end
@@ -77,10 +79,11 @@ def nearest(question_vector: np.ndarray, passages: list[tuple[str, str]],
             embed: Callable[[list[str]], np.ndarray]) -> Example | None:
     """The code block of `passages` ((text, citation)) nearest the question, introduction and
     code read together; ties go to the earlier passage and block. None when they hold none."""
-    found = [(intro, code, citation) for text, citation in passages
-             for intro, code in code_blocks(text)]
-    seen: set[str] = set()
-    found = [f for f in found if not (f[1] in seen or seen.add(f[1]))]
+    first: dict[str, tuple[str, str, str]] = {}  # overlapping chunks hold a block twice
+    for text, citation in passages:
+        for intro, code in code_blocks(text):
+            first.setdefault(code, (intro, code, citation))
+    found = list(first.values())
     if not found:
         return None
     vectors = embed([f"{intro}\n{code}".strip() for intro, code, _ in found])
@@ -102,11 +105,7 @@ def _paragraph_before(text: str, position: int) -> str:
 
 
 def _dedent(code: str) -> str:
-    lines = code.rstrip().splitlines()
-    while lines and not lines[0].strip():
-        lines.pop(0)
-    indent = min((len(x) - len(x.lstrip()) for x in lines if x.strip()), default=0)
-    return "\n".join(x[indent:] for x in lines)
+    return textwrap.dedent(code).strip("\n").rstrip()
 
 
 def _cut(code: str) -> str:
